@@ -1,0 +1,51 @@
+"""pixelseg: pixel classification (semantic segmentation) from a folder of images and masks.
+
+Python API (mirrors the ``pixelseg`` command)::
+
+    import pixelseg
+    result = pixelseg.train("data/ph2", out="runs/ph2", model="lesson-unet", size=128, epochs=30)
+    metrics = pixelseg.evaluate("runs/ph2", "data/ph2", split="test")
+    predictor = pixelseg.load("runs/ph2")
+    mask = predictor.predict("new_image.bmp")   # HxW uint8 at the image's own size
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pixelseg.errors import DataError, PixelsegError
+
+if TYPE_CHECKING:
+    from pixelseg.engine.train import TrainResult
+    from pixelseg.predict import Predictor
+
+__version__ = "0.1.0"
+__all__ = ["DataError", "PixelsegError", "__version__", "evaluate", "load", "train"]
+
+
+def train(
+    data: str | Path, out: str | Path = "runs/pixelseg", resume: bool = False, **settings: Any
+) -> TrainResult:
+    """Train on ``data`` into the run folder ``out``.
+
+    ``settings`` are :class:`pixelseg.config.TrainConfig` fields (model, size, epochs, ...).
+    """
+    from pixelseg.config import TrainConfig
+    from pixelseg.engine.train import fit
+
+    return fit(TrainConfig(data=str(data), out=str(out), **settings), resume=resume)
+
+
+def evaluate(run: str | Path, data: str | Path, split: str = "test", **kwargs: Any) -> dict:
+    """Score a run on ``data`` (see :func:`pixelseg.engine.evaluate.evaluate_run`)."""
+    from pixelseg.engine.evaluate import evaluate_run
+
+    return evaluate_run(run, data, split, **kwargs)
+
+
+def load(run: str | Path, device: str = "auto") -> Predictor:
+    """Load a run folder for prediction: ``pixelseg.load(run).predict(image)``."""
+    from pixelseg.predict import load as _load
+
+    return _load(run, device)

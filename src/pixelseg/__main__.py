@@ -1,0 +1,5 @@
+import sys
+
+from pixelseg.cli import main
+
+sys.exit(main())

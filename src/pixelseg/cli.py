@@ -1,0 +1,252 @@
+"""The ``pixelseg`` command: models, check, train, evaluate, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pixelseg.errors import PixelsegError
+
+
+def _model_kwargs(pairs: list[str] | None) -> dict:
+    """``--model-arg base_channels=16`` → {"base_channels": 16} (values parsed as JSON)."""
+    kwargs = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {pair!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pixelseg.models import count_parameters, create_model, list_models, model_description
+
+    print(f"{'name':<16}{'parameters':>12}  description (3 input channels, 1 output)")
+    for name in list_models():
+        n = count_parameters(create_model(name))
+        print(f"{name:<16}{n:>12,}  {model_description(name)}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pixelseg.data.check import check_dataset
+    from pixelseg.engine.checkpoint import write_json
+
+    report = check_dataset(args.data, args.format, args.num_classes, progress=True)
+    summary = report.summary()
+    print(f"data: {summary['root']}  (layout: {summary['format']})")
+    print(f"pairs: {summary['n_samples']}  readable: {summary['n_valid']}")
+    if report.infos:
+        h, w, fg = summary["height"], summary["width"], summary["foreground_fraction"]
+        print(
+            f"height: {h['min']}..{h['max']} (median {h['median']})  "
+            f"width: {w['min']}..{w['max']} (median {w['median']})"
+        )
+        print(f"foreground fraction: {fg['min']:.3f}..{fg['max']:.3f} (median {fg['median']:.3f})")
+        print(f"mask values (pixels): {summary['mask_values']}")
+    if args.json:
+        write_json(args.json, summary)
+        print(f"wrote {args.json}")
+    if report.problems:
+        print(f"\n{len(report.problems)} problem(s):", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print("no problems found")
+    return 0
+
+
+_TRAIN_OPTIONS = (
+    "out",
+    "format",
+    "model",
+    "num_classes",
+    "size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "loss",
+    "seed",
+    "device",
+    "val_fraction",
+    "test_fraction",
+    "patience",
+    "workers",
+    "threshold",
+)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pixelseg.config import TrainConfig
+    from pixelseg.engine import checkpoint
+    from pixelseg.engine.train import fit
+
+    given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.model_arg:
+        given["model_kwargs"] = _model_kwargs(args.model_arg)
+    if args.no_augment:
+        given["augment"] = False
+    if args.resume:
+        state = checkpoint.load_state(args.resume)
+        if state is None:
+            raise PixelsegError(f"{args.resume}: nothing to resume (no {checkpoint.STATE_FILE})")
+        settings = {**state["config"], **given, "out": args.resume}
+        if args.data:
+            settings["data"] = args.data
+        cfg = TrainConfig.from_dict(settings)
+    else:
+        if not args.data:
+            raise PixelsegError("train needs a DATA folder (or --resume RUN)")
+        cfg = TrainConfig(data=args.data, **given)
+    result = fit(cfg, resume=bool(args.resume))
+    print(
+        f"best val_{result.score_name} {result.best_score:.4f} at epoch {result.best_epoch}; "
+        f"run folder: {result.run_dir}"
+    )
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    skip = {"per_class", "confusion_matrix", "data", "split"}
+    for key, value in metrics.items():
+        if key not in skip:
+            print(f"  {key:<16}{value:.4f}" if isinstance(value, float) else f"  {key:<16}{value}")
+    for name, row in (metrics.get("per_class") or {}).items():
+        print(f"  {name:<16}iou {row['iou']:.4f}  dice {row['dice']:.4f}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pixelseg.engine.evaluate import evaluate_run
+
+    metrics = evaluate_run(
+        args.run, args.data, args.split, args.format, args.threshold, args.out, args.device
+    )
+    out = Path(args.out or args.run)
+    print(f"{args.split} split of {args.data}:")
+    _print_metrics(metrics)
+    print(f"wrote {out / 'metrics.json'}, {out / 'per_image.csv'}, {out / 'worst.png'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pixelseg.data.layouts import list_images
+    from pixelseg.predict import load, predict_files
+
+    paths = list_images(args.inputs)
+    predictor = load(args.run, args.device)
+    written = predict_files(
+        predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size
+    )
+    print(f"wrote {len(written)} files for {len(paths)} image(s) to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pixelseg.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, n_images=args.images, device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixelseg",
+        description="Segment images: train on a folder of images and masks, "
+        "evaluate honestly, predict masks for new images.",
+    )
+    from pixelseg import __version__
+
+    parser.add_argument("--version", action="version", version=f"pixelseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the available models with parameter counts")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("check", help="check a data set and report every bad file")
+    p.add_argument("data", help="data folder (PH2 layout, images/+masks/) or a CSV of pairs")
+    p.add_argument("--format", default="auto", help="auto | ph2 | folders | pairs")
+    p.add_argument("--num-classes", type=int, default=1, help="1 for binary masks (default)")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("train", help="train a model; writes a run folder")
+    p.add_argument("data", nargs="?", help="data folder or CSV of pairs")
+    p.add_argument("--out", help="run folder to create (default runs/pixelseg)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--format", help="data layout: auto | ph2 | folders | pairs")
+    p.add_argument("--model", help="model name (see `pixelseg models`; default unet)")
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model option, e.g. base_channels=16 (repeatable)",
+    )
+    p.add_argument("--num-classes", type=int, help="1 = binary (default)")
+    p.add_argument("--size", help="training size: 256 or HEIGHTxWIDTH (default 256)")
+    p.add_argument("--epochs", type=int, help="default 40")
+    p.add_argument("--batch-size", type=int, help="default 8")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, help="default 1e-4")
+    p.add_argument("--loss", help="bce | dice | bce+dice | ce | ce+dice (default bce+dice)")
+    p.add_argument("--seed", type=int, help="random seed: same seed, same result (default 0)")
+    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--val-fraction", type=float, help="default 0.15")
+    p.add_argument("--test-fraction", type=float, help="default 0.15")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
+    p.add_argument("--workers", type=int, help="data loader processes (default 0)")
+    p.add_argument("--threshold", type=float, help="binary decision threshold (default 0.5)")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="score a run; writes metrics.json, per_image.csv, worst.png"
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("data", help="data folder")
+    p.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
+    p.add_argument("--format", default="auto")
+    p.add_argument("--threshold", type=float, help="override the run's threshold")
+    p.add_argument("--out", help="folder for the outputs (default: the run folder)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write masks and overlays for new images")
+    p.add_argument("run", help="run folder")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", type=float, help="override the run's threshold")
+    p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.png")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="train and evaluate on built-in synthetic data (offline)")
+    p.add_argument("--out", default="pixelseg-demo", help="output folder (default pixelseg-demo)")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
+    p.add_argument("--images", type=int, default=None, help="override the number of images")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PixelsegError, ValueError) as exc:
+        print(f"pixelseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

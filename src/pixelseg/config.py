@@ -1,0 +1,88 @@
+"""Training settings as one dataclass (the CLI, the Python API and ``config.json`` share it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``pixelseg train`` can be told. Defaults suit a small binary data set."""
+
+    data: str
+    out: str = "runs/pixelseg"
+    format: str = "auto"  # data layout: auto | ph2 | folders | pairs
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 1  # 1 = binary (foreground vs background), else class count
+    size: tuple[int, int] = (256, 256)  # training (height, width)
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    loss: str | None = None  # None: bce+dice (binary) or ce+dice (multi-class)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    patience: int = 10  # early stopping: epochs without a better val score (0 = never)
+    augment: bool = True
+    workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
+    threshold: float = 0.5  # binary: probability above which a pixel is foreground
+    ignore_index: int | None = None
+    class_names: list[str] | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.size = _parse_size(self.size)
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.num_classes >= 1, "num_classes must be >= 1"),
+            (0 < self.threshold < 1, "threshold must be between 0 and 1"),
+            (self.warmup_epochs >= 0 and self.patience >= 0, "warmup_epochs/patience must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.loss is None:
+            self.loss = "bce+dice" if self.num_classes == 1 else "ce+dice"
+
+    @property
+    def score_name(self) -> str:
+        """The validation metric that picks the best checkpoint."""
+        return "dice" if self.num_classes == 1 else "miou"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _parse_size(size: Any) -> tuple[int, int]:
+    """``256`` or ``"256"`` → (256, 256); ``"192x256"`` or (192, 256) → (192, 256) as (h, w)."""
+    if isinstance(size, str):
+        parts = size.lower().replace(",", "x").split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(
+                f"size must look like 256 or 192x256 (height x width), got {size!r}"
+            ) from None
+    elif isinstance(size, int):
+        values = [size]
+    else:
+        values = [int(v) for v in size]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 8:
+        raise ValueError(f"size must be one or two integers >= 8, got {size!r}")
+    return values[0], values[1]

@@ -1,0 +1,136 @@
+"""Checking a data set before training (nnU-Net style: fail early, name every bad file).
+
+:func:`check_dataset` decodes every image and mask once and collects *all* problems
+instead of stopping at the first, so a user can fix a folder in one pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pixelseg.data.io import read_image, read_mask
+from pixelseg.data.layouts import Sample, find_samples
+from pixelseg.errors import DataError
+
+
+@dataclass
+class SampleInfo:
+    stem: str
+    height: int
+    width: int
+    foreground: float  # fraction of pixels that are not class 0
+
+
+@dataclass
+class DatasetReport:
+    root: str
+    format: str
+    samples: list[Sample]
+    infos: list[SampleInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    mask_values: dict[int, int] = field(default_factory=dict)  # class index -> pixel count
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_problems(self) -> None:
+        if self.problems:
+            raise DataError(
+                f"{self.root}: {len(self.problems)} problem(s) in the data set", self.problems
+            )
+
+    def summary(self) -> dict:
+        heights = [i.height for i in self.infos]
+        widths = [i.width for i in self.infos]
+        fg = [i.foreground for i in self.infos]
+        stats = {
+            "root": self.root,
+            "format": self.format,
+            "n_samples": len(self.samples),
+            "n_valid": len(self.infos),
+            "problems": list(self.problems),
+            "mask_values": {str(k): v for k, v in sorted(self.mask_values.items())},
+        }
+        if self.infos:
+            stats.update(
+                height={
+                    "min": min(heights),
+                    "median": int(np.median(heights)),
+                    "max": max(heights),
+                },
+                width={"min": min(widths), "median": int(np.median(widths)), "max": max(widths)},
+                foreground_fraction={
+                    "min": round(min(fg), 4),
+                    "median": round(float(np.median(fg)), 4),
+                    "max": round(max(fg), 4),
+                },
+            )
+        return stats
+
+
+def inspect_sample(
+    sample: Sample, num_classes: int = 1
+) -> tuple[SampleInfo | None, list[str], Counter]:
+    """Decode one pair; return its info (None if unusable), its problems and its mask values."""
+    problems: list[str] = []
+    image = mask = None
+    try:
+        image = read_image(sample.image)
+    except DataError as exc:
+        problems.append(str(exc))
+    if sample.mask is None:
+        problems.append(f"{sample.image}: no mask found for this image")
+    else:
+        try:
+            mask = read_mask(sample.mask, num_classes)
+        except DataError as exc:
+            problems.append(str(exc))
+    if image is None or mask is None:
+        return None, problems, Counter()
+    if image.shape[:2] != mask.shape:
+        problems.append(
+            f"{sample.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
+            f"{image.shape[1]}x{image.shape[0]} ({sample.image.name})"
+        )
+        return None, problems, Counter()
+    values, counts = np.unique(mask, return_counts=True)
+    hist = Counter(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+    if num_classes > 1:
+        bad = [v for v in hist if v >= num_classes and v != 255]
+        if bad:
+            problems.append(f"{sample.mask}: class values {bad} outside 0..{num_classes - 1}")
+    info = SampleInfo(sample.stem, image.shape[0], image.shape[1], float((mask > 0).mean()))
+    return info, problems, hist
+
+
+def check_samples(
+    root: str | Path, fmt: str, samples: list[Sample], num_classes: int = 1, progress: bool = False
+) -> DatasetReport:
+    report = DatasetReport(str(root), fmt, samples)
+    totals: Counter = Counter()
+    iterator = samples
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(samples, desc="checking", unit="img", leave=False)
+    for sample in iterator:
+        info, problems, hist = inspect_sample(sample, num_classes)
+        report.problems.extend(problems)
+        totals.update(hist)
+        if info is not None:
+            report.infos.append(info)
+    report.mask_values = dict(totals)
+    return report
+
+
+def check_dataset(
+    root: str | Path, format: str = "auto", num_classes: int = 1, progress: bool = False
+) -> DatasetReport:
+    """Find and check every pair under ``root``. Never raises for bad files: see ``.problems``."""
+    fmt, samples = find_samples(root, format)
+    return check_samples(root, fmt, samples, num_classes, progress)

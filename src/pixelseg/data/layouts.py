@@ -1,0 +1,211 @@
+"""Finding (image, mask) pairs in the folder layouts people actually have.
+
+Supported layouts (``format``):
+
+- ``ph2``: the PH2 database as distributed: ``PH2 Dataset images/IMDxxx/IMDxxx_Dermoscopic_Image/
+  IMDxxx.bmp`` with ``IMDxxx_lesion/IMDxxx_lesion.bmp``. ``_roi`` folders and ``.jpg`` copies
+  are ignored. ``PH2_dataset.csv`` (if present) gives each image's diagnosis, used to stratify
+  the split.
+- ``folders``: the MADS/Kaggle layout ``images/`` + ``masks/`` with matching file stems (the
+  mask's extension may differ; a ``_mask``/``_lesion``/``_label``/``_segmentation`` suffix
+  is accepted).
+- ``pairs``: a CSV or text file with one ``image,mask`` pair per line (paths relative to the
+  file), for anything else.
+
+Pairs are always matched by name, never by the order a directory walk happens to return.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixelseg.data.io import is_image_file
+from pixelseg.errors import DataError
+
+FORMATS = ("auto", "ph2", "folders", "pairs")
+_IMAGE_DIRS = ("images", "image", "imgs", "img")
+_MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt")
+_MASK_SUFFIXES = (
+    "_mask",
+    "_masks",
+    "_lesion",
+    "_label",
+    "_labels",
+    "_segmentation",
+    "_gt",
+    "-mask",
+)
+_PH2_IMAGES = "PH2 Dataset images"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask (``mask`` is None when no mask was found)."""
+
+    stem: str
+    image: Path
+    mask: Path | None
+    group: str | None = None  # a label to stratify the split by (e.g. PH2's diagnosis)
+
+
+def find_samples(root: str | Path, format: str = "auto") -> tuple[str, list[Sample]]:
+    """Return ``(format, samples)`` for the data set at ``root``, sorted by stem."""
+    root = Path(root)
+    if format not in FORMATS:
+        raise ValueError(f"Unknown data format {format!r}. Valid formats: {', '.join(FORMATS)}")
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if format == "auto":
+        format = detect_format(root)
+    finder = {"ph2": _find_ph2, "folders": _find_folders, "pairs": _find_pairs}[format]
+    samples = sorted(finder(root), key=lambda s: s.stem)
+    if not samples:
+        raise DataError(f"{root}: no images found (format {format})")
+    return format, samples
+
+
+def detect_format(root: Path) -> str:
+    if root.is_file():
+        return "pairs"
+    if _ph2_images_dir(root) is not None:
+        return "ph2"
+    if _image_mask_dirs(root) is not None:
+        return "folders"
+    raise DataError(
+        f"{root}: cannot tell the data layout. Expected PH2's '{_PH2_IMAGES}' folder, an "
+        f"'images/' + 'masks/' pair of folders, or a CSV of image,mask pairs (see --format)."
+    )
+
+
+# ---- PH2 -------------------------------------------------------------------------------------
+
+
+def _ph2_images_dir(root: Path) -> Path | None:
+    for candidate in (root / _PH2_IMAGES, root / "PH2Dataset" / _PH2_IMAGES):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _ph2_diagnoses(images_dir: Path) -> dict[str, str]:
+    csv_path = images_dir.parent / "PH2_dataset.csv"
+    if not csv_path.is_file():
+        return {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # the file starts with a BOM
+        rows = list(csv.reader(f))
+    return {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
+
+
+def _find_ph2(root: Path) -> list[Sample]:
+    images_dir = _ph2_images_dir(root)
+    if images_dir is None:
+        raise DataError(f"{root}: no '{_PH2_IMAGES}' folder (PH2 layout)")
+    diagnoses = _ph2_diagnoses(images_dir)
+    samples = []
+    for case in sorted(p for p in images_dir.iterdir() if p.is_dir()):
+        name = case.name
+        image = _first_bmp(case / f"{name}_Dermoscopic_Image", name)
+        if image is None:
+            continue  # not a case folder
+        mask = _first_bmp(case / f"{name}_lesion", f"{name}_lesion")
+        samples.append(Sample(name, image, mask, diagnoses.get(name)))
+    return samples
+
+
+def _first_bmp(folder: Path, stem: str) -> Path | None:
+    if not folder.is_dir():
+        return None
+    exact = folder / f"{stem}.bmp"
+    if exact.is_file():
+        return exact
+    bmps = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".bmp")
+    return bmps[0] if bmps else None
+
+
+# ---- images/ + masks/ ------------------------------------------------------------------------
+
+
+def _child_dir(parent: Path, names: tuple[str, ...]) -> Path | None:
+    by_lower = {p.name.lower(): p for p in parent.iterdir() if p.is_dir()}
+    return next((by_lower[n] for n in names if n in by_lower), None)
+
+
+def _image_mask_dirs(root: Path) -> tuple[Path, Path] | None:
+    """``root/images`` + ``root/masks``, or the same one folder down (a Kaggle zip's top folder)."""
+    if not root.is_dir():
+        return None
+    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        images, masks = _child_dir(folder, _IMAGE_DIRS), _child_dir(folder, _MASK_DIRS)
+        if images is not None and masks is not None:
+            return images, masks
+    return None
+
+
+def _mask_key(stem: str) -> str:
+    for suffix in _MASK_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _index_by_stem(files: list[Path], key=lambda s: s) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    clashes = []
+    for f in files:
+        k = key(f.stem)
+        if k in index:
+            clashes.append(f"{index[k]} and {f} have the same name")
+        index[k] = f
+    if clashes:
+        raise DataError("Two files share a name, so pairs are ambiguous:", clashes)
+    return index
+
+
+def _find_folders(root: Path) -> list[Sample]:
+    dirs = _image_mask_dirs(root)
+    if dirs is None:
+        raise DataError(f"{root}: expected an 'images/' folder and a 'masks/' folder")
+    images_dir, masks_dir = dirs
+    images = _index_by_stem(sorted(p for p in images_dir.iterdir() if is_image_file(p)))
+    masks = _index_by_stem(sorted(p for p in masks_dir.iterdir() if is_image_file(p)))
+    if not set(images) & set(masks):  # try stripping mask suffixes like "_mask"
+        masks = _index_by_stem(sorted(masks.values()), key=_mask_key)
+    return [Sample(stem, path, masks.get(stem)) for stem, path in images.items()]
+
+
+# ---- explicit pair list -----------------------------------------------------------------------
+
+
+def _find_pairs(path: Path) -> list[Sample]:
+    if not path.is_file():
+        raise DataError(f"{path}: the 'pairs' format needs a CSV/text file of image,mask lines")
+    samples, seen = [], set()
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            row = [c.strip() for c in row if c.strip()]
+            if not row or row[0].startswith("#") or row[0].lower() == "image":
+                continue  # blank, comment or header
+            image = path.parent / row[0]
+            mask = path.parent / row[1] if len(row) > 1 else None
+            stem = image.stem if image.stem not in seen else f"{image.stem}_{lineno}"
+            seen.add(stem)
+            samples.append(Sample(stem, image, mask))
+    return samples
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into a list of image files for prediction."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if is_image_file(p))
+            if not found:
+                raise DataError(f"{item}: no images in this folder")
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return paths

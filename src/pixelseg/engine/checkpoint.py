@@ -1,0 +1,114 @@
+"""The run folder on disk: weights, config and resumable training state.
+
+- ``model.safetensors``: the best weights (no pickle: safe to load from anyone).
+- ``config.json``: everything needed to rebuild the model and its preprocessing.
+- ``last.pt``: optimizer/scheduler/RNG state for ``--resume``; loaded with
+  ``weights_only=True`` so it can hold tensors and plain containers only.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename), so a
+crash or a full disk never leaves a half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from pixelseg.errors import PixelsegError
+from pixelseg.models import create_model
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "last.pt"
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    text = json.dumps(data, indent=2, default=_json_default) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def save_weights(run_dir: str | Path, model: torch.nn.Module) -> Path:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = safetensors_bytes(state)
+    return atomic_write(Path(run_dir) / WEIGHTS_FILE, lambda f: f.write(data))
+
+
+def read_config(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise PixelsegError(f"{run_dir}: not a pixelseg run folder (no {CONFIG_FILE})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PixelsegError(f"{path}: invalid JSON ({exc})") from None
+
+
+def build_model(config: dict) -> torch.nn.Module:
+    """The (untrained) model a run's config describes."""
+    return create_model(
+        config["model"],
+        in_channels=config["in_channels"],
+        num_classes=config["num_classes"],
+        **config.get("model_kwargs", {}),
+    )
+
+
+def load_model(
+    run_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a run's model from ``config.json`` and ``model.safetensors``, in eval mode."""
+    config = read_config(run_dir)
+    weights = Path(run_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise PixelsegError(f"{run_dir}: no {WEIGHTS_FILE} (did training finish an epoch?)")
+    model = build_model(config)
+    model.load_state_dict(load_file(str(weights), device="cpu"))
+    return model.to(device).eval(), config
+
+
+def save_state(run_dir: str | Path, state: dict) -> Path:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    return atomic_write(Path(run_dir) / STATE_FILE, lambda f: f.write(data))
+
+
+def load_state(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,159 @@
+"""Evaluation at each image's original resolution.
+
+Predictions are made at the training size, then the logits are resized back to the
+original image size and compared with the original mask file, as the segmentation
+literature does (scoring at the training resolution would flatter the model: thin
+structures and borders are blurred away by the down-sampling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from pixelseg.data.dataset import SegmentationDataset
+from pixelseg.data.io import read_image
+from pixelseg.data.layouts import find_samples
+from pixelseg.data.split import SPLITS, load_split
+from pixelseg.engine.checkpoint import load_model, write_json
+from pixelseg.engine.device import resolve_device
+from pixelseg.errors import PixelsegError
+from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
+from pixelseg.report import plot_grid, write_csv
+
+
+def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(C, H, W) logits → (H, W) uint8 class indices (C == 1: sigmoid > threshold)."""
+    if logits.shape[0] == 1:
+        return (torch.sigmoid(logits[0]) > threshold).to(torch.uint8)
+    return logits.argmax(0).to(torch.uint8)
+
+
+def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) → (C, H, W), bilinear (resizing logits, not hard masks, keeps borders smooth)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+@torch.no_grad()
+def iter_logits(
+    model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device, batch_size: int = 8
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(index, logits at training size on CPU)`` for every item of ``dataset``."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        logits = model(batch["image"].to(device)).float().cpu()
+        yield from zip(batch["index"].tolist(), logits, strict=True)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    device: torch.device,
+    threshold: float = 0.5,
+    ignore_index: int | None = None,
+    class_names: list[str] | None = None,
+    batch_size: int = 8,
+    keep_predictions: bool = False,
+) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
+    """Score ``model`` on ``dataset`` (built with ``keep_original=True``).
+
+    Returns ``(metrics, per_image_rows, predictions)``; ``predictions`` maps item index to its
+    original-size mask and is only filled with ``keep_predictions``.
+    """
+    if not dataset.keep_original:
+        raise ValueError("evaluate() needs a dataset built with keep_original=True")
+    num_classes = dataset.num_classes
+    metrics = (
+        BinaryMetrics()
+        if num_classes == 1
+        else MulticlassMetrics(num_classes, ignore_index=ignore_index, class_names=class_names)
+    )
+    rows, predictions = [], {}
+    for index, logits in iter_logits(model, dataset, device, batch_size):
+        truth = dataset.original_masks[index]
+        pred = logits_to_mask(resize_logits(logits, truth.shape), threshold).numpy()
+        if num_classes == 1:
+            valid = truth != ignore_index if ignore_index is not None else None
+            row = metrics.update(pred, truth == 1, valid=valid)
+        else:
+            row = metrics.update(pred, truth)
+        rows.append({"stem": dataset.samples[index].stem, **row})
+        if keep_predictions:
+            predictions[index] = pred
+    return metrics.compute(), rows, predictions
+
+
+def evaluate_run(
+    run: str | Path,
+    data: str | Path,
+    split: str = "test",
+    format: str = "auto",
+    threshold: float | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    n_worst: int = 6,
+    progress: bool = True,
+) -> dict:
+    """Score a trained run on ``data`` and write ``metrics.json``, ``per_image.csv``, ``worst.png``.
+
+    ``split`` is ``test`` or ``val`` (the run's own ``split.json``) or ``all`` (every pair in
+    ``data``, e.g. a separate test set). Files go to ``out`` (default: the run folder).
+    """
+    if split not in ("all", *SPLITS):
+        raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
+    run = Path(run)
+    dev = resolve_device(device)
+    model, config = load_model(run, dev)
+    _, samples = find_samples(data, format)
+    if split != "all":
+        split_file = run / "split.json"
+        if not split_file.is_file():
+            raise PixelsegError(f"{run}: no split.json; use --split all")
+        wanted = set(load_split(split_file)[split])
+        samples = [s for s in samples if s.stem in wanted]
+        if not samples:
+            raise PixelsegError(
+                f"none of the run's {split} images are in {data}; "
+                f"use --split all to score every image there"
+            )
+    dataset = SegmentationDataset(
+        samples,
+        tuple(config["size"]),
+        config["num_classes"],
+        config["mean"],
+        config["std"],
+        keep_original=True,
+        progress=progress,
+    )
+    t = float(config.get("threshold", 0.5)) if threshold is None else threshold
+    metrics, rows, preds = evaluate(
+        model,
+        dataset,
+        dev,
+        t,
+        config.get("ignore_index"),
+        config.get("class_names"),
+        batch_size,
+        keep_predictions=True,
+    )
+    metrics = {**metrics, "split": split, "threshold": t, "data": str(data)}
+    out_dir = Path(out) if out is not None else run
+    write_json(out_dir / "metrics.json", metrics)
+    write_csv(out_dir / "per_image.csv", rows)
+    key = "dice" if config["num_classes"] == 1 else "miou"
+    worst = sorted(range(len(rows)), key=lambda i: rows[i][key])[:n_worst]
+    plot_grid(
+        [(read_image(samples[i].image), dataset.original_masks[i], preds[i]) for i in worst],
+        out_dir / "worst.png",
+        [f"{rows[i]['stem']}  {key} {rows[i][key]:.3f}" for i in worst],
+    )
+    return metrics

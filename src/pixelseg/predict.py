@@ -1,0 +1,159 @@
+"""Masks for new images: ``pixelseg.load(run).predict(image)`` and ``pixelseg predict``.
+
+A :class:`Predictor` applies exactly the preprocessing of training (resize to the
+training size, the run's normalisation), then brings the logits back to the input's own
+size before thresholding, so masks line up with the original pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pixelseg.data.dataset import resize_image, to_tensor
+from pixelseg.data.io import read_image
+from pixelseg.engine.checkpoint import load_model
+from pixelseg.engine.device import resolve_device
+from pixelseg.engine.evaluate import logits_to_mask, resize_logits
+from pixelseg.report import overlay, save_png
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+def as_rgb_array(image: ImageLike) -> np.ndarray:
+    """A path, PIL image or numpy array (HxW, HxWx1/3/4; uint8 or float in [0, 1]) → HxWx3 uint8."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+    arr = image
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"expected an HxW or HxWxC image with C in 1, 3, 4; got shape {image.shape}"
+        )
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.max() <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).round().astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+class Predictor:
+    """A trained run, ready to segment images of any size."""
+
+    def __init__(self, model: torch.nn.Module, config: dict, device: torch.device) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.device = device
+        self.size = tuple(config["size"])
+        self.num_classes = int(config["num_classes"])
+        self.threshold = float(config.get("threshold", 0.5))
+
+    @classmethod
+    def from_run(cls, run: str | Path, device: str = "auto") -> Predictor:
+        dev = resolve_device(device)
+        model, config = load_model(run, dev)
+        return cls(model, config, dev)
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
+        """(C, H, W) logits at each image's original size."""
+        arrays = [as_rgb_array(im) for im in images]
+        batch = torch.stack(
+            [
+                to_tensor(resize_image(a, self.size), self.config["mean"], self.config["std"])
+                for a in arrays
+            ]
+        )
+        out = self.model(batch.to(self.device)).float().cpu()
+        return [resize_logits(logit, a.shape[:2]) for logit, a in zip(out, arrays, strict=True)]
+
+    def predict_proba(self, image: ImageLike) -> np.ndarray:
+        """Binary: HxW foreground probability. Multi-class: CxHxW class probabilities."""
+        logits = self.logits([image])[0]
+        probs = torch.sigmoid(logits[0]) if self.num_classes == 1 else logits.softmax(0)
+        return probs.numpy()
+
+    def predict(self, image: ImageLike, threshold: float | None = None) -> np.ndarray:
+        """HxW uint8 mask at the image's size: {0, 1} for binary, class indices otherwise."""
+        return self.predict_batch([image], threshold)[0]
+
+    def predict_batch(
+        self, images: Sequence[ImageLike], threshold: float | None = None
+    ) -> list[np.ndarray]:
+        t = self.threshold if threshold is None else threshold
+        return [logits_to_mask(logit, t).numpy() for logit in self.logits(images)]
+
+
+def load(run: str | Path, device: str = "auto") -> Predictor:
+    """Load a trained run folder (``config.json`` + ``model.safetensors``) for prediction."""
+    return Predictor.from_run(run, device)
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """File stems, made unique (``a``, ``a_2``…) when two inputs share a name."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0) + 1
+        seen[p.stem] = n
+        stems.append(p.stem if n == 1 else f"{p.stem}_{n}")
+    return stems
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_dir: str | Path,
+    threshold: float | None = None,
+    probabilities: bool = False,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> list[Path]:
+    """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
+
+    Binary masks are saved as 0/255, multi-class masks as class indices; the probability
+    image is the foreground (binary) or winning-class (multi-class) probability × 255.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = predictor.threshold if threshold is None else threshold
+    written: list[Path] = []
+    stems = _unique_stems(paths)
+    with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = list(paths[start : start + batch_size])
+            images = [read_image(p) for p in chunk]
+            chunk_stems = stems[start : start + len(chunk)]
+            logits = predictor.logits(images)
+            for image, logit, stem in zip(images, logits, chunk_stems, strict=True):
+                mask = logits_to_mask(logit, t).numpy()
+                saved = mask * 255 if predictor.num_classes == 1 else mask
+                written.append(save_png(out_dir / f"{stem}_mask.png", saved.astype(np.uint8)))
+                written.append(save_png(out_dir / f"{stem}_overlay.png", overlay(image, mask)))
+                if probabilities:
+                    prob = (
+                        torch.sigmoid(logit[0])
+                        if predictor.num_classes == 1
+                        else logit.softmax(0).amax(0)
+                    )
+                    written.append(
+                        save_png(
+                            out_dir / f"{stem}_prob.png",
+                            (prob.numpy() * 255).round().astype(np.uint8),
+                        )
+                    )
+                bar.update(1)
+    return written

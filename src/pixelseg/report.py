@@ -1,0 +1,146 @@
+"""Pictures and tables a person looks at: curves, overlays, prediction grids, CSV files.
+
+matplotlib is used with the non-interactive Agg backend (set per figure, never globally),
+so nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pixelseg.engine.checkpoint import atomic_write
+
+# Class colours for overlays: class 1 red (binary foreground), then a qualitative palette.
+PALETTE = np.array(
+    [
+        (0, 0, 0),
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+    ],
+    dtype=np.uint8,
+)
+
+
+def class_colors(n: int) -> np.ndarray:
+    """``n`` RGB colours (repeating the palette for very many classes)."""
+    reps = -(-n // len(PALETTE))
+    return np.tile(PALETTE, (reps, 1))[:n]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Tint each non-background class of ``mask`` over ``image`` and outline it.
+
+    ``image``: HxWx3 uint8; ``mask``: HxW class indices (0 = background, left untouched).
+    """
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"overlay: image {image.shape[:2]} and mask {mask.shape} sizes differ")
+    colors = class_colors(int(mask.max()) + 1)
+    out = image.astype(np.float32)
+    fg = mask > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colors[mask[fg]]
+    edge = _edges(mask)
+    out[edge] = colors[mask[edge]]
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Foreground pixels with a 4-neighbour of another class (a one-pixel outline)."""
+    m = mask
+    edge = np.zeros(m.shape, dtype=bool)
+    edge[1:, :] |= m[1:, :] != m[:-1, :]
+    edge[:-1, :] |= m[:-1, :] != m[1:, :]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    return edge & (m > 0)
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write an image array as PNG atomically (a crash never leaves a truncated file)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _figure(rows: int, cols: int, cell: float = 3.0):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(cols * cell, rows * cell * 0.8), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    data = buffer.getvalue()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def plot_curves(history: list[dict], path: str | Path, score_name: str = "dice") -> Path:
+    """``curves.png``: training/validation loss and the validation score per epoch."""
+    fig, axes = _figure(1, 2, cell=4.0)
+    epochs = [row["epoch"] for row in history]
+    ax = axes[0, 0]
+    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax.legend()
+    ax = axes[0, 1]
+    ax.plot(epochs, [r[f"val_{score_name}"] for r in history], "o-", color="tab:green")
+    ax.set(xlabel="epoch", ylabel=score_name, title=f"validation {score_name}", ylim=(0, 1))
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    return _save_figure(fig, path)
+
+
+def plot_grid(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """A grid with one row per case: image | truth overlay | prediction overlay."""
+    if not rows:
+        raise ValueError("plot_grid needs at least one row")
+    fig, axes = _figure(len(rows), 3)
+    for i, (image, truth, pred) in enumerate(rows):
+        panels = [image, overlay(image, truth), overlay(image, pred)]
+        names = ["image", "truth", "prediction"]
+        for j, (panel, name) in enumerate(zip(panels, names, strict=True)):
+            ax = axes[i, j]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = name if j or titles is None else f"{titles[i]}"
+            ax.set_title(label, fontsize=9)
+    return _save_figure(fig, path)
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> Path:
+    """Write dict rows as CSV (columns from the first row), atomically."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    data = buffer.getvalue().encode()
+    return atomic_write(path, lambda f: f.write(data))
