@@ -74,7 +74,7 @@ class DatasetReport:
 
 
 def inspect_sample(
-    sample: Sample, num_classes: int = 1
+    sample: Sample, num_classes: int = 1, ignore_index: int | None = None
 ) -> tuple[SampleInfo | None, list[str], Counter]:
     """Decode one pair; return its info (None if unusable), its problems and its mask values."""
     problems: list[str] = []
@@ -101,15 +101,21 @@ def inspect_sample(
     values, counts = np.unique(mask, return_counts=True)
     hist = Counter(dict(zip(values.tolist(), counts.tolist(), strict=True)))
     if num_classes > 1:
-        bad = [v for v in hist if v >= num_classes and v != 255]
+        bad = sorted(v for v in hist if v >= num_classes and v != ignore_index)
         if bad:
-            problems.append(f"{sample.mask}: class values {bad} outside 0..{num_classes - 1}")
+            hint = "; it looks like a binary mask (use 1 class)" if set(hist) <= {0, 255} else ""
+            problems.append(f"{sample.mask}: class values {bad} outside 0..{num_classes - 1}{hint}")
     info = SampleInfo(sample.stem, image.shape[0], image.shape[1], float((mask > 0).mean()))
     return info, problems, hist
 
 
 def check_samples(
-    root: str | Path, fmt: str, samples: list[Sample], num_classes: int = 1, progress: bool = False
+    root: str | Path,
+    fmt: str,
+    samples: list[Sample],
+    num_classes: int = 1,
+    progress: bool = False,
+    ignore_index: int | None = None,
 ) -> DatasetReport:
     report = DatasetReport(str(root), fmt, samples)
     totals: Counter = Counter()
@@ -119,7 +125,7 @@ def check_samples(
 
         iterator = tqdm(samples, desc="checking", unit="img", leave=False)
     for sample in iterator:
-        info, problems, hist = inspect_sample(sample, num_classes)
+        info, problems, hist = inspect_sample(sample, num_classes, ignore_index)
         report.problems.extend(problems)
         totals.update(hist)
         if info is not None:
@@ -129,8 +135,12 @@ def check_samples(
 
 
 def check_dataset(
-    root: str | Path, format: str = "auto", num_classes: int = 1, progress: bool = False
+    root: str | Path,
+    format: str = "auto",
+    num_classes: int = 1,
+    progress: bool = False,
+    ignore_index: int | None = None,
 ) -> DatasetReport:
     """Find and check every pair under ``root``. Never raises for bad files: see ``.problems``."""
     fmt, samples = find_samples(root, format)
-    return check_samples(root, fmt, samples, num_classes, progress)
+    return check_samples(root, fmt, samples, num_classes, progress, ignore_index)

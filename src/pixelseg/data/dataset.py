@@ -54,7 +54,8 @@ class SegmentationDataset(Dataset):
     """Samples decoded once, resized to ``size`` = (height, width), cached as uint8.
 
     Items are dicts: ``image`` (C, H, W) float32 normalised, ``mask`` (H, W) int64, ``index``;
-    with ``keep_original`` also ``original_mask`` (numpy, original size).
+    with ``keep_original`` the original-size masks are kept in ``original_masks`` (a list, as
+    their sizes differ) for evaluation at the original resolution.
     """
 
     def __init__(

@@ -47,7 +47,11 @@ def read_image(path: str | Path) -> np.ndarray:
     im = _open(path)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
-        arr = np.clip(arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0, 0, 255)
+        # 16-bit files are scaled from the full 16-bit range, whatever this image's maximum,
+        # so every image of a data set gets the same brightness mapping. (32-bit "I" images
+        # holding 8-bit values are left as they are.)
+        full = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / full * 255.0, 0, 255)
         im = Image.fromarray(arr.round().astype(np.uint8), mode="L")
     elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         warnings.warn(f"{path}: alpha channel dropped", stacklevel=2)
@@ -58,14 +62,19 @@ def read_mask(path: str | Path, num_classes: int = 1) -> np.ndarray:
     """Read a mask as an HxW uint8 array of class indices.
 
     Binary (``num_classes == 1``): any encoding (1-bit, 0/1 or 0/255 grey, RGB) becomes
-    {0, 1}; a pixel is foreground when its grey value is above half the file's range
-    (values 0/1 are taken as they are).
+    {0, 1}; a pixel is foreground when its grey value (for RGB: its brightest channel) is
+    above 127 (files holding only 0/1 are taken as they are).
     Multi-class: the file must hold class indices (greyscale or palette PNG).
     """
     path = Path(path)
     im = _open(path)
     if num_classes == 1:
-        arr = np.asarray(im.convert("L"), dtype=np.uint8)
+        if im.mode in ("RGB", "RGBA"):
+            # a colour-coded binary mask (e.g. pure red on black) is foreground wherever
+            # any channel is bright; converting to grey first would lose pure red (76).
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).max(axis=2)
+        else:
+            arr = np.asarray(im.convert("L"), dtype=np.uint8)
         if arr.max() <= 1:
             return arr.copy()
         return (arr > 127).astype(np.uint8)

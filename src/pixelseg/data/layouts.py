@@ -21,7 +21,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixelseg.data.io import is_image_file
+from pixelseg.data.io import IMAGE_EXTENSIONS, is_image_file
 from pixelseg.errors import DataError
 
 FORMATS = ("auto", "ph2", "folders", "pairs")
@@ -136,11 +136,17 @@ def _image_mask_dirs(root: Path) -> tuple[Path, Path] | None:
     """``root/images`` + ``root/masks``, or the same one folder down (a Kaggle zip's top folder)."""
     if not root.is_dir():
         return None
+    found = []
     for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
         images, masks = _child_dir(folder, _IMAGE_DIRS), _child_dir(folder, _MASK_DIRS)
         if images is not None and masks is not None:
-            return images, masks
-    return None
+            if folder == root:
+                return images, masks
+            found.append((images, masks))
+    if len(found) > 1:
+        names = ", ".join(str(images.parent) for images, _ in found)
+        raise DataError(f"{root}: several data sets inside ({names}); point at one of them")
+    return found[0] if found else None
 
 
 def _mask_key(stem: str) -> str:
@@ -179,19 +185,25 @@ def _find_folders(root: Path) -> list[Sample]:
 
 
 def _find_pairs(path: Path) -> list[Sample]:
-    if not path.is_file():
+    if not path.is_file() or path.suffix.lower() in IMAGE_EXTENSIONS:
         raise DataError(f"{path}: the 'pairs' format needs a CSV/text file of image,mask lines")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a CSV/text file of image,mask pairs ({exc})") from None
     samples, seen = [], set()
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            row = [c.strip() for c in row if c.strip()]
-            if not row or row[0].startswith("#") or row[0].lower() == "image":
-                continue  # blank, comment or header
-            image = path.parent / row[0]
-            mask = path.parent / row[1] if len(row) > 1 else None
-            stem = image.stem if image.stem not in seen else f"{image.stem}_{lineno}"
-            seen.add(stem)
-            samples.append(Sample(stem, image, mask))
+    for lineno, row in enumerate(rows, start=1):
+        row = [c.strip() for c in row if c.strip()]
+        if not row or row[0].startswith("#"):
+            continue  # blank or comment
+        if lineno == 1 and Path(row[0]).suffix.lower() not in IMAGE_EXTENSIONS:
+            continue  # a header such as "image,mask" or "image_path,mask_path"
+        image = path.parent / row[0]
+        mask = path.parent / row[1] if len(row) > 1 else None
+        stem = image.stem if image.stem not in seen else f"{image.stem}_{lineno}"
+        seen.add(stem)
+        samples.append(Sample(stem, image, mask))
     return samples
 
 

@@ -135,7 +135,7 @@ def build_datasets(
     Normalisation statistics come from the training images (or the resumed run).
     """
     fmt, samples = find_samples(cfg.data, cfg.format)
-    report = check_samples(cfg.data, fmt, samples, cfg.num_classes, progress=cfg.progress)
+    report = check_samples(cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index)
     report.raise_if_problems()  # refuse to train on a broken data set
     split = prepare_split(cfg, samples, [info.foreground for info in report.infos], run_dir)
     train_set = SegmentationDataset(

@@ -1,0 +1,347 @@
+"""Tests of SegmentationDataset and the joint image + mask Augment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelseg.data.dataset import (
+    SegmentationDataset,
+    normalize,
+    resize_image,
+    resize_mask,
+    to_tensor,
+)
+from pixelseg.data.io import read_image, read_mask
+from pixelseg.data.layouts import Sample, find_samples
+from pixelseg.data.transforms import Augment
+from pixelseg.errors import DataError
+
+NO_AUG = {"hflip": False, "vflip": False, "rotate_degrees": 0.0, "scale": 0.0, "color": 0.0}
+
+
+def _pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray) -> Sample:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / "images" / f"{stem}.png")
+    Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    return Sample(stem, root / "images" / f"{stem}.png", root / "masks" / f"{stem}.png")
+
+
+def _class_map(h: int, w: int) -> np.ndarray:
+    """An asymmetric multi-class mask: classes 1, 2, 3 in different corners/blobs."""
+    yy, xx = np.mgrid[:h, :w]
+    m = np.zeros((h, w), np.uint8)
+    m[: h // 3, : w // 4] = 1
+    m[h // 2 :, w // 2 : w - 3] = 2
+    m[(yy - h * 0.3) ** 2 + (xx - w * 0.7) ** 2 < (h / 8) ** 2] = 3
+    return m
+
+
+def _encoded(mask: torch.Tensor, n: int = 3) -> torch.Tensor:
+    """A 3-channel image whose first channel is the mask's class / n (so alignment is checkable)."""
+    h, w = mask.shape
+    first = mask.float() / n
+    ramp = torch.linspace(0, 1, w).expand(h, w)
+    return torch.stack([first, ramp, torch.full((h, w), 0.5)])
+
+
+# ---- resize helpers ----------------------------------------------------------------------------
+
+def test_resize_mask_nearest_keeps_values():
+    mask = _class_map(37, 53) * 2  # values {0, 2, 4, 6}
+    out = resize_mask(mask, (20, 31))
+    assert out.shape == (20, 31) and out.dtype == np.uint8
+    assert set(np.unique(out)) == {0, 2, 4, 6}
+    big = resize_mask(mask, (111, 97))
+    assert big.shape == (111, 97) and set(np.unique(big)) == {0, 2, 4, 6}
+
+
+def test_resize_image_bilinear_blends_and_orients():
+    image = np.zeros((10, 20, 3), np.uint8)
+    image[:, 10:] = 200  # a vertical step edge
+    out = resize_image(image, (6, 7))
+    assert out.shape == (6, 7, 3) and out.dtype == np.uint8
+    values = set(np.unique(out))
+    assert 0 in values and 200 in values
+    assert any(0 < v < 200 for v in values)  # interpolated, not nearest
+    assert out[:, 0].max() == 0 and out[:, -1].min() == 200  # (height, width), not transposed
+
+
+def test_resize_same_size_is_identity():
+    image = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_image(image, (5, 6)), image)
+    mask = _class_map(5, 6)
+    np.testing.assert_array_equal(resize_mask(mask, (5, 6)), mask)
+
+
+def test_to_tensor_and_normalize():
+    image = np.array([[[0, 51, 255]]], np.uint8)
+    t = to_tensor(image, (0.0, 0.2, 0.5), (1.0, 0.1, 0.5))
+    assert t.shape == (3, 1, 1) and t.dtype == torch.float32
+    torch.testing.assert_close(t.flatten(), torch.tensor([0.0, 0.0, 1.0]))
+    x = torch.ones(3, 2, 2)
+    torch.testing.assert_close(normalize(x, [1, 0, 0.5], [1, 2, 0.25]),
+                               torch.tensor([0.0, 0.5, 2.0]).view(3, 1, 1).expand(3, 2, 2))
+
+
+# ---- SegmentationDataset -----------------------------------------------------------------------
+
+def test_dataset_items(tiny_folders):
+    _, samples = find_samples(tiny_folders)
+    ds = SegmentationDataset(samples, (32, 24))
+    assert len(ds) == 12
+    item = ds[5]
+    assert item["index"] == 5
+    assert item["image"].shape == (3, 32, 24) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (32, 24) and item["mask"].dtype == torch.int64
+    assert set(item["mask"].unique().tolist()) == {0, 1}
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (12, 3, 32, 24)
+
+
+def test_dataset_image_matches_manual_pipeline(tiny_folders):
+    _, samples = find_samples(tiny_folders)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    ds = SegmentationDataset(samples[:3], (20, 30), mean=mean, std=std)
+    for i in range(3):
+        expected = to_tensor(resize_image(read_image(samples[i].image), (20, 30)), mean, std)
+        torch.testing.assert_close(ds[i]["image"], expected)
+        mask = resize_mask(read_mask(samples[i].mask), (20, 30))
+        np.testing.assert_array_equal(ds[i]["mask"].numpy(), mask)
+
+
+def test_dataset_image_and_mask_aligned_after_resize(tmp_path):
+    # a non-square image whose bright pixels are exactly the mask
+    mask = _class_map(45, 70) > 0
+    image = np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2)
+    sample = _pair(tmp_path, "enc", image, (mask * 255).astype(np.uint8))
+    ds = SegmentationDataset([sample], (30, 50), mean=(0, 0, 0), std=(1, 1, 1))
+    img, m = ds[0]["image"][0], ds[0]["mask"]
+    assert m.shape == (30, 50)
+    agree = ((img > 0.5) == (m == 1)).float().mean().item()
+    assert agree > 0.95
+
+
+def test_dataset_multiclass_mask_values_stay_in_original_set(tmp_path):
+    mask = _class_map(41, 59) * 3  # values {0, 3, 6, 9}
+    image = np.random.default_rng(1).integers(0, 256, (41, 59, 3), dtype=np.uint8)
+    sample = _pair(tmp_path, "mc", image, mask)
+    ds = SegmentationDataset([sample], (17, 23), num_classes=10)
+    assert set(ds[0]["mask"].unique().tolist()) == {0, 3, 6, 9}
+
+
+def test_dataset_keep_original(tmp_path):
+    samples = [
+        _pair(tmp_path, stem, np.zeros((h, w, 3), np.uint8), (_class_map(h, w) > 0) * np.uint8(255))
+        for stem, (h, w) in [("a", (30, 40)), ("b", (22, 18))]
+    ]
+    ds = SegmentationDataset(samples, (16, 16), keep_original=True)
+    assert [m.shape for m in ds.original_masks] == [(30, 40), (22, 18)]
+    for sample, original in zip(samples, ds.original_masks, strict=True):
+        np.testing.assert_array_equal(original, read_mask(sample.mask))
+    assert ds[1]["mask"].shape == (16, 16)
+    assert SegmentationDataset(samples, (16, 16)).original_masks == []
+
+
+def test_dataset_caches_decoded_pairs(tiny_folders):
+    _, samples = find_samples(tiny_folders)
+    ds = SegmentationDataset(samples[:4], (24, 24))
+    before = [ds[i] for i in range(4)]
+    for s in samples[:4]:  # the files are gone; items come from memory
+        s.image.unlink()
+        s.mask.unlink()
+    for i in range(4):
+        torch.testing.assert_close(ds[i]["image"], before[i]["image"])
+        assert torch.equal(ds[i]["mask"], before[i]["mask"])
+
+
+def test_dataset_augment_does_not_touch_cache(tiny_folders):
+    _, samples = find_samples(tiny_folders)
+    ds = SegmentationDataset(samples[:2], (24, 24), augment=Augment(color=0.5))
+    images, masks = ds.images.clone(), ds.masks.clone()
+    torch.manual_seed(0)
+    for _ in range(5):
+        ds[0]
+        ds[1]
+    assert torch.equal(ds.images, images) and torch.equal(ds.masks, masks)
+
+
+def test_dataset_augmented_items_deterministic_under_seed(tiny_folders):
+    _, samples = find_samples(tiny_folders)
+    ds = SegmentationDataset(samples[:3], (24, 32), augment=Augment())
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        return [ds[i] for i in range(3)]
+
+    a, b, c = draw(11), draw(11), draw(12)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+    assert any(not torch.equal(x["image"], z["image"]) for x, z in zip(a, c, strict=True))
+    for x in a:
+        assert set(x["mask"].unique().tolist()) <= {0, 1}
+
+
+def test_dataset_channel_stats(tmp_path):
+    samples = [
+        _pair(tmp_path, "a", np.tile(np.array([51, 102, 153], np.uint8), (8, 8, 1)),
+              np.zeros((8, 8), np.uint8)),
+        _pair(tmp_path, "b", np.tile(np.array([153, 102, 255], np.uint8), (8, 8, 1)),
+              np.zeros((8, 8), np.uint8)),
+    ]
+    mean, std = SegmentationDataset(samples, (8, 8)).channel_stats()
+    np.testing.assert_allclose(mean, [0.4, 0.4, 0.8], atol=1e-5)
+    # channel 1 is constant: std is clamped to 1e-3 so normalising never divides by zero
+    expected_std = np.array([0.2, 0.0, 0.2]) * np.sqrt(128 / 127)
+    np.testing.assert_allclose(std, np.maximum(expected_std, 1e-3), atol=1e-5)
+
+
+def test_dataset_error_lists_all_bad_files(tmp_path):
+    good = _pair(tmp_path, "good", np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), np.uint8))
+    wrong = _pair(tmp_path, "wrongsize", np.zeros((10, 10, 3), np.uint8),
+                  np.zeros((12, 10), np.uint8))
+    corrupt = _pair(tmp_path, "corrupt", np.zeros((10, 10, 3), np.uint8),
+                    np.zeros((10, 10), np.uint8))
+    corrupt.image.write_bytes(b"garbage")
+    lonely = Sample("lonely", good.image, None)
+    missing = Sample("missing", tmp_path / "images" / "missing.png", good.mask)
+    with pytest.raises(DataError) as info:
+        SegmentationDataset([good, wrong, corrupt, lonely, missing], (8, 8))
+    problems = info.value.problems
+    assert len(problems) == 4
+    assert any("wrongsize.png" in p for p in problems)
+    assert any("corrupt.png" in p for p in problems)
+    assert any("no mask" in p for p in problems)
+    assert any("missing.png" in p for p in problems)
+
+
+def test_dataset_needs_samples():
+    with pytest.raises(ValueError):
+        SegmentationDataset([], (8, 8))
+
+
+def test_dataset_works_with_dataloader(tiny_folders):
+    _, samples = find_samples(tiny_folders)
+    ds = SegmentationDataset(samples[:5], (16, 16), augment=Augment())
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch["image"].shape == (4, 3, 16, 16) and batch["mask"].shape == (4, 16, 16)
+    assert batch["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_real_ph2_dataset_small(real_data):
+    _, samples = find_samples(real_data / "ph2")
+    chosen = [s for s in samples if s.stem in ("IMD002", "IMD003")]
+    ds = SegmentationDataset(chosen, (48, 64), keep_original=True)
+    for i, sample in enumerate(chosen):
+        h, w = read_image(sample.image).shape[:2]
+        assert ds.original_masks[i].shape == (h, w)
+        mask = ds[i]["mask"]
+        assert mask.shape == (48, 64) and set(mask.unique().tolist()) == {0, 1}
+
+
+# ---- Augment -----------------------------------------------------------------------------------
+
+def test_augment_disabled_is_identity():
+    mask = torch.from_numpy(_class_map(20, 30)).long()
+    image = _encoded(mask)
+    out_image, out_mask = Augment(**NO_AUG)(image, mask)
+    assert torch.equal(out_image, image) and torch.equal(out_mask, mask)
+
+
+def test_augment_flips_keep_image_and_mask_aligned():
+    mask = torch.from_numpy(_class_map(20, 30)).long()
+    image = _encoded(mask)
+    aug = Augment(**{**NO_AUG, "hflip": True, "vflip": True})
+    flips = [(), (-1,), (-2,), (-1, -2)]
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out_image, out_mask = aug(image, mask)
+        assert torch.equal((out_image[0] * 3).round().long(), out_mask)  # aligned
+        # the result is exactly one of the four flips, applied to image and mask alike
+        match = [f for f in flips if torch.equal(out_mask, mask.flip(f) if f else mask)]
+        assert len(match) == 1
+        dims = match[0]
+        assert torch.equal(out_image, image.flip(dims) if dims else image)
+        seen.add(dims)
+    assert len(seen) >= 3  # flips really happen, both ways
+
+
+def test_augment_geometry_keeps_alignment_and_values():
+    mask = torch.from_numpy(_class_map(40, 56)).long()
+    image = _encoded(mask)
+    aug = Augment(hflip=True, vflip=True, rotate_degrees=25, scale=0.2, color=0.0)
+    changed = 0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out_image, out_mask = aug(image, mask)
+        assert out_mask.dtype == torch.int64 and out_mask.shape == mask.shape
+        assert out_image.shape == image.shape
+        assert set(out_mask.unique().tolist()) <= {0, 1, 2, 3}
+        agree = ((out_image[0] * 3).round().long() == out_mask).float().mean().item()
+        assert agree > 0.9, (seed, agree)
+        changed += not torch.equal(out_mask, mask)
+    assert changed >= 8
+
+
+def test_augment_preserves_sparse_mask_values_including_ignore():
+    mask = torch.from_numpy(_class_map(32, 32)).long()
+    mask[mask == 2] = 255  # an ignore label
+    mask[mask == 3] = 7
+    image = torch.rand(3, 32, 32)
+    aug = Augment(rotate_degrees=40, scale=0.3, color=0.3)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        _, out_mask = aug(image, mask)
+        assert set(out_mask.unique().tolist()) <= {0, 1, 7, 255}
+
+
+def test_augment_rotation_respects_aspect_ratio():
+    # a centred disc on a wide image must stay a disc under rotation (no shearing)
+    h, w = 48, 112
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    disc = (((yy - h / 2 + 0.5) ** 2 + (xx - w / 2 + 0.5) ** 2) < 12**2).long()
+    image = disc[None].float().repeat(3, 1, 1)
+    aug = Augment(**{**NO_AUG, "rotate_degrees": 30.0})
+    for seed in range(10):
+        torch.manual_seed(seed)
+        _, out = aug(image, disc)
+        iou = ((out & disc).sum() / (out | disc).sum()).item()
+        assert iou > 0.9, (seed, iou)
+
+
+def test_augment_color_touches_image_only():
+    mask = torch.from_numpy(_class_map(20, 30)).long()
+    image = torch.rand(3, 20, 30)
+    torch.manual_seed(0)
+    out_image, out_mask = Augment(**{**NO_AUG, "color": 0.4})(image, mask)
+    assert torch.equal(out_mask, mask)
+    assert not torch.allclose(out_image, image)
+    assert out_image.min() >= 0 and out_image.max() <= 1
+
+
+def test_augment_deterministic_under_manual_seed():
+    mask = torch.from_numpy(_class_map(24, 36)).long()
+    image = torch.rand(3, 24, 36)
+    aug = Augment()
+    torch.manual_seed(123)
+    a = aug(image, mask)
+    torch.manual_seed(123)
+    b = aug(image, mask)
+    torch.manual_seed(124)
+    c = aug(image, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_augment_does_not_modify_inputs():
+    mask = torch.from_numpy(_class_map(24, 36)).long()
+    image = torch.rand(3, 24, 36)
+    image_copy, mask_copy = image.clone(), mask.clone()
+    torch.manual_seed(0)
+    Augment(color=0.5)(image, mask)
+    assert torch.equal(image, image_copy) and torch.equal(mask, mask_copy)
