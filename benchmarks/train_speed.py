@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import find_samples
 from pixelseg.data.synthetic import write_synthetic_dataset
-from pixelseg.data.transforms import Augment
+from pixelseg.data.transforms import Augment, BatchTransform, normalize
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.train import train_one_epoch
 from pixelseg.losses import build_loss
@@ -36,7 +36,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def pixelseg_loop(model, dataset, batch_size, steps, device, workers) -> float:
+def pixelseg_loop(model, dataset, transform, batch_size, steps, device, workers) -> float:
     """img/s of ``train_one_epoch`` over ``steps`` batches of the cached, augmented dataset."""
     loss_fn = build_loss("bce+dice", 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -52,7 +52,7 @@ def pixelseg_loop(model, dataset, batch_size, steps, device, workers) -> float:
     )
     sync(device)
     t0 = time.perf_counter()
-    train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device)
+    train_one_epoch(model, loader, transform, loss_fn, optimizer, scheduler, device)
     sync(device)
     return len(loader) * batch_size / (time.perf_counter() - t0)
 
@@ -106,9 +106,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_dataset(Path(tmp) / "data", n=n, size=(args.size, args.size))
         samples = find_samples(Path(tmp) / "data")[1]
-        dataset = SegmentationDataset(samples, (args.size, args.size), augment=Augment())
-    images = torch.stack([dataset[i]["image"] for i in range(n)])
-    masks = torch.stack([dataset[i]["mask"] for i in range(n)])
+        dataset = SegmentationDataset(samples, (args.size, args.size))
+    mean, std = dataset.channel_stats()
+    transform = BatchTransform(mean, std, Augment())
+    images = normalize(dataset.images.float() / 255, mean, std)
+    masks = dataset.masks.long()
 
     results = {
         "device": str(device),
@@ -131,11 +133,15 @@ def main() -> None:
     for name in args.models.split(","):
         model = create_model(name).to(device)
         runs = {"pixelseg": [], "bare": [], "infer": []}
-        pixelseg_loop(model, dataset, args.batch_size, 2, device, args.workers)  # warm-up
+        pixelseg_loop(
+            model, dataset, transform, args.batch_size, 2, device, args.workers
+        )  # warm-up
         bare_loop(model, images, masks, args.batch_size, 2, device)
         for _ in range(args.repeats):
             runs["pixelseg"].append(
-                pixelseg_loop(model, dataset, args.batch_size, args.steps, device, args.workers)
+                pixelseg_loop(
+                    model, dataset, transform, args.batch_size, args.steps, device, args.workers
+                )
             )
             runs["bare"].append(
                 bare_loop(model, images, masks, args.batch_size, args.steps, device)

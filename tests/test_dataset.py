@@ -11,14 +11,13 @@ from PIL import Image
 
 from pixelseg.data.dataset import (
     SegmentationDataset,
-    normalize,
     resize_image,
     resize_mask,
-    to_tensor,
+    to_uint8_tensor,
 )
 from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import Sample, find_samples
-from pixelseg.data.transforms import Augment
+from pixelseg.data.transforms import Augment, BatchTransform, normalize
 from pixelseg.errors import DataError
 
 NO_AUG = {"hflip": False, "vflip": False, "rotate_degrees": 0.0, "scale": 0.0, "color": 0.0}
@@ -52,6 +51,7 @@ def _encoded(mask: torch.Tensor, n: int = 3) -> torch.Tensor:
 
 # ---- resize helpers ----------------------------------------------------------------------------
 
+
 def test_resize_mask_nearest_keeps_values():
     mask = _class_map(37, 53) * 2  # values {0, 2, 4, 6}
     out = resize_mask(mask, (20, 31))
@@ -79,17 +79,21 @@ def test_resize_same_size_is_identity():
     np.testing.assert_array_equal(resize_mask(mask, (5, 6)), mask)
 
 
-def test_to_tensor_and_normalize():
+def test_to_uint8_tensor_and_normalize():
     image = np.array([[[0, 51, 255]]], np.uint8)
-    t = to_tensor(image, (0.0, 0.2, 0.5), (1.0, 0.1, 0.5))
-    assert t.shape == (3, 1, 1) and t.dtype == torch.float32
-    torch.testing.assert_close(t.flatten(), torch.tensor([0.0, 0.0, 1.0]))
+    image.flags.writeable = False  # like a PIL array
+    t = to_uint8_tensor(image)
+    assert t.shape == (3, 1, 1) and t.dtype == torch.uint8
+    assert t.flatten().tolist() == [0, 51, 255]
     x = torch.ones(3, 2, 2)
-    torch.testing.assert_close(normalize(x, [1, 0, 0.5], [1, 2, 0.25]),
-                               torch.tensor([0.0, 0.5, 2.0]).view(3, 1, 1).expand(3, 2, 2))
+    torch.testing.assert_close(
+        normalize(x, [1, 0, 0.5], [1, 2, 0.25]),
+        torch.tensor([0.0, 0.5, 2.0]).view(3, 1, 1).expand(3, 2, 2),
+    )
 
 
 # ---- SegmentationDataset -----------------------------------------------------------------------
+
 
 def test_dataset_items(tiny_folders):
     _, samples = find_samples(tiny_folders)
@@ -97,21 +101,35 @@ def test_dataset_items(tiny_folders):
     assert len(ds) == 12
     item = ds[5]
     assert item["index"] == 5
-    assert item["image"].shape == (3, 32, 24) and item["image"].dtype == torch.float32
-    assert item["mask"].shape == (32, 24) and item["mask"].dtype == torch.int64
+    assert item["image"].shape == (3, 32, 24) and item["image"].dtype == torch.uint8
+    assert item["mask"].shape == (32, 24) and item["mask"].dtype == torch.uint8
     assert set(item["mask"].unique().tolist()) == {0, 1}
     assert ds.images.dtype == torch.uint8 and ds.images.shape == (12, 3, 32, 24)
 
 
 def test_dataset_image_matches_manual_pipeline(tiny_folders):
     _, samples = find_samples(tiny_folders)
-    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
-    ds = SegmentationDataset(samples[:3], (20, 30), mean=mean, std=std)
+    ds = SegmentationDataset(samples[:3], (20, 30))
     for i in range(3):
-        expected = to_tensor(resize_image(read_image(samples[i].image), (20, 30)), mean, std)
-        torch.testing.assert_close(ds[i]["image"], expected)
+        expected = to_uint8_tensor(resize_image(read_image(samples[i].image), (20, 30)))
+        assert torch.equal(ds[i]["image"], expected)
         mask = resize_mask(read_mask(samples[i].mask), (20, 30))
         np.testing.assert_array_equal(ds[i]["mask"].numpy(), mask)
+
+
+def test_batch_transform_normalises_without_augment(tiny_folders):
+    _, samples = find_samples(tiny_folders)
+    ds = SegmentationDataset(samples[:4], (20, 30))
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    images, masks = BatchTransform(mean, std)(batch, torch.device("cpu"))
+    assert images.dtype == torch.float32 and masks.dtype == torch.int64
+    for i in range(4):
+        by_hand = (ds.images[i].float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(
+            std
+        ).view(3, 1, 1)
+        torch.testing.assert_close(images[i], by_hand)
+        assert torch.equal(masks[i], ds.masks[i].long())
 
 
 def test_dataset_image_and_mask_aligned_after_resize(tmp_path):
@@ -119,10 +137,10 @@ def test_dataset_image_and_mask_aligned_after_resize(tmp_path):
     mask = _class_map(45, 70) > 0
     image = np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2)
     sample = _pair(tmp_path, "enc", image, (mask * 255).astype(np.uint8))
-    ds = SegmentationDataset([sample], (30, 50), mean=(0, 0, 0), std=(1, 1, 1))
+    ds = SegmentationDataset([sample], (30, 50))
     img, m = ds[0]["image"][0], ds[0]["mask"]
     assert m.shape == (30, 50)
-    agree = ((img > 0.5) == (m == 1)).float().mean().item()
+    agree = ((img > 127) == (m == 1)).float().mean().item()
     assert agree > 0.95
 
 
@@ -159,39 +177,47 @@ def test_dataset_caches_decoded_pairs(tiny_folders):
         assert torch.equal(ds[i]["mask"], before[i]["mask"])
 
 
-def test_dataset_augment_does_not_touch_cache(tiny_folders):
+def test_augmented_batches_leave_the_cache_alone(tiny_folders):
     _, samples = find_samples(tiny_folders)
-    ds = SegmentationDataset(samples[:2], (24, 24), augment=Augment(color=0.5))
+    ds = SegmentationDataset(samples[:2], (24, 24))
     images, masks = ds.images.clone(), ds.masks.clone()
+    transform = BatchTransform((0.5,) * 3, (0.25,) * 3, Augment(color=0.5))
     torch.manual_seed(0)
     for _ in range(5):
-        ds[0]
-        ds[1]
+        transform({"image": ds.images, "mask": ds.masks}, torch.device("cpu"))
     assert torch.equal(ds.images, images) and torch.equal(ds.masks, masks)
 
 
-def test_dataset_augmented_items_deterministic_under_seed(tiny_folders):
+def test_augmented_batches_deterministic_under_seed(tiny_folders):
     _, samples = find_samples(tiny_folders)
-    ds = SegmentationDataset(samples[:3], (24, 32), augment=Augment())
+    ds = SegmentationDataset(samples[:3], (24, 32))
+    transform = BatchTransform((0.5,) * 3, (0.25,) * 3, Augment())
+    batch = {"image": ds.images, "mask": ds.masks}
 
     def draw(seed):
         torch.manual_seed(seed)
-        return [ds[i] for i in range(3)]
+        return transform(batch, torch.device("cpu"))
 
     a, b, c = draw(11), draw(11), draw(12)
-    for x, y in zip(a, b, strict=True):
-        assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
-    assert any(not torch.equal(x["image"], z["image"]) for x, z in zip(a, c, strict=True))
-    for x in a:
-        assert set(x["mask"].unique().tolist()) <= {0, 1}
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert set(a[1].unique().tolist()) <= {0, 1}
 
 
 def test_dataset_channel_stats(tmp_path):
     samples = [
-        _pair(tmp_path, "a", np.tile(np.array([51, 102, 153], np.uint8), (8, 8, 1)),
-              np.zeros((8, 8), np.uint8)),
-        _pair(tmp_path, "b", np.tile(np.array([153, 102, 255], np.uint8), (8, 8, 1)),
-              np.zeros((8, 8), np.uint8)),
+        _pair(
+            tmp_path,
+            "a",
+            np.tile(np.array([51, 102, 153], np.uint8), (8, 8, 1)),
+            np.zeros((8, 8), np.uint8),
+        ),
+        _pair(
+            tmp_path,
+            "b",
+            np.tile(np.array([153, 102, 255], np.uint8), (8, 8, 1)),
+            np.zeros((8, 8), np.uint8),
+        ),
     ]
     mean, std = SegmentationDataset(samples, (8, 8)).channel_stats()
     np.testing.assert_allclose(mean, [0.4, 0.4, 0.8], atol=1e-5)
@@ -202,10 +228,12 @@ def test_dataset_channel_stats(tmp_path):
 
 def test_dataset_error_lists_all_bad_files(tmp_path):
     good = _pair(tmp_path, "good", np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), np.uint8))
-    wrong = _pair(tmp_path, "wrongsize", np.zeros((10, 10, 3), np.uint8),
-                  np.zeros((12, 10), np.uint8))
-    corrupt = _pair(tmp_path, "corrupt", np.zeros((10, 10, 3), np.uint8),
-                    np.zeros((10, 10), np.uint8))
+    wrong = _pair(
+        tmp_path, "wrongsize", np.zeros((10, 10, 3), np.uint8), np.zeros((12, 10), np.uint8)
+    )
+    corrupt = _pair(
+        tmp_path, "corrupt", np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), np.uint8)
+    )
     corrupt.image.write_bytes(b"garbage")
     lonely = Sample("lonely", good.image, None)
     missing = Sample("missing", tmp_path / "images" / "missing.png", good.mask)
@@ -226,7 +254,7 @@ def test_dataset_needs_samples():
 
 def test_dataset_works_with_dataloader(tiny_folders):
     _, samples = find_samples(tiny_folders)
-    ds = SegmentationDataset(samples[:5], (16, 16), augment=Augment())
+    ds = SegmentationDataset(samples[:5], (16, 16))
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 16, 16) and batch["mask"].shape == (4, 16, 16)
     assert batch["index"].tolist() == [0, 1, 2, 3]
@@ -244,6 +272,7 @@ def test_real_ph2_dataset_small(real_data):
 
 
 # ---- Augment -----------------------------------------------------------------------------------
+
 
 def test_augment_disabled_is_identity():
     mask = torch.from_numpy(_class_map(20, 30)).long()
@@ -345,3 +374,26 @@ def test_augment_does_not_modify_inputs():
     torch.manual_seed(0)
     Augment(color=0.5)(image, mask)
     assert torch.equal(image, image_copy) and torch.equal(mask, mask_copy)
+
+
+def test_augment_batch_transforms_each_sample_independently_and_aligned():
+    mask = torch.from_numpy(_class_map(40, 56)).long()
+    masks = mask.expand(6, -1, -1).clone()
+    images = torch.stack([_encoded(m) for m in masks])
+    torch.manual_seed(3)
+    out_images, out_masks = Augment(rotate_degrees=30, scale=0.2, color=0.0)(images, masks)
+    assert out_images.shape == images.shape and out_masks.shape == masks.shape
+    for i in range(6):
+        agree = ((out_images[i, 0] * 3).round().long() == out_masks[i]).float().mean().item()
+        assert agree > 0.9, (i, agree)
+    # one batch, different random transforms per sample
+    assert len({out_masks[i].sum().item() for i in range(6)} | {0}) > 2
+    assert not all(torch.equal(out_masks[0], out_masks[i]) for i in range(1, 6))
+
+
+def test_normalize_batched_and_single():
+    x = torch.rand(2, 3, 4, 5)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.5, 2.0)
+    out = normalize(x, mean, std)
+    torch.testing.assert_close(out[1], normalize(x[1], mean, std))
+    torch.testing.assert_close(out[0, 2], (x[0, 2] - 0.3) / 2.0)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelseg.data.dataset import resize_image, to_tensor
+from pixelseg.data.dataset import resize_image, to_uint8_tensor
 from pixelseg.data.io import read_image
+from pixelseg.data.transforms import normalize
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, resize_logits
@@ -69,13 +70,9 @@ class Predictor:
     def logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
         """(C, H, W) logits at each image's original size."""
         arrays = [as_rgb_array(im) for im in images]
-        batch = torch.stack(
-            [
-                to_tensor(resize_image(a, self.size), self.config["mean"], self.config["std"])
-                for a in arrays
-            ]
-        )
-        out = self.model(batch.to(self.device)).float().cpu()
+        batch = torch.stack([to_uint8_tensor(resize_image(a, self.size)) for a in arrays])
+        images = batch.to(self.device).float().div_(255)
+        out = self.model(normalize(images, self.config["mean"], self.config["std"])).float().cpu()
         return [resize_logits(logit, a.shape[:2]) for logit, a in zip(out, arrays, strict=True)]
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:

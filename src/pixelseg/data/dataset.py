@@ -1,11 +1,12 @@
 """A map-style dataset that decodes and resizes every pair once and keeps them in memory.
 
-Epochs then cost only augmentation, not JPEG/BMP decoding: PH2's 768x560 BMPs take
-milliseconds each to decode, which dominates a small model's step time on a CPU.
-Images are resized with Pillow's antialiased bilinear filter and masks with nearest
-neighbour, so masks keep exact class indices.
+Epochs then cost no JPEG/BMP decoding (PH2's 768x560 BMPs take milliseconds each, which
+dominates a small model's step time on a CPU). Images are resized with Pillow's antialiased
+bilinear filter and masks with nearest neighbour, so masks keep exact class indices; both
+are stored as uint8. Augmentation and normalisation happen later, per batch, on the
+training device (:mod:`pixelseg.data.transforms`).
 
-For evaluation (``keep_original=True``) each item also carries the original-size mask, so
+For evaluation (``keep_original=True``) the dataset also keeps each original-size mask, so
 metrics can be computed at the image's own resolution as the literature does.
 """
 
@@ -20,7 +21,6 @@ from torch.utils.data import Dataset
 
 from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import Sample
-from pixelseg.data.transforms import Augment
 from pixelseg.errors import DataError
 
 
@@ -38,24 +38,19 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
 
 
-def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """HxWxC uint8 → normalised (C, H, W) float32."""
-    t = torch.tensor(image).permute(2, 0, 1).float().div_(255)  # copies: PIL arrays are read-only
-    return normalize(t, mean, std)
-
-
-def normalize(t: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=t.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=t.dtype).view(-1, 1, 1)
-    return (t - m) / s
+def to_uint8_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 array → (C, H, W) uint8 tensor (a copy: PIL's arrays are read-only)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 class SegmentationDataset(Dataset):
     """Samples decoded once, resized to ``size`` = (height, width), cached as uint8.
 
-    Items are dicts: ``image`` (C, H, W) float32 normalised, ``mask`` (H, W) int64, ``index``;
-    with ``keep_original`` the original-size masks are kept in ``original_masks`` (a list, as
-    their sizes differ) for evaluation at the original resolution.
+    Items are dicts of compact tensors: ``image`` (C, H, W) uint8, ``mask`` (H, W) uint8 and
+    ``index``; a :class:`~pixelseg.data.transforms.BatchTransform` turns a batch of them into
+    model input on the device (augmentation, normalisation). With ``keep_original`` the
+    original-size masks are kept in ``original_masks`` (a list, as their sizes differ) for
+    evaluation at the original resolution.
     """
 
     def __init__(
@@ -63,9 +58,6 @@ class SegmentationDataset(Dataset):
         samples: Sequence[Sample],
         size: tuple[int, int],
         num_classes: int = 1,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
-        augment: Augment | None = None,
         keep_original: bool = False,
         progress: bool = False,
     ) -> None:
@@ -74,8 +66,6 @@ class SegmentationDataset(Dataset):
         self.samples = list(samples)
         self.size = (int(size[0]), int(size[1]))
         self.num_classes = num_classes
-        self.mean, self.std = list(mean), list(std)
-        self.augment = augment
         self.keep_original = keep_original
         self.original_masks: list[np.ndarray] = []
         images, masks, problems = [], [], []
@@ -102,21 +92,14 @@ class SegmentationDataset(Dataset):
                 self.original_masks.append(mask)
         if problems:
             raise DataError("Cannot load the data set:", problems)
-        self.images = (
-            torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-        )  # N,C,H,W u8
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         self.masks = torch.from_numpy(np.stack(masks))  # N,H,W u8
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
-        image = self.images[index].float().div_(255)
-        mask = self.masks[index].long()
-        if self.augment is not None:
-            image, mask = self.augment(image, mask)
-        item = {"image": normalize(image, self.mean, self.std), "mask": mask, "index": index}
-        return item
+        return {"image": self.images[index], "mask": self.masks[index], "index": index}
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the cached images in [0, 1] (for normalisation)."""

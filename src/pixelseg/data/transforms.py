@@ -1,15 +1,19 @@
-"""Joint image + mask augmentation for the training split.
+"""Turning cached uint8 batches into model input: joint augmentation and normalisation.
+
+Augmentation runs on whole batches on the training device (GPU or CPU), after the
+uint8 batch has been moved there: per-sample augmentation in DataLoader workers made
+the CPU the bottleneck of GPU training, with the GPU idle most of the time.
 
 Geometry (flips, rotation, scale) is applied to image and mask together with one affine
-grid; the image is sampled bilinearly and the mask with nearest-neighbour, so class
-indices are never blended. Colour jitter touches the image only. Randomness comes from
-torch's global generator, so a seeded run (and DataLoader workers, which torch seeds from
-it) is reproducible.
+grid per sample; images are sampled bilinearly and masks with nearest neighbour, so class
+indices are never blended. Colour jitter touches the image only. The random parameters
+are drawn from torch's global CPU generator, so a seeded run is reproducible on any device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,50 +31,105 @@ class Augment:
     color: float = 0.15  # brightness/contrast/saturation jitter
 
     def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
+        self, images: torch.Tensor, masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image``: (C, H, W) float in [0, 1]; ``mask``: (H, W) long. Returns new tensors."""
-        if self.hflip and torch.rand(()) < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
-        if self.vflip and torch.rand(()) < 0.5:
-            image, mask = image.flip(-2), mask.flip(-2)
-        if self.rotate_degrees > 0 or self.scale > 0:
-            image, mask = self._affine(image, mask)
-        if self.color > 0:
-            image = self._jitter(image)
-        return image, mask
+        """``images``: (N, C, H, W) float in [0, 1]; ``masks``: (N, H, W) integer.
 
-    def _affine(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        angle = math.radians(
-            float(torch.empty(()).uniform_(-self.rotate_degrees, self.rotate_degrees))
-        )
-        zoom = float(torch.empty(()).uniform_(1 - self.scale, 1 + self.scale))
-        h, w = mask.shape
-        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        A single (C, H, W) image with an (H, W) mask works too. Returns new tensors.
+        """
+        if images.dim() == 3:
+            out_images, out_masks = self(images[None], masks[None])
+            return out_images[0], out_masks[0]
+        n = images.shape[0]
+        if self.hflip:
+            images, masks = _flip_some(images, masks, torch.rand(n) < 0.5, dim=-1)
+        if self.vflip:
+            images, masks = _flip_some(images, masks, torch.rand(n) < 0.5, dim=-2)
+        if self.rotate_degrees > 0 or self.scale > 0:
+            images, masks = self._affine(images, masks)
+        if self.color > 0:
+            images = self._jitter(images)
+        return images, masks
+
+    def _uniform(self, n: int, spread: float, centre: float = 0.0) -> torch.Tensor:
+        return centre + (torch.rand(n, dtype=torch.float64) * 2 - 1) * spread
+
+    def _affine(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = images.shape
+        angle = self._uniform(n, math.radians(self.rotate_degrees))
+        zoom = self._uniform(n, self.scale, centre=1.0)
+        cos, sin = angle.cos() / zoom, angle.sin() / zoom
         # affine_grid works in normalised coordinates; correct for the aspect ratio so a
         # rotation stays a rotation on non-square images.
-        theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=image.dtype)
-        grid = F.affine_grid(theta[None], [1, 1, h, w], align_corners=False)
-        image = F.grid_sample(
-            image[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False
-        )[0]
-        mask = F.grid_sample(
-            mask[None, None].to(image.dtype),
+        zero = torch.zeros(n, dtype=torch.float64)
+        theta = torch.stack(
+            [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1
+        ).to(images.device, images.dtype)
+        grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+        images = F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+        masks = F.grid_sample(
+            masks[:, None].to(images.dtype),
             grid,
             mode="nearest",
             padding_mode="reflection",
             align_corners=False,
-        )[0, 0].long()
-        return image, mask
+        )[:, 0].to(masks.dtype)
+        return images, masks
 
-    def _jitter(self, image: torch.Tensor) -> torch.Tensor:
-        def factor() -> float:
-            return float(torch.empty(()).uniform_(1 - self.color, 1 + self.color))
+    def _jitter(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
 
-        image = image * factor()  # brightness
-        mean = image.mean()
-        image = (image - mean) * factor() + mean  # contrast
-        if image.shape[0] == 3:
-            grey = image.mean(0, keepdim=True)
-            image = (image - grey) * factor() + grey  # saturation
-        return image.clamp(0, 1)
+        def factor() -> torch.Tensor:
+            return (
+                self._uniform(n, self.color, 1.0).to(images.device, images.dtype).view(n, 1, 1, 1)
+            )
+
+        images = images * factor()  # brightness
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        images = (images - mean) * factor() + mean  # contrast
+        if images.shape[1] == 3:
+            grey = images.mean(1, keepdim=True)
+            images = (images - grey) * factor() + grey  # saturation
+        return images.clamp(0, 1)
+
+
+def _flip_some(
+    images: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip the samples where ``chosen`` (N bools) is true along ``dim``."""
+    chosen = chosen.to(images.device)
+    images = torch.where(chosen.view(-1, 1, 1, 1), images.flip(dim), images)
+    masks = torch.where(chosen.view(-1, 1, 1), masks.flip(dim), masks)
+    return images, masks
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` for (C, H, W) or (N, C, H, W) tensors."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    return (images - m) / s
+
+
+@dataclass
+class BatchTransform:
+    """A cached batch (uint8 images, uint8 masks) → model input on ``device``.
+
+    Moves the compact uint8 tensors (4x smaller than float) to the device, converts them
+    to [0, 1] floats, augments them there when ``augment`` is set, then normalises.
+    Returns ``(images (N, C, H, W) float32, masks (N, H, W) int64)``.
+    """
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    augment: Augment | None = None
+
+    def __call__(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch["image"].to(device, non_blocking=True).float().div_(255)
+        masks = batch["mask"].to(device, non_blocking=True).long()
+        if self.augment is not None:
+            images, masks = self.augment(images, masks)
+        return normalize(images, self.mean, self.std), masks

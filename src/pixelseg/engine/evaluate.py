@@ -8,7 +8,6 @@ structures and borders are blurred away by the down-sampling).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.io import read_image
 from pixelseg.data.layouts import find_samples
 from pixelseg.data.split import SPLITS, load_split
+from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model, write_json
 from pixelseg.engine.device import resolve_device
 from pixelseg.errors import PixelsegError
@@ -42,31 +42,24 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def iter_logits(
-    model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device, batch_size: int = 8
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(index, logits at training size on CPU)`` for every item of ``dataset``."""
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for batch in loader:
-        logits = model(batch["image"].to(device)).float().cpu()
-        yield from zip(batch["index"].tolist(), logits, strict=True)
-
-
 def evaluate(
     model: torch.nn.Module,
     dataset: SegmentationDataset,
+    transform: BatchTransform,
     device: torch.device,
     threshold: float = 0.5,
     ignore_index: int | None = None,
     class_names: list[str] | None = None,
     batch_size: int = 8,
     keep_predictions: bool = False,
+    loss_fn: torch.nn.Module | None = None,
 ) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
     """Score ``model`` on ``dataset`` (built with ``keep_original=True``).
 
     Returns ``(metrics, per_image_rows, predictions)``; ``predictions`` maps item index to its
-    original-size mask and is only filled with ``keep_predictions``.
+    original-size mask and is only filled with ``keep_predictions``. With ``loss_fn``,
+    ``metrics["loss"]`` is its mean over the set at the training size (the same pass
+    serves both, so validation runs the model once).
     """
     if not dataset.keep_original:
         raise ValueError("evaluate() needs a dataset built with keep_original=True")
@@ -76,19 +69,28 @@ def evaluate(
         if num_classes == 1
         else MulticlassMetrics(num_classes, ignore_index=ignore_index, class_names=class_names)
     )
-    rows, predictions = [], {}
-    for index, logits in iter_logits(model, dataset, device, batch_size):
-        truth = dataset.original_masks[index]
-        pred = logits_to_mask(resize_logits(logits, truth.shape), threshold).numpy()
-        if num_classes == 1:
-            valid = truth != ignore_index if ignore_index is not None else None
-            row = metrics.update(pred, truth == 1, valid=valid)
-        else:
-            row = metrics.update(pred, truth)
-        rows.append({"stem": dataset.samples[index].stem, **row})
-        if keep_predictions:
-            predictions[index] = pred
-    return metrics.compute(), rows, predictions
+    model.eval()
+    rows, predictions, total_loss = [], {}, 0.0
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        images, masks = transform(batch, device)
+        logits = model(images)
+        if loss_fn is not None:
+            total_loss += loss_fn(logits, masks).item() * len(images)
+        for index, logit in zip(batch["index"].tolist(), logits.float().cpu(), strict=True):
+            truth = dataset.original_masks[index]
+            pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
+            if num_classes == 1:
+                valid = truth != ignore_index if ignore_index is not None else None
+                row = metrics.update(pred, truth == 1, valid=valid)
+            else:
+                row = metrics.update(pred, truth)
+            rows.append({"stem": dataset.samples[index].stem, **row})
+            if keep_predictions:
+                predictions[index] = pred
+    result = metrics.compute()
+    if loss_fn is not None:
+        result["loss"] = total_loss / len(dataset)
+    return result, rows, predictions
 
 
 def evaluate_run(
@@ -129,8 +131,6 @@ def evaluate_run(
         samples,
         tuple(config["size"]),
         config["num_classes"],
-        config["mean"],
-        config["std"],
         keep_original=True,
         progress=progress,
     )
@@ -138,6 +138,7 @@ def evaluate_run(
     metrics, rows, preds = evaluate(
         model,
         dataset,
+        BatchTransform(config["mean"], config["std"]),
         dev,
         t,
         config.get("ignore_index"),

@@ -23,7 +23,7 @@ from pixelseg.data.check import check_samples
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.data.split import foreground_strata, load_split, make_split, save_split
-from pixelseg.data.transforms import Augment
+from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
 from pixelseg.engine.device import resolve_device, seed_everything
 from pixelseg.engine.evaluate import evaluate
@@ -54,13 +54,21 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, bar=None) -> float:
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    transform: BatchTransform,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    bar: tqdm | None = None,
+) -> float:
     """One pass over ``loader``; returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
     for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        masks = batch["mask"].to(device, non_blocking=True)
+        images, masks = transform(batch, device)
         loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,17 +79,6 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, bar=No
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def validation_loss(model, loader, loss_fn, device) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        images, masks = batch["image"].to(device), batch["mask"].to(device)
-        total += loss_fn(model(images), masks).item() * len(images)
-        count += len(images)
     return total / max(count, 1)
 
 
@@ -128,29 +125,17 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
 
 
 def build_datasets(
-    cfg: TrainConfig, run_dir: Path, state: dict | None
+    cfg: TrainConfig, run_dir: Path
 ) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """Check the data, split it (or reuse the run's split) and cache train/val at ``cfg.size``.
-
-    Normalisation statistics come from the training images (or the resumed run).
-    """
+    """Check the data, split it (or reuse the run's split) and cache train/val at ``cfg.size``."""
     fmt, samples = find_samples(cfg.data, cfg.format)
     report = check_samples(cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index)
     report.raise_if_problems()  # refuse to train on a broken data set
     split = prepare_split(cfg, samples, [info.foreground for info in report.infos], run_dir)
-    train_set = SegmentationDataset(
-        select(samples, split["train"]),
-        cfg.size,
-        cfg.num_classes,
-        augment=Augment() if cfg.augment else None,
-    )
-    mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
-    train_set.mean, train_set.std = mean, std
+    train_set = SegmentationDataset(select(samples, split["train"]), cfg.size, cfg.num_classes)
     # A data set too small to hold out a validation split validates on its training images.
     val_samples = select(samples, split["val"]) or select(samples, split["train"])
-    val_set = SegmentationDataset(
-        val_samples, cfg.size, cfg.num_classes, mean, std, keep_original=True
-    )
+    val_set = SegmentationDataset(val_samples, cfg.size, cfg.num_classes, keep_original=True)
     return train_set, val_set
 
 
@@ -176,8 +161,12 @@ def fit(
     device = resolve_device(cfg.device)
     log = tqdm.write if cfg.progress else (lambda *_: None)
 
-    train_set, val_set = build_datasets(cfg, run_dir, state)
-    config = run_config(cfg, train_set.mean, train_set.std, in_channels=train_set.images.shape[1])
+    train_set, val_set = build_datasets(cfg, run_dir)
+    # Normalise with the training images' own statistics (kept from the first session).
+    mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
+    train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
+    eval_tf = BatchTransform(mean, std)
+    config = run_config(cfg, mean, std, in_channels=train_set.images.shape[1])
     model = create_model(
         cfg.model,
         in_channels=config["in_channels"],
@@ -195,7 +184,6 @@ def fit(
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,
     )
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size)
     steps = len(train_loader)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -229,13 +217,20 @@ def fit(
             disable=not cfg.progress,
         ) as bar:
             train_loss = train_one_epoch(
-                model, train_loader, loss_fn, optimizer, scheduler, device, bar
+                model, train_loader, train_tf, loss_fn, optimizer, scheduler, device, bar
             )
-        val_loss = validation_loss(model, val_loader, loss_fn, device)
         metrics, _, _ = evaluate(
-            model, val_set, device, cfg.threshold, cfg.ignore_index, cfg.class_names, cfg.batch_size
+            model,
+            val_set,
+            eval_tf,
+            device,
+            cfg.threshold,
+            cfg.ignore_index,
+            cfg.class_names,
+            cfg.batch_size,
+            loss_fn=loss_fn,
         )
-        score = metrics[score_name]
+        score, val_loss = metrics[score_name], metrics["loss"]
         row = {
             "epoch": epoch,
             "train_loss": round(train_loss, 6),
@@ -265,8 +260,8 @@ def fit(
                 "history": history,
                 "best_score": best_score,
                 "best_epoch": best_epoch,
-                "mean": train_set.mean,
-                "std": train_set.std,
+                "mean": mean,
+                "std": std,
                 "config": cfg.to_dict(),
             },
         )
