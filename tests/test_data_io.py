@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelseg.data.io import image_size, is_image_file, read_image, read_mask
+from pixelseg.data.io import is_image_file, read_image, read_mask
 from pixelseg.errors import DataError, PixelsegError
 
 PH2_IMAGES = Path("ph2") / "PH2Dataset" / "PH2 Dataset images"
@@ -234,20 +234,6 @@ def test_read_mask_multiclass_rejects_rgb_naming_file(tmp_path):
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-def test_image_size_is_height_width(tmp_path):
-    path = _save(_rgb(7, 11), tmp_path / "a.png")
-    assert image_size(path) == (7, 11)
-
-
-def test_image_size_errors_name_file(tmp_path):
-    path = tmp_path / "junk.jpg"
-    path.write_bytes(b"\x00" * 50)
-    with pytest.raises(DataError, match="junk.jpg"):
-        image_size(path)
-    with pytest.raises(DataError, match="absent.png"):
-        image_size(tmp_path / "absent.png")
-
 
 def test_is_image_file(tmp_path):
     (tmp_path / "a.PNG").write_bytes(b"x")

@@ -36,7 +36,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pixelseg.data.check import check_dataset
-    from pixelseg.engine.checkpoint import write_json
+    from pixelseg.files import write_json
 
     report = check_dataset(args.data, args.format, args.num_classes, progress=True)
     summary = report.summary()
@@ -85,8 +85,7 @@ _TRAIN_OPTIONS = (
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pixelseg.config import TrainConfig
-    from pixelseg.engine import checkpoint
-    from pixelseg.engine.train import fit
+    from pixelseg.engine.train import fit, resume
 
     given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.model_arg:
@@ -94,18 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_augment:
         given["augment"] = False
     if args.resume:
-        state = checkpoint.load_state(args.resume)
-        if state is None:
-            raise PixelsegError(f"{args.resume}: nothing to resume (no {checkpoint.STATE_FILE})")
-        settings = {**state["config"], **given, "out": args.resume}
-        if args.data:
-            settings["data"] = args.data
-        cfg = TrainConfig.from_dict(settings)
+        out = given.pop("out", args.resume)
+        if Path(out).resolve() != Path(args.resume).resolve():
+            raise ValueError("--resume continues a run in its own folder; drop --out")
+        result = resume(args.resume, data=args.data, **given)
+    elif not args.data:
+        raise PixelsegError("train needs a DATA folder (or --resume RUN)")
     else:
-        if not args.data:
-            raise PixelsegError("train needs a DATA folder (or --resume RUN)")
-        cfg = TrainConfig(data=args.data, **given)
-    result = fit(cfg, resume=bool(args.resume))
+        result = fit(TrainConfig(data=args.data, **given))
     print(
         f"best val_{result.score_name} {result.best_score:.4f} at epoch {result.best_epoch}; "
         f"run folder: {result.run_dir}"
@@ -139,7 +134,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pixelseg.data.layouts import list_images
     from pixelseg.predict import load, predict_files
 
-    paths = list_images(args.inputs)
+    paths = list_images(args.inputs, exclude=args.out)
     predictor = load(args.run, args.device)
     written = predict_files(
         predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size
@@ -241,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (PixelsegError, ValueError) as exc:
+        print(f"pixelseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. an output folder that cannot be created
         print(f"pixelseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

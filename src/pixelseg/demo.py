@@ -11,8 +11,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from pixelseg.config import TrainConfig
 from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import find_samples
@@ -20,6 +18,8 @@ from pixelseg.data.split import load_split
 from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.engine.evaluate import evaluate_run
 from pixelseg.engine.train import fit
+from pixelseg.errors import PixelsegError
+from pixelseg.metrics import BinaryMetrics
 from pixelseg.predict import load
 from pixelseg.report import plot_grid
 
@@ -47,14 +47,14 @@ def run_demo(
     """Run the demo into ``out`` (``out/data``, ``out/run``); return the test metrics."""
     start = time.perf_counter()
     out = Path(out)
+    _claim(out)
     data_dir, run_dir = out / "data", out / "run"
     n = n_images or DEMO_IMAGES
     if not (data_dir / "images").is_dir() or len(list((data_dir / "images").iterdir())) != n:
         shutil.rmtree(data_dir, ignore_errors=True)
         print(f"generating {n} synthetic dermoscopy images in {data_dir} ...")
         write_synthetic_dataset(data_dir, n=n, size=DEMO_IMAGE_SIZE, seed=0)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # the demo's own previous run
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own previous run
     settings = {**DEMO_TRAIN, "epochs": epochs or DEMO_TRAIN["epochs"]}
     cfg = TrainConfig(
         data=str(data_dir), out=str(run_dir), device=device, progress=progress, **settings
@@ -78,6 +78,23 @@ def run_demo(
     return metrics
 
 
+MARKER = ".pixelseg-demo"
+
+
+def _claim(out: Path) -> None:
+    """Make ``out`` the demo's folder; refuse a non-empty folder the demo did not create.
+
+    The demo replaces its own ``data/`` and ``run/`` on every run, so it must never do that
+    in a folder that holds someone's work.
+    """
+    if out.exists() and not (out / MARKER).exists() and any(out.iterdir()):
+        raise PixelsegError(
+            f"{out} is not empty and was not made by `pixelseg demo`; choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by pixelseg demo; its data/ and run/ are replaced on rerun\n")
+
+
 def write_overlays(run_dir: Path, data_dir: Path, device: str = "auto", n: int = 6) -> Path:
     """``overlays.png``: image | truth | prediction for the first ``n`` test images."""
     predictor = load(run_dir, device)
@@ -87,8 +104,7 @@ def write_overlays(run_dir: Path, data_dir: Path, device: str = "auto", n: int =
     for sample in samples:
         image, truth = read_image(sample.image), read_mask(sample.mask)
         pred = predictor.predict(image)
-        inter = np.logical_and(pred, truth).sum()
-        dice = 2 * inter / max(1, pred.sum() + truth.sum())
+        dice = BinaryMetrics().update(pred, truth)["dice"]
         rows.append((image, truth, pred))
         titles.append(f"{sample.stem}  dice {dice:.3f}")
     return plot_grid(rows, run_dir / "overlays.png", titles)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from pixelseg.data.dataset import resize_image, to_uint8_tensor
-from pixelseg.data.io import read_image
+from pixelseg.data.io import read_image, to_rgb
 from pixelseg.data.transforms import normalize
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
@@ -26,23 +26,27 @@ ImageLike = str | Path | Image.Image | np.ndarray
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
-    """A path, PIL image or numpy array (HxW, HxWx1/3/4; uint8 or float in [0, 1]) → HxWx3 uint8."""
+    """A path, PIL image or numpy array → HxWx3 uint8, converted exactly as files are.
+
+    Arrays may be HxW or HxWxC (C = 1, 3, 4): uint8 as is, uint16 scaled from 65535, float
+    in [0, 1] scaled by 255 (other floats clipped to 0..255).
+    """
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return to_rgb(image, "image")
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
-    arr = image
-    if arr.ndim == 2:
-        arr = arr[..., None]
+    arr = image[..., None] if image.ndim == 2 else image
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
         raise ValueError(
             f"expected an HxW or HxWxC image with C in 1, 3, 4; got shape {image.shape}"
         )
+    if arr.dtype == np.uint16:
+        arr = arr / 65535.0 * 255.0
+    elif np.issubdtype(arr.dtype, np.floating) and arr.max() <= 1.0:
+        arr = arr * 255.0
     if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.max() <= 1.0:
-            arr = arr * 255.0
         arr = np.clip(arr, 0, 255).round().astype(np.uint8)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
@@ -124,6 +128,8 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = predictor.threshold if threshold is None else threshold

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixelseg.engine.checkpoint import atomic_write
+from pixelseg.files import write_bytes
 
 # Class colours for overlays: class 1 red (binary foreground), then a qualitative palette.
 PALETTE = np.array(
@@ -78,7 +78,7 @@ def save_png(path: str | Path, array: np.ndarray) -> Path:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     data = buffer.getvalue()
-    return atomic_write(path, lambda f: f.write(data))
+    return write_bytes(path, data)
 
 
 def _figure(rows: int, cols: int, cell: float = 3.0):
@@ -93,7 +93,7 @@ def _save_figure(fig, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     data = buffer.getvalue()
-    return atomic_write(path, lambda f: f.write(data))
+    return write_bytes(path, data)
 
 
 def plot_curves(history: list[dict], path: str | Path, score_name: str = "dice") -> Path:
@@ -143,4 +143,4 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     data = buffer.getvalue().encode()
-    return atomic_write(path, lambda f: f.write(data))
+    return write_bytes(path, data)

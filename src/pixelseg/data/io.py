@@ -12,10 +12,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pixelseg.errors import DataError
 
+_ORIENTATION = 0x0112  # the EXIF tag
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -26,71 +27,100 @@ def is_image_file(path: Path) -> bool:
 
 
 def _open(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` (a truncated file only fails on decode, not on open)."""
+    """Open and fully decode ``path`` (a truncated file only fails on decode, not on open).
+
+    The EXIF orientation is applied, as every image viewer does, so a phone photo and its
+    mask line up the way the user sees them.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
+            return (
+                ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im.copy()
+            )
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{path}: image too large to decode safely ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if you trust it"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as an HxWx3 uint8 RGB array.
+def to_rgb(im: Image.Image, name: str = "image") -> np.ndarray:
+    """A decoded PIL image as HxWx3 uint8 RGB (``name`` is used in warnings).
 
-    Greyscale images are repeated to three channels, an alpha channel is dropped, and
-    16-bit greyscale is scaled to 8 bits from its full range.
+    Greyscale is repeated to three channels, an alpha channel is dropped (with a warning),
+    16-bit images are scaled from the full 16-bit range and float images ("F") from [0, 1].
     """
-    path = Path(path)
-    im = _open(path)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         # 16-bit files are scaled from the full 16-bit range, whatever this image's maximum,
-        # so every image of a data set gets the same brightness mapping. (32-bit "I" images
-        # holding 8-bit values are left as they are.)
-        full = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        # so every image of a data set gets the same brightness mapping. 32-bit "I" images
+        # holding 8-bit values and float images in [0, 1] are mapped as such.
+        if im.mode.startswith("I;16") or arr.max() > 255:
+            full = 65535.0
+        elif im.mode == "F" and arr.max() <= 1.0:
+            full = 1.0
+        else:
+            full = 255.0
         arr = np.clip(arr / full * 255.0, 0, 255)
         im = Image.fromarray(arr.round().astype(np.uint8), mode="L")
     elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        warnings.warn(f"{path}: alpha channel dropped", stacklevel=2)
+        warnings.warn(f"{name}: alpha channel dropped", stacklevel=3)
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an HxWx3 uint8 RGB array (see :func:`to_rgb`)."""
+    path = Path(path)
+    return to_rgb(_open(path), str(path))
 
 
 def read_mask(path: str | Path, num_classes: int = 1) -> np.ndarray:
     """Read a mask as an HxW uint8 array of class indices.
 
-    Binary (``num_classes == 1``): any encoding (1-bit, 0/1 or 0/255 grey, RGB) becomes
-    {0, 1}; a pixel is foreground when its grey value (for RGB: its brightest channel) is
-    above 127 (files holding only 0/1 are taken as they are).
-    Multi-class: the file must hold class indices (greyscale or palette PNG).
+    Binary (``num_classes == 1``): any encoding becomes {0, 1}:
+
+    - files holding only 0 and 1 (grey or palette indices) are taken as they are;
+    - a mask with exactly two levels (0/255, 0/100, black/red, 1-bit) is foreground where
+      it is above the lower level;
+    - anything else (e.g. an antialiased or JPEG-compressed mask) is foreground where its
+      brightest channel is above 127.
+
+    Multi-class: the file must hold class indices 0..255 (greyscale or palette PNG).
     """
     path = Path(path)
     im = _open(path)
     if num_classes == 1:
-        if im.mode in ("RGB", "RGBA"):
-            # a colour-coded binary mask (e.g. pure red on black) is foreground wherever
-            # any channel is bright; converting to grey first would lose pure red (76).
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).max(axis=2)
-        else:
-            arr = np.asarray(im.convert("L"), dtype=np.uint8)
-        if arr.max() <= 1:
-            return arr.copy()
-        return (arr > 127).astype(np.uint8)
-    if im.mode not in ("L", "P", "1", "I", "I;16"):
+        return _binary_mask(im)
+    if im.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
         raise DataError(
             f"{path}: a multi-class mask must be a greyscale or palette image of class "
             f"indices, got mode {im.mode}"
         )
-    return np.asarray(im, dtype=np.int64).astype(np.uint8 if num_classes <= 256 else np.int64)
+    arr = np.asarray(im, dtype=np.int64)
+    if arr.min() < 0 or arr.max() > 255:
+        raise DataError(f"{path}: class values must lie in 0..255, found {arr.min()}..{arr.max()}")
+    return arr.astype(np.uint8)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header only."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+def _binary_mask(im: Image.Image) -> np.ndarray:
+    if im.mode == "P":
+        indices = np.asarray(im)
+        if indices.max() <= 1:
+            return indices.astype(np.uint8)
+    if im.mode in ("RGB", "RGBA", "P"):
+        # a colour-coded mask (e.g. pure red on black) is foreground wherever any channel
+        # is bright; converting to grey first would turn pure red into 76.
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8).max(axis=2)
+    else:
+        arr = np.asarray(im.convert("L"), dtype=np.uint8)
+    levels = np.unique(arr)
+    if levels[-1] <= 1:
+        return arr.copy()
+    if len(levels) == 2:
+        return (arr > levels[0]).astype(np.uint8)
+    return (arr > 127).astype(np.uint8)

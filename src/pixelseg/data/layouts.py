@@ -18,6 +18,7 @@ Pairs are always matched by name, never by the order a directory walk happens to
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,27 +193,41 @@ def _find_pairs(path: Path) -> list[Sample]:
             rows = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: not a CSV/text file of image,mask pairs ({exc})") from None
-    samples, seen = [], set()
+    pairs = []
     for lineno, row in enumerate(rows, start=1):
         row = [c.strip() for c in row if c.strip()]
         if not row or row[0].startswith("#"):
             continue  # blank or comment
         if lineno == 1 and Path(row[0]).suffix.lower() not in IMAGE_EXTENSIONS:
             continue  # a header such as "image,mask" or "image_path,mask_path"
-        image = path.parent / row[0]
-        mask = path.parent / row[1] if len(row) > 1 else None
-        stem = image.stem if image.stem not in seen else f"{image.stem}_{lineno}"
-        seen.add(stem)
-        samples.append(Sample(stem, image, mask))
+        pairs.append((row[0], row[1] if len(row) > 1 else None))
+    # Images that share a file name are named by their path instead, so a sample's name
+    # (used by split.json) never depends on the order of the lines.
+    counts = Counter(Path(image).stem for image, _ in pairs)
+    samples = []
+    for image, mask in pairs:
+        stem = Path(image).stem
+        if counts[stem] > 1:
+            stem = Path(image).with_suffix("").as_posix().replace("/", "__")
+        samples.append(Sample(stem, path.parent / image, path.parent / mask if mask else None))
     return samples
 
 
-def list_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into a list of image files for prediction."""
+def list_images(inputs: list[str | Path], exclude: str | Path | None = None) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into a list of image files for prediction.
+
+    Files under ``exclude`` (the output folder) are skipped, so predicting a folder that
+    holds earlier outputs does not predict the predictions.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if is_image_file(p))
+            found = sorted(
+                p
+                for p in item.rglob("*")
+                if is_image_file(p) and (skip is None or skip not in p.resolve().parents)
+            )
             if not found:
                 raise DataError(f"{item}: no images in this folder")
             paths.extend(found)

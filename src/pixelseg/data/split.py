@@ -11,6 +11,8 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from pixelseg.files import write_json
+
 SPLITS = ("train", "val", "test")
 
 
@@ -81,7 +83,7 @@ def foreground_strata(fractions: list[float], bins: int = 3) -> list[str]:
 
 
 def save_split(path: str | Path, split: dict[str, list[str]]) -> None:
-    Path(path).write_text(json.dumps(split, indent=1) + "\n")
+    write_json(path, split)
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:

@@ -5,25 +5,22 @@
 - ``last.pt``: optimizer/scheduler/RNG state for ``--resume``; loaded with
   ``weights_only=True`` so it can hold tensors and plain containers only.
 
-Every file is written atomically (temporary file in the same folder, fsync, rename), so a
-crash or a full disk never leaves a half-written checkpoint in place of a good one.
+Every file is written atomically (:mod:`pixelseg.files`), so a crash or a full disk never
+leaves a half-written checkpoint in place of a good one.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from pixelseg.errors import PixelsegError
+from pixelseg.files import write_bytes
 from pixelseg.models import create_model
 
 CONFIG_FILE = "config.json"
@@ -31,40 +28,10 @@ WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "last.pt"
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    text = json.dumps(data, indent=2, default=_json_default) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
 def save_weights(run_dir: str | Path, model: torch.nn.Module) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = safetensors_bytes(state)
-    return atomic_write(Path(run_dir) / WEIGHTS_FILE, lambda f: f.write(data))
+    return write_bytes(Path(run_dir) / WEIGHTS_FILE, data)
 
 
 def read_config(run_dir: str | Path) -> dict:
@@ -104,7 +71,7 @@ def save_state(run_dir: str | Path, state: dict) -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    return atomic_write(Path(run_dir) / STATE_FILE, lambda f: f.write(data))
+    return write_bytes(Path(run_dir) / STATE_FILE, data)
 
 
 def load_state(run_dir: str | Path) -> dict | None:

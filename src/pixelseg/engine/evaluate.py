@@ -20,9 +20,10 @@ from pixelseg.data.io import read_image
 from pixelseg.data.layouts import find_samples
 from pixelseg.data.split import SPLITS, load_split
 from pixelseg.data.transforms import BatchTransform
-from pixelseg.engine.checkpoint import load_model, write_json
+from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.errors import PixelsegError
+from pixelseg.files import write_json
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
 from pixelseg.report import plot_grid, write_csv
 
@@ -30,6 +31,8 @@ from pixelseg.report import plot_grid, write_csv
 def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """(C, H, W) logits → (H, W) uint8 class indices (C == 1: sigmoid > threshold)."""
     if logits.shape[0] == 1:
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a probability between 0 and 1, got {threshold}")
         return (torch.sigmoid(logits[0]) > threshold).to(torch.uint8)
     return logits.argmax(0).to(torch.uint8)
 
@@ -79,11 +82,7 @@ def evaluate(
         for index, logit in zip(batch["index"].tolist(), logits.float().cpu(), strict=True):
             truth = dataset.original_masks[index]
             pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
-            if num_classes == 1:
-                valid = truth != ignore_index if ignore_index is not None else None
-                row = metrics.update(pred, truth == 1, valid=valid)
-            else:
-                row = metrics.update(pred, truth)
+            row = metrics.update(pred, truth)
             rows.append({"stem": dataset.samples[index].stem, **row})
             if keep_predictions:
                 predictions[index] = pred

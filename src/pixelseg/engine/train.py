@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from pixelseg.engine import checkpoint
 from pixelseg.engine.device import resolve_device, seed_everything
 from pixelseg.engine.evaluate import evaluate
 from pixelseg.errors import PixelsegError
+from pixelseg.files import write_json
 from pixelseg.losses import build_loss
 from pixelseg.models import count_parameters, create_model
 from pixelseg.report import plot_curves, write_csv
@@ -42,16 +43,26 @@ class TrainResult:
     history: list[dict]
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier: linear warm-up, then cosine decay to 1% of the base LR."""
+@dataclass
+class Schedule:
+    """LR multiplier per optimizer step: linear warm-up, then cosine decay to 1% at ``total``.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    ``begin``/``start`` let a resumed run that was given more epochs continue smoothly:
+    a new cosine from the rate it had reached (``start``, at step ``begin``) rather than a
+    jump back up. Saved with the training state so a resume rebuilds the same curve.
+    """
 
-    return factor
+    total: int
+    warmup: int = 0
+    begin: int = 0
+    start: float = 1.0
+
+    def __call__(self, step: int) -> float:
+        step = max(0, step - self.begin)
+        if step < self.warmup:
+            return self.start * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.begin - self.warmup)
+        return 0.01 + (self.start - 0.01) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_one_epoch(
@@ -83,11 +94,11 @@ def train_one_epoch(
 
 
 def prepare_split(
-    cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path
+    cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path, resume: bool
 ) -> dict[str, list[str]]:
     """Reuse the run's ``split.json`` when resuming, else make (and save) a stratified split."""
     path = run_dir / "split.json"
-    if path.is_file():
+    if resume:
         return load_split(path)
     if all(s.group is not None for s in samples):
         strata = [s.group for s in samples]  # e.g. PH2's diagnosis
@@ -125,18 +136,103 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
 
 
 def build_datasets(
-    cfg: TrainConfig, run_dir: Path
+    cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], None]
 ) -> tuple[SegmentationDataset, SegmentationDataset]:
     """Check the data, split it (or reuse the run's split) and cache train/val at ``cfg.size``."""
     fmt, samples = find_samples(cfg.data, cfg.format)
     report = check_samples(cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index)
     report.raise_if_problems()  # refuse to train on a broken data set
-    split = prepare_split(cfg, samples, [info.foreground for info in report.infos], run_dir)
+    fractions = [info.foreground for info in report.infos]
+    split = prepare_split(cfg, samples, fractions, run_dir, resume)
     train_set = SegmentationDataset(select(samples, split["train"]), cfg.size, cfg.num_classes)
-    # A data set too small to hold out a validation split validates on its training images.
-    val_samples = select(samples, split["val"]) or select(samples, split["train"])
+    val_samples = select(samples, split["val"])
+    if not val_samples:
+        log(
+            f"warning: only {len(samples)} image(s), none held out for validation: the "
+            "validation scores below are measured on the training images"
+        )
+        val_samples = select(samples, split["train"])
     val_set = SegmentationDataset(val_samples, cfg.size, cfg.num_classes, keep_original=True)
     return train_set, val_set
+
+
+RESUME_OVERRIDES = ("data", "epochs", "patience", "workers", "device", "progress")
+
+
+def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
+    """The saved settings of the run in ``run_dir``, with the few that may change on resume.
+
+    Everything that shapes the model, the data or the optimisation (model, size, batch size,
+    learning rate, loss, split...) stays as it was: changing it would not be a continuation.
+    """
+    state = checkpoint.load_state(run_dir)
+    if state is None:
+        raise PixelsegError(f"{run_dir}: nothing to resume (no {checkpoint.STATE_FILE})")
+    # Anything else that differs from the saved settings is refused by fit (see _open_run).
+    kept = {k: v for k, v in overrides.items() if v is not None}
+    return TrainConfig.from_dict({**state["config"], **kept, "out": str(run_dir)})
+
+
+def resume(run_dir: str | Path, **overrides) -> TrainResult:
+    """Continue the run in ``run_dir`` (see :func:`resume_config` for what may change)."""
+    return fit(resume_config(run_dir, **overrides), resume=True)
+
+
+def _open_run(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]:
+    """Check the run folder: a new run must not overwrite one, a resumed run must match."""
+    run_dir = Path(cfg.out)
+    if not resume:
+        if (run_dir / checkpoint.STATE_FILE).exists():
+            raise PixelsegError(
+                f"{run_dir} already holds a run; use --resume to continue it or choose another "
+                "--out"
+            )
+        return run_dir, None
+    state = checkpoint.load_state(run_dir)
+    if state is None:
+        raise PixelsegError(f"{run_dir}: nothing to resume (no {checkpoint.STATE_FILE})")
+    saved, now = state["config"], cfg.to_dict()
+    changed = sorted(
+        k for k in saved if k not in RESUME_OVERRIDES + ("out",) and saved[k] != now[k]
+    )
+    if changed:
+        raise ValueError(
+            f"cannot change {', '.join(changed)} when resuming {run_dir}; a resumed run may "
+            f"only change {', '.join(RESUME_OVERRIDES)}"
+        )
+    return run_dir, state
+
+
+def _check_settings(cfg: TrainConfig) -> None:
+    """Fail on a bad model name/option or loss before spending time on the data."""
+    build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
+    with torch.device("meta"):  # builds the module without allocating its weights
+        create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
+
+
+def _random_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "loader": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_random_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
+    """A fresh warm-up + cosine, the saved one, or a continuation to a new epoch count."""
+    if state is None:
+        return Schedule(cfg.epochs * steps, cfg.warmup_epochs * steps)
+    saved = Schedule(**state["schedule"])
+    if cfg.epochs == state["config"]["epochs"]:
+        return saved
+    done = state["epoch"] * steps
+    return Schedule(cfg.epochs * steps, begin=done, start=saved(done - 1))
 
 
 def fit(
@@ -145,23 +241,18 @@ def fit(
     """Train a model as ``cfg`` says and write the run folder ``cfg.out``.
 
     With ``resume``, continue from the run folder's ``last.pt`` (same split, model,
-    optimizer, scheduler and random state) up to ``cfg.epochs``. ``on_epoch_end`` is called
-    with each epoch's history row after its checkpoint is written (raise to stop).
+    optimizer, scheduler and random state) up to ``cfg.epochs``; use :func:`resume` to load
+    the saved settings. ``on_epoch_end`` is called with each epoch's history row after its
+    checkpoint is written (raise to stop).
     """
-    run_dir = Path(cfg.out)
-    state = checkpoint.load_state(run_dir) if resume else None
-    if resume and state is None:
-        raise PixelsegError(f"{run_dir}: nothing to resume (no {checkpoint.STATE_FILE})")
-    if not resume and (run_dir / checkpoint.STATE_FILE).exists():
-        raise PixelsegError(
-            f"{run_dir} already holds a run; use --resume to continue it or choose another --out"
-        )
+    run_dir, state = _open_run(cfg, resume)
+    _check_settings(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     log = tqdm.write if cfg.progress else (lambda *_: None)
 
-    train_set, val_set = build_datasets(cfg, run_dir)
+    train_set, val_set = build_datasets(cfg, run_dir, resume, log)
     # Normalise with the training images' own statistics (kept from the first session).
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
@@ -182,13 +273,12 @@ def fit(
         drop_last=len(train_set) > cfg.batch_size,
         generator=generator,
         num_workers=cfg.workers,
-        persistent_workers=cfg.workers > 0,
+        pin_memory=device.type == "cuda",
     )
     steps = len(train_loader)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps, cfg.warmup_epochs * steps)
-    )
+    schedule = _schedule(cfg, steps, state)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     history: list[dict] = []
     start_epoch, best_score, best_epoch = 1, -1.0, 0
@@ -196,8 +286,7 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["loader_rng"])
+        _restore_random_state(state["random"], generator)
         history, best_score, best_epoch = state["history"], state["best_score"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
 
@@ -230,11 +319,11 @@ def fit(
             cfg.batch_size,
             loss_fn=loss_fn,
         )
-        score, val_loss = metrics[score_name], metrics["loss"]
+        score = metrics[score_name]
         row = {
             "epoch": epoch,
             "train_loss": round(train_loss, 6),
-            "val_loss": round(val_loss, 6),
+            "val_loss": round(metrics["loss"], 6),
             f"val_{score_name}": round(score, 6),
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 2),
@@ -244,7 +333,7 @@ def fit(
         if improved:
             best_score, best_epoch = score, epoch
             checkpoint.save_weights(run_dir, model)
-            checkpoint.write_json(
+            write_json(
                 run_dir / checkpoint.CONFIG_FILE,
                 {**config, "best": {"epoch": epoch, score_name: score}},
             )
@@ -255,8 +344,8 @@ def fit(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "loader_rng": generator.get_state(),
+                "schedule": asdict(schedule),
+                "random": _random_state(generator),
                 "history": history,
                 "best_score": best_score,
                 "best_epoch": best_epoch,
@@ -267,12 +356,14 @@ def fit(
         )
         write_csv(run_dir / "history.csv", history)
         log(
-            f"epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-            f"val_{score_name} {score:.4f}{'  *best*' if improved else ''}"
+            f"epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
+            f"val_loss {metrics['loss']:.4f}  val_{score_name} {score:.4f}"
+            f"{'  *best*' if improved else ''}"
         )
         if on_epoch_end is not None:
             on_epoch_end(row)
-        if cfg.patience and epoch - best_epoch >= cfg.patience:
+        # Patience counts from the last improvement, or from the start of this session.
+        if cfg.patience and epoch - max(best_epoch, start_epoch - 1) >= cfg.patience:
             log(f"early stopping: no better val_{score_name} for {cfg.patience} epochs")
             break
     plot_curves(history, run_dir / "curves.png", score_name)

@@ -1,0 +1,189 @@
+"""Fixes for problems found in review: resume rules, schedules, odd masks and inputs, safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelseg.cli import main
+from pixelseg.config import TrainConfig
+from pixelseg.data.io import read_image, read_mask
+from pixelseg.data.layouts import find_samples
+from pixelseg.engine.train import Schedule, fit, resume
+from pixelseg.errors import DataError, PixelsegError
+from pixelseg.predict import as_rgb_array
+
+FAST = {
+    "model": "unet",
+    "model_kwargs": {"base_channels": 8, "depth": 2},
+    "size": 32,
+    "batch_size": 4,
+    "lr": 3e-3,
+    "progress": False,
+}
+
+
+def test_schedule_warms_up_then_decays_and_continues_smoothly() -> None:
+    s = Schedule(total=100, warmup=10)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    values = [s(i) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert s(100) == pytest.approx(0.01)
+    # a run extended at step 60: a new cosine from where it was, never jumping up
+    more = Schedule(total=200, begin=60, start=s(59))
+    assert more(60) == pytest.approx(s(59)) and more(200) == pytest.approx(0.01)
+    assert all(more(i) >= more(i + 1) for i in range(60, 200))
+
+
+def test_resume_refuses_to_change_the_model(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))
+    with pytest.raises(ValueError, match="cannot change model_kwargs"):
+        resume(run, model_kwargs={"base_channels": 16})
+    with pytest.raises(ValueError, match="cannot change lr"):
+        fit(
+            TrainConfig(data=str(tiny_data), out=str(run), epochs=2, **{**FAST, "lr": 1e-2}),
+            resume=True,
+        )
+
+
+def test_resume_with_more_epochs_continues_the_learning_rate(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    first = fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=2, patience=0, **FAST))
+    longer = resume(run, epochs=4)
+    lrs = [row["lr"] for row in longer.history]
+    assert [row["epoch"] for row in longer.history] == [1, 2, 3, 4]
+    assert lrs[:2] == [row["lr"] for row in first.history]
+    assert lrs[2] <= lrs[1] and lrs[3] <= lrs[2]
+
+
+def test_early_stopping_counts_patience_from_the_resume(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=2, patience=0, **FAST))
+    # pretend the best epoch was long ago: a resumed run still gets `patience` epochs
+    import torch
+
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["best_epoch"] = 0
+    torch.save(state, run / "last.pt")
+    result = resume(run, epochs=10, patience=2)
+    assert len(result.history) >= 4
+
+
+def test_a_new_run_makes_a_new_split(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text(json.dumps({"train": ["x"], "val": [], "test": []}))
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))
+    split = json.loads((run / "split.json").read_text())
+    assert sum(map(len, split.values())) == 12
+
+
+def test_bad_model_option_fails_before_any_file_is_written(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="bogus"):
+        fit(
+            TrainConfig(
+                data=str(tiny_data),
+                out=str(run),
+                epochs=1,
+                **{**FAST, "model_kwargs": {"bogus": 1}},
+            )
+        )
+    assert not run.exists()
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path, capsys) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "important.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--images", "8"]) == 2
+    assert "was not made by `pixelseg demo`" in capsys.readouterr().err
+    assert (tmp_path / "data" / "important.txt").read_text() == "keep me"
+
+
+def test_predict_skips_its_own_outputs_and_checks_threshold(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.open(tiny_data / "images" / "img00.png").save(inputs / "a.png")
+    out = inputs / "pred"
+    for _ in range(2):
+        assert main(["predict", str(run), str(inputs), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png"]
+    assert main(["predict", str(run), str(inputs), "--out", str(out), "--threshold", "7"]) == 2
+    assert "threshold must be a probability" in capsys.readouterr().err
+    assert main(["predict", str(run), str(inputs), "--out", str(out), "--batch-size", "0"]) == 2
+
+
+def _save(path: Path, array: np.ndarray, **kw) -> Path:
+    Image.fromarray(array).save(path, **kw)
+    return path
+
+
+def test_binary_masks_in_awkward_encodings(tmp_path: Path) -> None:
+    shape = np.zeros((6, 8), np.uint8)
+    shape[2:5, 3:7] = 1
+    # a palette mask whose foreground colour is dark red (VOC style)
+    pal = Image.fromarray(shape, mode="P")
+    pal.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    pal.save(tmp_path / "voc.png")
+    assert np.array_equal(read_mask(tmp_path / "voc.png"), shape)
+    # grey 0/100 and pure red RGB
+    assert np.array_equal(read_mask(_save(tmp_path / "grey.png", shape * 100)), shape)
+    red = np.zeros((6, 8, 3), np.uint8)
+    red[shape == 1] = (255, 0, 0)
+    assert np.array_equal(read_mask(_save(tmp_path / "red.png", red)), shape)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[0, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees
+    Image.fromarray(image).save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    out = read_image(tmp_path / "rot.jpg")
+    assert out.shape == (4, 6, 3)
+    assert out[-1, -1].mean() > 200 and out[0, 0].mean() < 50
+
+
+def test_arrays_and_pil_images_convert_like_files(tmp_path: Path) -> None:
+    grey16 = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1300
+    path = tmp_path / "deep.png"
+    Image.fromarray(grey16).save(path)
+    from_file = read_image(path)
+    assert np.array_equal(as_rgb_array(Image.open(path)), from_file)
+    assert np.abs(as_rgb_array(grey16).astype(int) - from_file.astype(int)).max() <= 1
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path: Path, monkeypatch) -> None:
+    path = _save(tmp_path / "big.png", np.zeros((64, 64), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match="big.png: image too large"):
+        read_image(path)
+
+
+def test_pairs_with_shared_names_get_stable_names(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        _save(tmp_path / sub / "x.png", np.zeros((4, 4, 3), np.uint8))
+        _save(tmp_path / sub / "x_mask.png", np.zeros((4, 4), np.uint8))
+    lines = ["a/x.png,a/x_mask.png", "b/x.png,b/x_mask.png"]
+    (tmp_path / "one.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "two.csv").write_text("\n".join(reversed(lines)) + "\n")
+    stems_one = {s.stem: s.image.parent.name for s in find_samples(tmp_path / "one.csv")[1]}
+    stems_two = {s.stem: s.image.parent.name for s in find_samples(tmp_path / "two.csv")[1]}
+    assert stems_one == stems_two == {"a__x": "a", "b__x": "b"}
+
+
+def test_resume_without_a_run_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PixelsegError, match="nothing to resume"):
+        resume(tmp_path)
