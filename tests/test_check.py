@@ -46,8 +46,10 @@ def test_broken_folder_reports_all_four_files(tmp_path):
     for name in ("corrupt.png", "truncated.png", "wrongsize.png", "nomask.png"):
         hits = [p for p in report.problems if name in p]
         assert len(hits) == 1, (name, report.problems)
-    assert any("truncated.png" in p and "truncated" in p.split("truncated.png", 1)[1]
-               for p in report.problems)
+    assert any(
+        "truncated.png" in p and "truncated" in p.split("truncated.png", 1)[1]
+        for p in report.problems
+    )
     assert any("wrongsize.png" in p and "30x20" in p and "48x40" in p for p in report.problems)
     assert any("nomask.png" in p and "no mask" in p for p in report.problems)
     # the good pairs are still counted

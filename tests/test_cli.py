@@ -12,8 +12,20 @@ from PIL import Image
 
 from pixelseg.cli import main
 
-FAST = ["--model", "unet", "--model-arg", "base_channels=8", "--model-arg", "depth=2",
-        "--size", "32", "--batch-size", "4", "--lr", "3e-3"]
+FAST = [
+    "--model",
+    "unet",
+    "--model-arg",
+    "base_channels=8",
+    "--model-arg",
+    "depth=2",
+    "--size",
+    "32",
+    "--batch-size",
+    "4",
+    "--lr",
+    "3e-3",
+]
 
 
 def test_models_lists_lesson_counts(capsys: pytest.CaptureFixture) -> None:
@@ -45,8 +57,9 @@ def test_check_names_every_bad_file(tiny_folders: Path, capsys) -> None:
 
 def test_train_refuses_bad_data(tiny_folders: Path, tmp_path: Path, capsys) -> None:
     (tiny_folders / "masks" / "img03.png").unlink()
-    code = main(["train", str(tiny_folders), "--out", str(tmp_path / "run"), "--epochs", "1",
-                 *FAST])
+    code = main(
+        ["train", str(tiny_folders), "--out", str(tmp_path / "run"), "--epochs", "1", *FAST]
+    )
     assert code == 2
     assert "img03.png: no mask found" in capsys.readouterr().err
     assert not (tmp_path / "run" / "model.safetensors").exists()
@@ -86,8 +99,10 @@ def test_train_evaluate_predict(tiny_data: Path, tmp_path: Path, capsys) -> None
 
 
 def test_predict_names_a_missing_input(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    assert main(["predict", str(tmp_path / "norun"), str(tiny_data), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(["predict", str(tmp_path / "norun"), str(tiny_data), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "not a pixelseg run folder" in capsys.readouterr().err
 
 

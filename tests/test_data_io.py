@@ -35,6 +35,7 @@ def _square_mask(h=8, w=10) -> np.ndarray:
 
 # ---- read_image ------------------------------------------------------------------------------
 
+
 def test_read_image_rgb_png_roundtrip(tmp_path):
     rgb = _rgb()
     out = read_image(_save(rgb, tmp_path / "a.png"))
@@ -102,6 +103,7 @@ def test_read_image_formats(tmp_path, ext):
 
 # ---- errors name the file --------------------------------------------------------------------
 
+
 def test_missing_file_is_data_error_naming_file(tmp_path):
     path = tmp_path / "nowhere.png"
     with pytest.raises(DataError, match="nowhere.png.*not found"):
@@ -149,6 +151,7 @@ def test_data_error_lists_problems():
 
 
 # ---- read_mask, binary -------------------------------------------------------------------------
+
 
 def test_read_mask_1bit(tmp_path):
     m = _square_mask()
@@ -208,6 +211,7 @@ def test_read_mask_all_background_and_all_foreground(tmp_path):
 
 # ---- read_mask, multi-class ------------------------------------------------------------------
 
+
 def test_read_mask_multiclass_grey_indices_kept(tmp_path):
     m = np.array([[0, 1, 2], [3, 11, 0]], dtype=np.uint8)
     out = read_mask(_save(m, tmp_path / "m.png"), num_classes=12)
@@ -235,6 +239,7 @@ def test_read_mask_multiclass_rejects_rgb_naming_file(tmp_path):
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+
 def test_is_image_file(tmp_path):
     (tmp_path / "a.PNG").write_bytes(b"x")
     (tmp_path / "b.jpeg").write_bytes(b"x")
@@ -250,6 +255,7 @@ def test_is_image_file(tmp_path):
 
 
 # ---- real data -------------------------------------------------------------------------------
+
 
 def test_real_ph2_imd002_rgb_mask_reads_binary_with_foreground(real_data):
     case = real_data / PH2_IMAGES / "IMD002"

@@ -44,11 +44,13 @@ def _fake_ph2(root: Path, cases=("IMD001", "IMD002", "IMD010"), csv=True) -> Pat
         rows = [f"{n},{i % 3},0" for i, n in enumerate(cases)]
         lines = ["Name,Clinical Diagnosis,Asymmetry", *rows]
         (root / "PH2Dataset" / "PH2_dataset.csv").write_bytes(
-            ("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
+            ("\r\n".join(lines) + "\r\n").encode("utf-8-sig")
+        )
     return root
 
 
 # ---- ph2 -------------------------------------------------------------------------------------
+
 
 def test_fake_ph2_layout(tmp_path):
     root = _fake_ph2(tmp_path / "ph2")
@@ -120,6 +122,7 @@ def test_real_membrane_detected_one_folder_down(real_data):
 
 
 # ---- folders -----------------------------------------------------------------------------------
+
 
 def test_tiny_folders(tiny_folders):
     fmt, samples = find_samples(tiny_folders)
@@ -240,6 +243,7 @@ def test_folders_with_no_images_is_an_error(tmp_path):
 
 # ---- pairs -------------------------------------------------------------------------------------
 
+
 def test_pairs_csv(tmp_path):
     _img(tmp_path / "data" / "x" / "one.png")
     _mask(tmp_path / "data" / "y" / "one_gt.png")
@@ -289,6 +293,7 @@ def test_pairs_needs_a_file(tmp_path):
 
 # ---- detect_format / find_samples errors ------------------------------------------------------
 
+
 def test_detect_format_ph2(tmp_path):
     root = _fake_ph2(tmp_path / "p")
     assert detect_format(root) == "ph2"
@@ -322,6 +327,7 @@ def test_sample_is_frozen():
 
 # ---- list_images -------------------------------------------------------------------------------
 
+
 def test_list_images_recursive_sorted(tmp_path):
     _img(tmp_path / "in" / "b.png")
     _img(tmp_path / "in" / "a.jpg")
@@ -330,8 +336,12 @@ def test_list_images_recursive_sorted(tmp_path):
     (tmp_path / "in" / ".hidden.png").write_bytes(b"x")
     single = _img(tmp_path / "single.png")
     paths = list_images([tmp_path / "in", str(single)])
-    assert paths == [tmp_path / "in" / "a.jpg", tmp_path / "in" / "b.png",
-                     tmp_path / "in" / "sub" / "c.bmp", single]
+    assert paths == [
+        tmp_path / "in" / "a.jpg",
+        tmp_path / "in" / "b.png",
+        tmp_path / "in" / "sub" / "c.bmp",
+        single,
+    ]
 
 
 def test_list_images_errors(tmp_path):

@@ -15,8 +15,23 @@ from pixelseg.data.layouts import find_samples
 def test_ph2_train_evaluate_predict(real_data: Path, tmp_path: Path) -> None:
     ph2 = real_data / "ph2"
     run = tmp_path / "ph2run"
-    assert main(["train", str(ph2), "--model", "lesson-unet", "--size", "64", "--epochs", "1",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(ph2),
+                "--model",
+                "lesson-unet",
+                "--size",
+                "64",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "lesson-unet" and config["size"] == [64, 64]
     split = json.loads((run / "split.json").read_text())
@@ -38,6 +53,21 @@ def test_membrane_greyscale_folders(real_data: Path, tmp_path: Path) -> None:
     membrane = real_data / "membrane" / "train"
     assert main(["check", str(membrane)]) == 0
     run = tmp_path / "mrun"
-    assert main(["train", str(membrane), "--size", "64", "--epochs", "1", "--out", str(run),
-                 "--model-arg", "base_channels=8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(membrane),
+                "--size",
+                "64",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+                "--model-arg",
+                "base_channels=8",
+            ]
+        )
+        == 0
+    )
     assert (run / "model.safetensors").is_file()

@@ -187,3 +187,33 @@ def test_pairs_with_shared_names_get_stable_names(tmp_path: Path) -> None:
 def test_resume_without_a_run_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PixelsegError, match="nothing to resume"):
         resume(tmp_path)
+
+
+def test_python_api_resume(tiny_data: Path, tmp_path: Path) -> None:
+    import pixelseg
+
+    run = tmp_path / "run"
+    pixelseg.train(tiny_data, out=run, epochs=1, **FAST)
+    result = pixelseg.train(tiny_data, out=run, resume=True, epochs=2)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    with pytest.raises(ValueError, match="unknown setting"):
+        pixelseg.resume(run, epoch=3)
+
+
+def test_class_index_masks_are_refused_as_binary(tmp_path: Path) -> None:
+    mask = (np.arange(48).reshape(6, 8) % 12).astype(np.uint8)
+    with pytest.raises(DataError, match="look like class indices"):
+        read_mask(_save(tmp_path / "camvid_like.png", mask))
+    assert read_mask(tmp_path / "camvid_like.png", num_classes=12).max() == 11
+
+
+def test_run_files_are_readable_by_others(tiny_data: Path, tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), epochs=1, **FAST))
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors", "split.json", "history.csv"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name

@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from pixelseg.predict import Predictor
 
 __version__ = "0.1.0"
-__all__ = ["DataError", "PixelsegError", "__version__", "evaluate", "load", "train"]
+__all__ = [
+    "DataError",
+    "PixelsegError",
+    "__version__",
+    "evaluate",
+    "load",
+    "resume",
+    "train",
+]
 
 
 def train(
@@ -30,11 +38,23 @@ def train(
     """Train on ``data`` into the run folder ``out``.
 
     ``settings`` are :class:`pixelseg.config.TrainConfig` fields (model, size, epochs, ...).
+    With ``resume=True``, continue the run in ``out`` instead (see :func:`resume`).
     """
     from pixelseg.config import TrainConfig
     from pixelseg.engine.train import fit
+    from pixelseg.engine.train import resume as resume_run
 
-    return fit(TrainConfig(data=str(data), out=str(out), **settings), resume=resume)
+    if resume:
+        return resume_run(out, data=str(data), **settings)
+    return fit(TrainConfig(data=str(data), out=str(out), **settings))
+
+
+def resume(run: str | Path, **overrides: Any) -> TrainResult:
+    """Continue an interrupted run; only data, epochs, patience, workers, device, progress
+    may change (more epochs continue the learning-rate decay from where it stopped)."""
+    from pixelseg.engine.train import resume as resume_run
+
+    return resume_run(run, **overrides)
 
 
 def evaluate(run: str | Path, data: str | Path, split: str = "test", **kwargs: Any) -> dict:

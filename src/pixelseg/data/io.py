@@ -95,7 +95,7 @@ def read_mask(path: str | Path, num_classes: int = 1) -> np.ndarray:
     path = Path(path)
     im = _open(path)
     if num_classes == 1:
-        return _binary_mask(im)
+        return _binary_mask(im, path)
     if im.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
         raise DataError(
             f"{path}: a multi-class mask must be a greyscale or palette image of class "
@@ -107,7 +107,7 @@ def read_mask(path: str | Path, num_classes: int = 1) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def _binary_mask(im: Image.Image) -> np.ndarray:
+def _binary_mask(im: Image.Image, path: Path) -> np.ndarray:
     if im.mode == "P":
         indices = np.asarray(im)
         if indices.max() <= 1:
@@ -123,4 +123,12 @@ def _binary_mask(im: Image.Image) -> np.ndarray:
         return arr.copy()
     if len(levels) == 2:
         return (arr > levels[0]).astype(np.uint8)
+    if levels[-1] <= 127:
+        # several small values and nothing bright: class indices (e.g. CamVid's 0..11), which
+        # thresholding would turn into an empty mask without a word
+        shown = ", ".join(map(str, levels[:12])) + (", ..." if len(levels) > 12 else "")
+        raise DataError(
+            f"{path}: mask values {shown} look like class indices, not a binary mask; "
+            "set the number of classes (--num-classes)"
+        )
     return (arr > 127).astype(np.uint8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -168,6 +168,9 @@ def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
     state = checkpoint.load_state(run_dir)
     if state is None:
         raise PixelsegError(f"{run_dir}: nothing to resume (no {checkpoint.STATE_FILE})")
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
     # Anything else that differs from the saved settings is refused by fit (see _open_run).
     kept = {k: v for k, v in overrides.items() if v is not None}
     return TrainConfig.from_dict({**state["config"], **kept, "out": str(run_dir)})
@@ -247,7 +250,6 @@ def fit(
     """
     run_dir, state = _open_run(cfg, resume)
     _check_settings(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     log = tqdm.write if cfg.progress else (lambda *_: None)
@@ -294,7 +296,7 @@ def fit(
     log(
         f"pixelseg: {cfg.model} ({count_parameters(model):,} parameters) on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images at {cfg.size[0]}x{cfg.size[1]}; "
-        f"loss {cfg.loss}; {cfg.epochs} epochs"
+        f"loss {cfg.loss}; {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}"
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
