@@ -24,7 +24,7 @@ from pixelseg.predict import load
 from pixelseg.report import plot_grid
 
 # Small enough for a CPU, big enough to reach test Dice >= 0.9 on the synthetic lesions.
-DEMO_IMAGES = 160
+DEMO_IMAGES = 240
 DEMO_IMAGE_SIZE = (192, 256)  # generated images, (height, width)
 DEMO_TRAIN = {
     "model": "unet",
