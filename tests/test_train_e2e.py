@@ -141,3 +141,60 @@ def test_learns_the_tiny_task(tiny_data: Path, tmp_path: Path) -> None:
         TrainConfig(data=str(tiny_data), out=str(tmp_path / "learn"), epochs=12, patience=0, **FAST)
     )
     assert result.best_score > 0.8, result.history
+
+
+def test_multiclass_end_to_end(tmp_path: Path) -> None:
+    """Three classes (background, bright disc, dark square) in index masks, through the CLI."""
+    from pixelseg.cli import main
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mc"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(12):
+        mask = np.zeros((40, 48), np.uint8)
+        yy, xx = np.mgrid[:40, :48]
+        mask[(yy - 12) ** 2 + (xx - 14) ** 2 < 60] = 1
+        mask[24:36, 28 + i % 6 : 40 + i % 6] = 2
+        image = rng.integers(90, 130, (40, 48, 3)).astype(np.uint8)
+        image[mask == 1] = 240
+        image[mask == 2] = 10
+        Image.fromarray(image).save(root / "images" / f"m{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"m{i:02d}.png")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                str(root),
+                "--num-classes",
+                "3",
+                "--out",
+                str(run),
+                "--epochs",
+                "6",
+                "--size",
+                "32",
+                "--model-arg",
+                "base_channels=8",
+                "--model-arg",
+                "depth=2",
+                "--batch-size",
+                "4",
+                "--lr",
+                "3e-3",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((run / "config.json").read_text())["num_classes"] == 3
+    assert main(["evaluate", str(run), str(root), "--split", "all"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("miou", "dice", "global_accuracy", "class_accuracy", "per_class", "n_images"):
+        assert key in metrics, key
+    assert metrics["n_images"] == 12 and set(metrics["per_class"]) == {"0", "1", "2"}
+    assert metrics["global_accuracy"] > 0.7
+    predictor = pixelseg.load(run)
+    mask = predictor.predict(root / "images" / "m00.png")
+    assert mask.shape == (40, 48) and set(np.unique(mask)) <= {0, 1, 2}
+    assert predictor.predict_proba(root / "images" / "m00.png").shape == (3, 40, 48)

@@ -300,9 +300,10 @@ def fit(
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
+        last = f" (last val_{score_name} {history[-1][f'val_{score_name}']:.3f})" if history else ""
         with tqdm(
             total=steps,
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            desc=f"epoch {epoch}/{cfg.epochs}{last}",
             unit="batch",
             leave=False,
             disable=not cfg.progress,
