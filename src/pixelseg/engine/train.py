@@ -238,6 +238,58 @@ def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
     return Schedule(cfg.epochs * steps, begin=done, start=saved(done - 1))
 
 
+@dataclass
+class _Training:
+    """Everything that changes while training and is saved in ``last.pt`` to resume."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: Schedule
+    generator: torch.Generator  # the shuffling order
+    history: list[dict]
+    best_score: float = -1.0
+    best_epoch: int = 0
+
+    def state(self, epoch: int, cfg: TrainConfig, mean: list[float], std: list[float]) -> dict:
+        return {
+            "epoch": epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "schedule": asdict(self.schedule), "random": _random_state(self.generator),
+            "history": self.history, "best_score": self.best_score,
+            "best_epoch": self.best_epoch, "mean": mean, "std": std, "config": cfg.to_dict(),
+        }  # fmt: skip
+
+    def restore(self, state: dict) -> int:
+        """Load a saved state; returns the first epoch still to train."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _restore_random_state(state["random"], self.generator)
+        self.history = state["history"]
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        return state["epoch"] + 1
+
+
+def _setup(
+    cfg: TrainConfig, train_set: SegmentationDataset, device: torch.device, state: dict | None
+) -> tuple[_Training, DataLoader]:
+    model = create_model(
+        cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
+        **cfg.model_kwargs,
+    ).to(device)  # fmt: skip
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+        drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = _schedule(cfg, len(loader), state)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return _Training(model, optimizer, scheduler, schedule, generator, history=[]), loader
+
+
 def fit(
     cfg: TrainConfig, resume: bool = False, on_epoch_end: Callable[[dict], None] | None = None
 ) -> TrainResult:
@@ -260,114 +312,54 @@ def fit(
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
     eval_tf = BatchTransform(mean, std)
     config = run_config(cfg, mean, std, in_channels=train_set.images.shape[1])
-    model = create_model(
-        cfg.model,
-        in_channels=config["in_channels"],
-        num_classes=cfg.num_classes,
-        **cfg.model_kwargs,
-    ).to(device)
     loss_fn = build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
-    generator = torch.Generator().manual_seed(cfg.seed)  # the shuffling order, saved for resume
-    train_loader = DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > cfg.batch_size,
-        generator=generator,
-        num_workers=cfg.workers,
-        pin_memory=device.type == "cuda",
-    )
-    steps = len(train_loader)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = _schedule(cfg, steps, state)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    t, loader = _setup(cfg, train_set, device, state)
+    start_epoch = t.restore(state) if state is not None else 1
 
-    history: list[dict] = []
-    start_epoch, best_score, best_epoch = 1, -1.0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _restore_random_state(state["random"], generator)
-        history, best_score, best_epoch = state["history"], state["best_score"], state["best_epoch"]
-        start_epoch = state["epoch"] + 1
-
-    score_name = cfg.score_name
+    name = cfg.score_name
     log(
-        f"pixelseg: {cfg.model} ({count_parameters(model):,} parameters) on {device}; "
+        f"pixelseg: {cfg.model} ({count_parameters(t.model):,} parameters) on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images at {cfg.size[0]}x{cfg.size[1]}; "
         f"loss {cfg.loss}; {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}"
     )
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
-        last = f" (last val_{score_name} {history[-1][f'val_{score_name}']:.3f})" if history else ""
-        with tqdm(
-            total=steps,
-            desc=f"epoch {epoch}/{cfg.epochs}{last}",
-            unit="batch",
-            leave=False,
-            disable=not cfg.progress,
-        ) as bar:
+        last = f" (last val_{name} {t.history[-1][f'val_{name}']:.3f})" if t.history else ""
+        with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}{last}", unit="batch",
+                  leave=False, disable=not cfg.progress) as bar:  # fmt: skip
             train_loss = train_one_epoch(
-                model, train_loader, train_tf, loss_fn, optimizer, scheduler, device, bar
+                t.model, loader, train_tf, loss_fn, t.optimizer, t.scheduler, device, bar
             )
         metrics, _, _ = evaluate(
-            model,
-            val_set,
-            eval_tf,
-            device,
-            cfg.threshold,
-            cfg.ignore_index,
-            cfg.class_names,
-            cfg.batch_size,
-            loss_fn=loss_fn,
-        )
-        score = metrics[score_name]
+            t.model, val_set, eval_tf, device, cfg.threshold, cfg.ignore_index,
+            cfg.class_names, cfg.batch_size, loss_fn=loss_fn,
+        )  # fmt: skip
+        score = metrics[name]
         row = {
-            "epoch": epoch,
-            "train_loss": round(train_loss, 6),
-            "val_loss": round(metrics["loss"], 6),
-            f"val_{score_name}": round(score, 6),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        history.append(row)
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch
-            checkpoint.save_weights(run_dir, model)
+            "epoch": epoch, "train_loss": round(train_loss, 6),
+            "val_loss": round(metrics["loss"], 6), f"val_{name}": round(score, 6),
+            "lr": t.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2),
+        }  # fmt: skip
+        t.history.append(row)
+        improved = score > t.best_score
+        if improved:  # the best weights so far: these are what predict/evaluate use
+            t.best_score, t.best_epoch = score, epoch
+            checkpoint.save_weights(run_dir, t.model)
             write_json(
-                run_dir / checkpoint.CONFIG_FILE,
-                {**config, "best": {"epoch": epoch, score_name: score}},
+                run_dir / checkpoint.CONFIG_FILE, {**config, "best": {"epoch": epoch, name: score}}
             )
-        checkpoint.save_state(
-            run_dir,
-            {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "schedule": asdict(schedule),
-                "random": _random_state(generator),
-                "history": history,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "mean": mean,
-                "std": std,
-                "config": cfg.to_dict(),
-            },
-        )
-        write_csv(run_dir / "history.csv", history)
+        checkpoint.save_state(run_dir, t.state(epoch, cfg, mean, std))
+        write_csv(run_dir / "history.csv", t.history)
         log(
             f"epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
-            f"val_loss {metrics['loss']:.4f}  val_{score_name} {score:.4f}"
-            f"{'  *best*' if improved else ''}"
+            f"val_loss {metrics['loss']:.4f}  val_{name} {score:.4f}"
+            + ("  *best*" if improved else "")
         )
         if on_epoch_end is not None:
             on_epoch_end(row)
         # Patience counts from the last improvement, or from the start of this session.
-        if cfg.patience and epoch - max(best_epoch, start_epoch - 1) >= cfg.patience:
-            log(f"early stopping: no better val_{score_name} for {cfg.patience} epochs")
+        if cfg.patience and epoch - max(t.best_epoch, start_epoch - 1) >= cfg.patience:
+            log(f"early stopping: no better val_{name} for {cfg.patience} epochs")
             break
-    plot_curves(history, run_dir / "curves.png", score_name)
-    return TrainResult(run_dir, best_epoch, best_score, score_name, history)
+    plot_curves(t.history, run_dir / "curves.png", name)
+    return TrainResult(run_dir, t.best_epoch, t.best_score, name, t.history)
