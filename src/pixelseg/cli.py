@@ -62,32 +62,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-_TRAIN_OPTIONS = (
-    "out",
-    "format",
-    "model",
-    "num_classes",
-    "size",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "loss",
-    "seed",
-    "device",
-    "val_fraction",
-    "test_fraction",
-    "patience",
-    "workers",
-    "threshold",
-)
+# Options of `train` that map one-to-one onto TrainConfig fields: (field, type, help).
+# The default shown in --help is read from TrainConfig, so the two cannot drift apart.
+_TRAIN_OPTIONS = [
+    ("out", str, "run folder to create"),
+    ("format", str, "data layout: auto | ph2 | folders | pairs"),
+    ("model", str, "model name (see `pixelseg models`)"),
+    ("num_classes", int, "1 = binary masks, else the number of classes"),
+    ("size", str, "training size: 256 or HEIGHTxWIDTH"),
+    ("epochs", int, "training epochs"),
+    ("batch_size", int, "images per step"),
+    ("lr", float, "AdamW learning rate"),
+    ("weight_decay", float, "AdamW weight decay"),
+    ("loss", str, "bce | dice | bce+dice | ce | ce+dice (default bce+dice; ce+dice for classes)"),
+    ("seed", int, "random seed: same seed, same result on a CPU"),
+    ("device", str, "auto | cpu | cuda | cuda:N"),
+    ("val_fraction", float, "share of images held out for validation"),
+    ("test_fraction", float, "share of images held out for the final test"),
+    ("patience", int, "early stopping after this many epochs without improvement (0 = off)"),
+    ("workers", int, "data loader processes"),
+    ("threshold", float, "binary decision threshold on the foreground probability"),
+]
+
+
+def _default(field: str) -> str:
+    from pixelseg.config import TrainConfig
+
+    value = TrainConfig.__dataclass_fields__[field].default
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pixelseg.config import TrainConfig
     from pixelseg.engine.train import fit, resume
 
-    given = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k, _, _ in _TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.model_arg:
         given["model_kwargs"] = _model_kwargs(args.model_arg)
     if args.no_augment:
@@ -173,30 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; writes a run folder")
     p.add_argument("data", nargs="?", help="data folder or CSV of pairs")
-    p.add_argument("--out", help="run folder to create (default runs/pixelseg)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    p.add_argument("--format", help="data layout: auto | ph2 | folders | pairs")
-    p.add_argument("--model", help="model name (see `pixelseg models`; default unet)")
     p.add_argument(
         "--model-arg",
         action="append",
         metavar="KEY=VALUE",
         help="model option, e.g. base_channels=16 (repeatable)",
     )
-    p.add_argument("--num-classes", type=int, help="1 = binary (default)")
-    p.add_argument("--size", help="training size: 256 or HEIGHTxWIDTH (default 256)")
-    p.add_argument("--epochs", type=int, help="default 40")
-    p.add_argument("--batch-size", type=int, help="default 8")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="default 1e-4")
-    p.add_argument("--loss", help="bce | dice | bce+dice | ce | ce+dice (default bce+dice)")
-    p.add_argument("--seed", type=int, help="random seed: same seed, same result (default 0)")
-    p.add_argument("--device", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--val-fraction", type=float, help="default 0.15")
-    p.add_argument("--test-fraction", type=float, help="default 0.15")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
-    p.add_argument("--workers", type=int, help="data loader processes (default 0)")
-    p.add_argument("--threshold", type=float, help="binary decision threshold (default 0.5)")
+    for field, kind, text in _TRAIN_OPTIONS:
+        flag = "--" + field.replace("_", "-")
+        default = _default(field)
+        p.add_argument(
+            flag, type=kind, help=text if default == "None" else f"{text} (default {default})"
+        )
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.set_defaults(func=cmd_train)
 
