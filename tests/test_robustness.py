@@ -217,3 +217,15 @@ def test_run_files_are_readable_by_others(tiny_data: Path, tmp_path: Path) -> No
         os.umask(old)
     for name in ("config.json", "model.safetensors", "split.json", "history.csv"):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_two_images_train_and_explain_the_empty_test_split(
+    tiny_folders: Path, tmp_path: Path, capsys
+) -> None:
+    for p in sorted((tiny_folders / "images").iterdir())[2:]:
+        p.unlink()
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_folders), out=str(run), epochs=1, **FAST))
+    assert main(["evaluate", str(run), str(tiny_folders)]) == 2
+    assert "test split is empty" in capsys.readouterr().err
+    assert main(["evaluate", str(run), str(tiny_folders), "--split", "all"]) == 0

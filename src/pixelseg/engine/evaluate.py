@@ -120,6 +120,11 @@ def evaluate_run(
         if not split_file.is_file():
             raise PixelsegError(f"{run}: no split.json; use --split all")
         wanted = set(load_split(split_file)[split])
+        if not wanted:
+            raise PixelsegError(
+                f"the run's {split} split is empty (its data set was too small to hold images "
+                f"out); use --split all"
+            )
         samples = [s for s in samples if s.stem in wanted]
         if not samples:
             raise PixelsegError(
