@@ -135,7 +135,9 @@ def predict_files(
     t = predictor.threshold if threshold is None else threshold
     written: list[Path] = []
     stems = _unique_stems(paths)
-    with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
+    with tqdm(
+        total=len(paths), desc="predicting", unit="img", disable=None if progress else True
+    ) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
             images = [read_image(p) for p in chunk]

@@ -123,7 +123,7 @@ def check_samples(
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(samples, desc="checking", unit="img", leave=False)
+        iterator = tqdm(samples, desc="checking", unit="img", leave=False, disable=None)
     for sample in iterator:
         info, problems, hist = inspect_sample(sample, num_classes, ignore_index)
         report.problems.extend(problems)

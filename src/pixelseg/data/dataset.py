@@ -73,7 +73,7 @@ class SegmentationDataset(Dataset):
         if progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(self.samples, desc="loading", unit="img", leave=False)
+            iterator = tqdm(self.samples, desc="loading", unit="img", leave=False, disable=None)
         for sample in iterator:
             try:
                 image = read_image(sample.image)

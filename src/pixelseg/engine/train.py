@@ -326,7 +326,7 @@ def fit(
         t0 = time.perf_counter()
         last = f" (last val_{name} {t.history[-1][f'val_{name}']:.3f})" if t.history else ""
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}{last}", unit="batch",
-                  leave=False, disable=not cfg.progress) as bar:  # fmt: skip
+                  leave=False, disable=None if cfg.progress else True) as bar:  # fmt: skip
             train_loss = train_one_epoch(
                 t.model, loader, train_tf, loss_fn, t.optimizer, t.scheduler, device, bar
             )
