@@ -225,7 +225,31 @@ def test_two_images_train_and_explain_the_empty_test_split(
     for p in sorted((tiny_folders / "images").iterdir())[2:]:
         p.unlink()
     run = tmp_path / "run"
-    fit(TrainConfig(data=str(tiny_folders), out=str(run), epochs=1, **FAST))
+    with pytest.warns(UserWarning, match="no image held out for validation"):
+        fit(TrainConfig(data=str(tiny_folders), out=str(run), epochs=1, **FAST))
     assert main(["evaluate", str(run), str(tiny_folders)]) == 2
     assert "test split is empty" in capsys.readouterr().err
     assert main(["evaluate", str(run), str(tiny_folders), "--split", "all"]) == 0
+
+
+def test_interrupted_run_given_more_epochs_gets_a_longer_decay(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+
+    def stop_after_two(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            TrainConfig(data=str(tiny_data), out=str(run), epochs=6, patience=0, **FAST),
+            on_epoch_end=stop_after_two,
+        )
+    result = resume(run, epochs=10)
+    lrs = [row["lr"] for row in result.history]
+    assert len(lrs) == 10
+    assert all(b <= a for a, b in zip(lrs[1:], lrs[2:], strict=False))  # no jump up
+    floor = 0.01 * FAST["lr"]
+    assert lrs[6] > 2 * floor  # epoch 7 is not yet at the end of the (new, longer) decay
+    assert lrs[9] == pytest.approx(floor)

@@ -1,6 +1,6 @@
 """``pixelseg demo``: the whole job on built-in synthetic dermoscopy images, offline.
 
-Generates a small data set, trains the default U-Net, evaluates it on the held-out test
+Generates a small data set, trains the U-Net, evaluates it on the held-out test
 split at the original resolution, and writes pictures to look at. Settings are chosen to
 finish in a few minutes on a 2-core laptop CPU.
 """
@@ -49,13 +49,15 @@ def run_demo(
     out = Path(out)
     _claim(out)
     data_dir, run_dir = out / "data", out / "run"
-    n = n_images or DEMO_IMAGES
+    n = DEMO_IMAGES if n_images is None else n_images
+    if n < 4 or (epochs is not None and epochs < 1):
+        raise ValueError("the demo needs at least 4 images and 1 epoch")
     if not (data_dir / "images").is_dir() or len(list((data_dir / "images").iterdir())) != n:
         shutil.rmtree(data_dir, ignore_errors=True)
         print(f"generating {n} synthetic dermoscopy images in {data_dir} ...")
         write_synthetic_dataset(data_dir, n=n, size=DEMO_IMAGE_SIZE, seed=0)
     shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own previous run
-    settings = {**DEMO_TRAIN, "epochs": epochs or DEMO_TRAIN["epochs"]}
+    settings = {**DEMO_TRAIN, "epochs": DEMO_TRAIN["epochs"] if epochs is None else epochs}
     cfg = TrainConfig(
         data=str(data_dir), out=str(run_dir), device=device, progress=progress, **settings
     )
@@ -64,7 +66,7 @@ def run_demo(
     overlays = write_overlays(run_dir, data_dir, device)
     elapsed = time.perf_counter() - start
     print()
-    print("pixelseg demo: synthetic dermoscopy lesions, default U-Net")
+    print("pixelseg demo: synthetic dermoscopy lesions, U-Net")
     print(f"  best val dice   {result.best_score:.4f} (epoch {result.best_epoch})")
     for key in ("dice", "iou", "dice_micro", "pixel_accuracy", "precision", "recall"):
         print(f"  test {key:<15}{metrics[key]:.4f}")

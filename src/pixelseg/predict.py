@@ -7,6 +7,7 @@ size before thresholding, so masks line up with the original pixels.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,11 +16,11 @@ import torch
 from PIL import Image
 
 from pixelseg.data.dataset import resize_image, to_uint8_tensor
-from pixelseg.data.io import read_image, to_rgb
-from pixelseg.data.transforms import normalize
+from pixelseg.data.io import read_image, to_rgb, to_uint8
+from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
-from pixelseg.engine.evaluate import logits_to_mask, resize_logits
+from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
 from pixelseg.report import overlay, save_png
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -28,8 +29,8 @@ ImageLike = str | Path | Image.Image | np.ndarray
 def as_rgb_array(image: ImageLike) -> np.ndarray:
     """A path, PIL image or numpy array → HxWx3 uint8, converted exactly as files are.
 
-    Arrays may be HxW or HxWxC (C = 1, 3, 4): uint8 as is, uint16 scaled from 65535, float
-    in [0, 1] scaled by 255 (other floats clipped to 0..255).
+    Arrays may be HxW or HxWxC (C = 1, 3, 4) of any numeric type, scaled by
+    :func:`pixelseg.data.io.to_uint8` (uint16 from 65535, floats in [0, 1] by 255).
     """
     if isinstance(image, (str, Path)):
         return read_image(image)
@@ -42,15 +43,10 @@ def as_rgb_array(image: ImageLike) -> np.ndarray:
         raise ValueError(
             f"expected an HxW or HxWxC image with C in 1, 3, 4; got shape {image.shape}"
         )
-    if arr.dtype == np.uint16:
-        arr = arr / 65535.0 * 255.0
-    elif np.issubdtype(arr.dtype, np.floating) and arr.max() <= 1.0:
-        arr = arr * 255.0
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr, 0, 255).round().astype(np.uint8)
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    return np.ascontiguousarray(arr[..., :3])
+    if arr.shape[2] == 4:
+        warnings.warn("image: alpha channel dropped", stacklevel=2)
+    arr = to_uint8(arr[..., :3])
+    return np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr)
 
 
 class Predictor:
@@ -63,6 +59,7 @@ class Predictor:
         self.size = tuple(config["size"])
         self.num_classes = int(config["num_classes"])
         self.threshold = float(config.get("threshold", 0.5))
+        self.transform = BatchTransform(config["mean"], config["std"])  # as in evaluation
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> Predictor:
@@ -75,15 +72,14 @@ class Predictor:
         """(C, H, W) logits at each image's original size."""
         arrays = [as_rgb_array(im) for im in images]
         batch = torch.stack([to_uint8_tensor(resize_image(a, self.size)) for a in arrays])
-        images = batch.to(self.device).float().div_(255)
-        out = self.model(normalize(images, self.config["mean"], self.config["std"])).float().cpu()
+        images, _ = self.transform({"image": batch}, self.device)
+        out = self.model(images).float().cpu()
         return [resize_logits(logit, a.shape[:2]) for logit, a in zip(out, arrays, strict=True)]
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """Binary: HxW foreground probability. Multi-class: CxHxW class probabilities."""
-        logits = self.logits([image])[0]
-        probs = torch.sigmoid(logits[0]) if self.num_classes == 1 else logits.softmax(0)
-        return probs.numpy()
+        proba = logits_to_proba(self.logits([image])[0]).numpy()
+        return proba[0] if self.num_classes == 1 else proba
 
     def predict(self, image: ImageLike, threshold: float | None = None) -> np.ndarray:
         """HxW uint8 mask at the image's size: {0, 1} for binary, class indices otherwise."""
@@ -135,30 +131,36 @@ def predict_files(
     t = predictor.threshold if threshold is None else threshold
     written: list[Path] = []
     stems = _unique_stems(paths)
-    with tqdm(
-        total=len(paths), desc="predicting", unit="img", disable=None if progress else True
-    ) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = list(paths[start : start + batch_size])
-            images = [read_image(p) for p in chunk]
-            chunk_stems = stems[start : start + len(chunk)]
-            logits = predictor.logits(images)
-            for image, logit, stem in zip(images, logits, chunk_stems, strict=True):
-                mask = logits_to_mask(logit, t).numpy()
-                saved = mask * 255 if predictor.num_classes == 1 else mask
-                written.append(save_png(out_dir / f"{stem}_mask.png", saved.astype(np.uint8)))
-                written.append(save_png(out_dir / f"{stem}_overlay.png", overlay(image, mask)))
-                if probabilities:
-                    prob = (
-                        torch.sigmoid(logit[0])
-                        if predictor.num_classes == 1
-                        else logit.softmax(0).amax(0)
-                    )
-                    written.append(
-                        save_png(
-                            out_dir / f"{stem}_prob.png",
-                            (prob.numpy() * 255).round().astype(np.uint8),
-                        )
-                    )
-                bar.update(1)
+    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=None if progress else True)
+    for start in range(0, len(paths), batch_size):
+        images = [read_image(p) for p in paths[start : start + batch_size]]
+        logits = predictor.logits(images)
+        for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
+            written += _write_outputs(
+                out_dir / stems[start + i], image, logit, t, predictor.num_classes, probabilities
+            )
+            bar.update(1)
+    bar.close()
     return written
+
+
+def _write_outputs(
+    prefix: Path,
+    image: np.ndarray,
+    logit: torch.Tensor,
+    threshold: float,
+    num_classes: int,
+    probabilities: bool,
+) -> list[Path]:
+    """``<prefix>_mask.png``, ``<prefix>_overlay.png`` and optionally ``<prefix>_prob.png``."""
+    mask = logits_to_mask(logit, threshold).numpy()
+    saved = mask * 255 if num_classes == 1 else mask  # binary masks as 0/255, visible as is
+    files = [
+        save_png(f"{prefix}_mask.png", saved.astype(np.uint8)),
+        save_png(f"{prefix}_overlay.png", overlay(image, mask)),
+    ]
+    if probabilities:
+        proba = logits_to_proba(logit)
+        top = proba[0] if num_classes == 1 else proba.amax(0)  # foreground / winning class
+        files.append(save_png(f"{prefix}_prob.png", (top.numpy() * 255).round().astype(np.uint8)))
+    return files

@@ -49,25 +49,35 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
 
+def to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
+    """Scale a deep or float array to uint8, the same way for files, PIL images and arrays.
+
+    16-bit data is scaled from the full 16-bit range whatever this image's maximum, so every
+    image of a data set gets the same brightness mapping; other integers above 255 likewise;
+    floats in [0, 1] are multiplied by 255; anything else is taken as 8-bit values.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    values = arr.astype(np.float64)
+    peak = values.max() if values.size else 0.0
+    if sixteen_bit or arr.dtype == np.uint16 or peak > 255:
+        full = 65535.0
+    elif np.issubdtype(arr.dtype, np.floating) and peak <= 1.0:
+        full = 1.0
+    else:
+        full = 255.0
+    return np.clip(values / full * 255.0, 0, 255).round().astype(np.uint8)
+
+
 def to_rgb(im: Image.Image, name: str = "image") -> np.ndarray:
     """A decoded PIL image as HxWx3 uint8 RGB (``name`` is used in warnings).
 
     Greyscale is repeated to three channels, an alpha channel is dropped (with a warning),
-    16-bit images are scaled from the full 16-bit range and float images ("F") from [0, 1].
+    16-bit, 32-bit and float images are scaled by :func:`to_uint8`.
     """
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        # 16-bit files are scaled from the full 16-bit range, whatever this image's maximum,
-        # so every image of a data set gets the same brightness mapping. 32-bit "I" images
-        # holding 8-bit values and float images in [0, 1] are mapped as such.
-        if im.mode.startswith("I;16") or arr.max() > 255:
-            full = 65535.0
-        elif im.mode == "F" and arr.max() <= 1.0:
-            full = 1.0
-        else:
-            full = 255.0
-        arr = np.clip(arr / full * 255.0, 0, 255)
-        im = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+        grey = to_uint8(np.asarray(im), sixteen_bit=im.mode.startswith("I;16"))
+        im = Image.fromarray(grey, mode="L")
     elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         warnings.warn(f"{name}: alpha channel dropped", stacklevel=3)
     return np.asarray(im.convert("RGB"), dtype=np.uint8)

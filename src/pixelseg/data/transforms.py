@@ -120,16 +120,21 @@ class BatchTransform:
 
     Moves the compact uint8 tensors (4x smaller than float) to the device, converts them
     to [0, 1] floats, augments them there when ``augment`` is set, then normalises.
-    Returns ``(images (N, C, H, W) float32, masks (N, H, W) int64)``.
+    Returns ``(images (N, C, H, W) float32, masks (N, H, W) int64)``; a batch without
+    ``"mask"`` (prediction) gives ``masks`` None.
     """
 
     mean: Sequence[float]
     std: Sequence[float]
     augment: Augment | None = None
 
-    def __call__(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, batch: dict, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         images = batch["image"].to(device, non_blocking=True).float().div_(255)
-        masks = batch["mask"].to(device, non_blocking=True).long()
+        masks = batch.get("mask")
+        if masks is not None:
+            masks = masks.to(device, non_blocking=True).long()
         if self.augment is not None:
             images, masks = self.augment(images, masks)
         return normalize(images, self.mean, self.std), masks

@@ -37,6 +37,11 @@ def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
     return logits.argmax(0).to(torch.uint8)
 
 
+def logits_to_proba(logits: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) logits → probabilities: sigmoid for one channel, softmax over classes."""
+    return torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
+
+
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(C, h, w) → (C, H, W), bilinear (resizing logits, not hard masks, keeps borders smooth)."""
     if tuple(logits.shape[-2:]) == tuple(size):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,7 +28,7 @@ from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
 from pixelseg.engine.device import resolve_device, seed_everything
 from pixelseg.engine.evaluate import evaluate
-from pixelseg.errors import PixelsegError
+from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
 from pixelseg.models import count_parameters, create_model
@@ -94,11 +95,11 @@ def train_one_epoch(
 
 
 def prepare_split(
-    cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path, resume: bool
+    cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path, resuming: bool
 ) -> dict[str, list[str]]:
     """Reuse the run's ``split.json`` when resuming, else make (and save) a stratified split."""
     path = run_dir / "split.json"
-    if resume:
+    if resuming:
         return load_split(path)
     if all(s.group is not None for s in samples):
         strata = [s.group for s in samples]  # e.g. PH2's diagnosis
@@ -136,20 +137,27 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
 
 
 def build_datasets(
-    cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], None]
+    cfg: TrainConfig, run_dir: Path, resuming: bool
 ) -> tuple[SegmentationDataset, SegmentationDataset]:
     """Check the data, split it (or reuse the run's split) and cache train/val at ``cfg.size``."""
     fmt, samples = find_samples(cfg.data, cfg.format)
     report = check_samples(cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index)
     report.raise_if_problems()  # refuse to train on a broken data set
     fractions = [info.foreground for info in report.infos]
-    split = prepare_split(cfg, samples, fractions, run_dir, resume)
+    split = prepare_split(cfg, samples, fractions, run_dir, resuming)
+    missing = sorted(set().union(*split.values()) - {s.stem for s in samples})
+    if resuming and missing:
+        raise DataError(
+            f"{cfg.data} lacks {len(missing)} image(s) of the run's split (e.g. {missing[0]}); "
+            "resume with the data the run was started on"
+        )
     train_set = SegmentationDataset(select(samples, split["train"]), cfg.size, cfg.num_classes)
     val_samples = select(samples, split["val"])
     if not val_samples:
-        log(
-            f"warning: only {len(samples)} image(s), none held out for validation: the "
-            "validation scores below are measured on the training images"
+        warnings.warn(
+            f"no image held out for validation ({len(samples)} in all): the validation scores "
+            "are measured on the training images",
+            stacklevel=3,
         )
         val_samples = select(samples, split["train"])
     val_set = SegmentationDataset(val_samples, cfg.size, cfg.num_classes, keep_original=True)
@@ -165,9 +173,7 @@ def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
     Everything that shapes the model, the data or the optimisation (model, size, batch size,
     learning rate, loss, split...) stays as it was: changing it would not be a continuation.
     """
-    state = checkpoint.load_state(run_dir)
-    if state is None:
-        raise PixelsegError(f"{run_dir}: nothing to resume (no {checkpoint.STATE_FILE})")
+    state = _saved_state(run_dir)
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
@@ -181,19 +187,24 @@ def resume(run_dir: str | Path, **overrides) -> TrainResult:
     return fit(resume_config(run_dir, **overrides), resume=True)
 
 
-def _open_run(cfg: TrainConfig, resume: bool) -> tuple[Path, dict | None]:
+def _saved_state(run_dir: str | Path) -> dict:
+    state = checkpoint.load_state(run_dir)
+    if state is None:
+        raise PixelsegError(f"{run_dir}: nothing to resume (no {checkpoint.STATE_FILE})")
+    return state
+
+
+def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[Path, dict | None]:
     """Check the run folder: a new run must not overwrite one, a resumed run must match."""
     run_dir = Path(cfg.out)
-    if not resume:
+    if not resuming:
         if (run_dir / checkpoint.STATE_FILE).exists():
             raise PixelsegError(
                 f"{run_dir} already holds a run; use --resume to continue it or choose another "
                 "--out"
             )
         return run_dir, None
-    state = checkpoint.load_state(run_dir)
-    if state is None:
-        raise PixelsegError(f"{run_dir}: nothing to resume (no {checkpoint.STATE_FILE})")
+    state = _saved_state(run_dir)
     saved, now = state["config"], cfg.to_dict()
     changed = sorted(
         k for k in saved if k not in RESUME_OVERRIDES + ("out",) and saved[k] != now[k]
@@ -235,7 +246,7 @@ def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
     if cfg.epochs == state["config"]["epochs"]:
         return saved
     done = state["epoch"] * steps
-    return Schedule(cfg.epochs * steps, begin=done, start=saved(done - 1))
+    return Schedule(cfg.epochs * steps, begin=done, start=saved(done))  # the rate reached
 
 
 @dataclass
@@ -264,7 +275,9 @@ class _Training:
         """Load a saved state; returns the first epoch still to train."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # LambdaLR would also restore the saved Schedule's fields over the one chosen for
+        # this session (which differs when the run was given more epochs): drop them.
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         _restore_random_state(state["random"], self.generator)
         self.history = state["history"]
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
@@ -306,7 +319,7 @@ def fit(
     device = resolve_device(cfg.device)
     log = tqdm.write if cfg.progress else (lambda *_: None)
 
-    train_set, val_set = build_datasets(cfg, run_dir, resume, log)
+    train_set, val_set = build_datasets(cfg, run_dir, resuming=resume)
     # Normalise with the training images' own statistics (kept from the first session).
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
