@@ -39,7 +39,7 @@ def _broken_folder(root: Path) -> Path:
 def test_broken_folder_reports_all_four_files(tmp_path):
     root = _broken_folder(tmp_path / "broken")
     report = check_dataset(root)
-    assert not report.ok
+    assert report.problems
     assert report.format == "folders"
     assert len(report.samples) == 7
     assert len(report.problems) == 4, report.problems
@@ -78,7 +78,7 @@ def test_broken_folder_summary(tmp_path):
 
 def test_clean_dataset_ok_and_summary(tiny_folders):
     report = check_dataset(tiny_folders)
-    assert report.ok and report.problems == []
+    assert report.problems == []
     report.raise_if_problems()  # does not raise
     s = report.summary()
     assert s["format"] == "folders" and s["root"] == str(tiny_folders)
@@ -140,7 +140,7 @@ def test_binary_0_255_masks_checked_as_two_classes_are_reported(tmp_path):
     write_pair(tmp_path / "images", tmp_path / "masks", "lesion")
     report = check_dataset(tmp_path, num_classes=2)
     assert report.mask_values.keys() == {0, 255}
-    assert not report.ok
+    assert report.problems
     assert any("lesion.png" in p and "255" in p for p in report.problems)
 
 
@@ -151,7 +151,7 @@ def test_multiclass_values_not_flagged_when_binary(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "m.png")
     Image.fromarray(np.array([[0, 255, 255, 0]] * 4, np.uint8)).save(tmp_path / "masks" / "m.png")
     report = check_dataset(tmp_path, num_classes=1)
-    assert report.ok and report.mask_values == {0: 8, 1: 8}
+    assert not report.problems and report.mask_values == {0: 8, 1: 8}
 
 
 def test_inspect_sample_missing_files_named(tmp_path):
@@ -165,7 +165,7 @@ def test_inspect_sample_missing_files_named(tmp_path):
 def test_check_samples_on_subset(tiny_folders):
     _, samples = find_samples(tiny_folders)
     report = check_samples(tiny_folders, "folders", samples[:4])
-    assert report.ok and len(report.infos) == 4 and len(report.samples) == 4
+    assert not report.problems and len(report.infos) == 4 and len(report.samples) == 4
 
 
 def test_check_pairs_csv_with_missing_files(tmp_path):
@@ -186,7 +186,7 @@ def ph2_report(real_data):
 
 
 def test_real_ph2_checks_clean(ph2_report):
-    assert ph2_report.ok, ph2_report.problems[:5]
+    assert not ph2_report.problems, ph2_report.problems[:5]
     s = ph2_report.summary()
     assert s["format"] == "ph2" and s["n_valid"] == 100
     assert set(s["mask_values"]) == {"0", "1"}  # incl. IMD002's 24-bit RGB mask
@@ -202,14 +202,14 @@ def test_real_camvid_multiclass_pairs(real_data, tmp_path):
     csv = tmp_path / "camvid.csv"
     csv.write_text("".join(f"{train / n},{train.parent / 'trainannot' / n}\n" for n in names))
     report = check_dataset(csv, num_classes=12)
-    assert report.ok, report.problems
+    assert not report.problems, report.problems
     assert report.summary()["height"]["max"] == 360
     assert set(report.mask_values) <= set(range(12)) and len(report.mask_values) > 3
 
 
 def test_real_membrane_checks_clean(real_data):
     report = check_dataset(real_data / "membrane" / "train", "folders")
-    assert report.ok
+    assert not report.problems
     s = report.summary()
     assert s["n_valid"] == 30
     assert s["height"] == {"min": 512, "median": 512, "max": 512}

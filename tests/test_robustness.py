@@ -16,15 +16,7 @@ from pixelseg.data.layouts import find_samples
 from pixelseg.engine.train import Schedule, fit, resume
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.predict import as_rgb_array
-
-FAST = {
-    "model": "unet",
-    "model_kwargs": {"base_channels": 8, "depth": 2},
-    "size": 32,
-    "batch_size": 4,
-    "lr": 3e-3,
-    "progress": False,
-}
+from settings import FAST
 
 
 def test_schedule_warms_up_then_decays_and_continues_smoothly() -> None:

@@ -15,15 +15,7 @@ import pixelseg
 from pixelseg.config import TrainConfig
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.train import fit
-
-FAST = {
-    "model": "unet",
-    "model_kwargs": {"base_channels": 8, "depth": 2},
-    "size": 32,
-    "batch_size": 4,
-    "lr": 3e-3,
-    "progress": False,
-}
+from settings import FAST
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 # The default shown in --help is read from TrainConfig, so the two cannot drift apart.
 _TRAIN_OPTIONS = [
     ("out", str, "run folder to create"),
-    ("format", str, "data layout: auto | ph2 | folders | pairs"),
+    ("format", str, "data layout"),
     ("model", str, "model name (see `pixelseg models`)"),
     ("num_classes", int, "1 = binary masks, else the number of classes"),
     ("size", str, "training size: 256 or HEIGHTxWIDTH"),
@@ -74,7 +74,7 @@ _TRAIN_OPTIONS = [
     ("batch_size", int, "images per step"),
     ("lr", float, "AdamW learning rate"),
     ("weight_decay", float, "AdamW weight decay"),
-    ("loss", str, "bce | dice | bce+dice | ce | ce+dice (default bce+dice; ce+dice for classes)"),
+    ("loss", str, "loss on logits (default bce+dice; ce+dice for classes)"),
     ("seed", int, "random seed: same seed, same result on a CPU"),
     ("device", str, "auto | cpu | cuda | cuda:N"),
     ("val_fraction", float, "share of images held out for validation"),
@@ -83,6 +83,13 @@ _TRAIN_OPTIONS = [
     ("workers", int, "data loader processes"),
     ("threshold", float, "binary decision threshold on the foreground probability"),
 ]
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from pixelseg.data.layouts import FORMATS
+    from pixelseg.losses import LOSS_NAMES
+
+    return {"format": FORMATS, "loss": LOSS_NAMES}
 
 
 def _default(field: str) -> str:
@@ -175,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check a data set and report every bad file")
     p.add_argument("data", help="data folder (PH2 layout, images/+masks/) or a CSV of pairs")
-    p.add_argument("--format", default="auto", help="auto | ph2 | folders | pairs")
+    p.add_argument("--format", default="auto", choices=_choices()["format"], help="data layout")
     p.add_argument("--num-classes", type=int, default=1, help="1 for binary masks (default)")
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=cmd_check)
@@ -189,11 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="model option, e.g. base_channels=16 (repeatable)",
     )
+    choices = _choices()
     for field, kind, text in _TRAIN_OPTIONS:
         flag = "--" + field.replace("_", "-")
         default = _default(field)
         p.add_argument(
-            flag, type=kind, help=text if default == "None" else f"{text} (default {default})"
+            flag,
+            type=kind,
+            choices=choices.get(field),
+            help=text if default == "None" else f"{text} (default {default})",
         )
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.set_defaults(func=cmd_train)
@@ -204,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("data", help="data folder")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
-    p.add_argument("--format", default="auto")
+    p.add_argument("--format", default="auto", choices=_choices()["format"], help="data layout")
     p.add_argument("--threshold", type=float, help="override the run's threshold")
     p.add_argument("--out", help="folder for the outputs (default: the run folder)")
     p.add_argument("--device", default="auto")

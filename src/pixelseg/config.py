@@ -42,7 +42,14 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.num_classes >= 1, "num_classes must be >= 1"),
-            (0 < self.threshold < 1, "threshold must be between 0 and 1"),
+            (0 <= self.threshold <= 1, "threshold must be a probability between 0 and 1"),
+            (
+                0 <= self.val_fraction < 1
+                and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1,
+                "val_fraction and test_fraction must be in [0, 1) and sum to less than 1",
+            ),
+            (self.workers >= 0, "workers must be >= 0"),
             (self.warmup_epochs >= 0 and self.patience >= 0, "warmup_epochs/patience must be >= 0"),
         ]
         for ok, message in checks:

@@ -34,10 +34,6 @@ class DatasetReport:
     problems: list[str] = field(default_factory=list)
     mask_values: dict[int, int] = field(default_factory=dict)  # class index -> pixel count
 
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
     def raise_if_problems(self) -> None:
         if self.problems:
             raise DataError(

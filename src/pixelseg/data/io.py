@@ -98,7 +98,9 @@ def read_mask(path: str | Path, num_classes: int = 1) -> np.ndarray:
     - a mask with exactly two levels (0/255, 0/100, black/red, 1-bit) is foreground where
       it is above the lower level;
     - anything else (e.g. an antialiased or JPEG-compressed mask) is foreground where its
-      brightest channel is above 127.
+      brightest channel is above 127;
+    - several small values and nothing above 127 (class indices such as CamVid's 0..11)
+      raise a :class:`DataError`, since thresholding would silently empty the mask.
 
     Multi-class: the file must hold class indices 0..255 (greyscale or palette PNG).
     """

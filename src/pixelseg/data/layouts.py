@@ -7,8 +7,10 @@ Supported layouts (``format``):
   are ignored. ``PH2_dataset.csv`` (if present) gives each image's diagnosis, used to stratify
   the split.
 - ``folders``: the MADS/Kaggle layout ``images/`` + ``masks/`` with matching file stems (the
-  mask's extension may differ; a ``_mask``/``_lesion``/``_label``/``_segmentation`` suffix
-  is accepted).
+  mask's extension may differ; a suffix such as ``_mask``, ``_lesion``, ``_label`` or
+  ``_segmentation`` is accepted, see ``_MASK_SUFFIXES``). Folder names are matched without
+  regard to case (``images``/``image``/``imgs``, ``masks``/``labels``/``label``/``gt``...),
+  in the data folder or one folder down (the top folder of an unpacked download).
 - ``pairs``: a CSV or text file with one ``image,mask`` pair per line (paths relative to the
   file), for anything else.
 

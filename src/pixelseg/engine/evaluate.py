@@ -50,7 +50,7 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_model(
     model: torch.nn.Module,
     dataset: SegmentationDataset,
     transform: BatchTransform,
@@ -70,7 +70,7 @@ def evaluate(
     serves both, so validation runs the model once).
     """
     if not dataset.keep_original:
-        raise ValueError("evaluate() needs a dataset built with keep_original=True")
+        raise ValueError("evaluate_model() needs a dataset built with keep_original=True")
     num_classes = dataset.num_classes
     metrics = (
         BinaryMetrics()
@@ -109,10 +109,11 @@ def evaluate_run(
     n_worst: int = 6,
     progress: bool = True,
 ) -> dict:
-    """Score a trained run on ``data`` and write ``metrics.json``, ``per_image.csv``, ``worst.png``.
+    """Score a run on ``data``; write ``metrics.json``, ``per_image.csv`` and ``worst.png``.
 
-    ``split`` is ``test`` or ``val`` (the run's own ``split.json``) or ``all`` (every pair in
-    ``data``, e.g. a separate test set). Files go to ``out`` (default: the run folder).
+    ``split`` is ``test``, ``val`` or ``train`` (from the run's own ``split.json``) or ``all``
+    (every pair in ``data``, e.g. a separate test set). Files go to ``out`` (default: the
+    run folder).
     """
     if split not in ("all", *SPLITS):
         raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
@@ -127,8 +128,7 @@ def evaluate_run(
         wanted = set(load_split(split_file)[split])
         if not wanted:
             raise PixelsegError(
-                f"the run's {split} split is empty (its data set was too small to hold images "
-                f"out); use --split all"
+                f"the run's {split} split is empty; use --split all to score every image in {data}"
             )
         samples = [s for s in samples if s.stem in wanted]
         if not samples:
@@ -144,7 +144,7 @@ def evaluate_run(
         progress=progress,
     )
     t = float(config.get("threshold", 0.5)) if threshold is None else threshold
-    metrics, rows, preds = evaluate(
+    metrics, rows, preds = evaluate_model(
         model,
         dataset,
         BatchTransform(config["mean"], config["std"]),
@@ -159,7 +159,7 @@ def evaluate_run(
     out_dir = Path(out) if out is not None else run
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_image.csv", rows)
-    key = "dice" if config["num_classes"] == 1 else "miou"
+    key = config["score_name"]
     worst = sorted(range(len(rows)), key=lambda i: rows[i][key])[:n_worst]
     plot_grid(
         [(read_image(samples[i].image), dataset.original_masks[i], preds[i]) for i in worst],

@@ -27,7 +27,7 @@ from pixelseg.data.split import foreground_strata, load_split, make_split, save_
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
 from pixelseg.engine.device import resolve_device, seed_everything
-from pixelseg.engine.evaluate import evaluate
+from pixelseg.engine.evaluate import evaluate_model
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
@@ -343,7 +343,7 @@ def fit(
             train_loss = train_one_epoch(
                 t.model, loader, train_tf, loss_fn, t.optimizer, t.scheduler, device, bar
             )
-        metrics, _, _ = evaluate(
+        metrics, _, _ = evaluate_model(
             t.model, val_set, eval_tf, device, cfg.threshold, cfg.ignore_index,
             cfg.class_names, cfg.batch_size, loss_fn=loss_fn,
         )  # fmt: skip
