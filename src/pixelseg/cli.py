@@ -36,10 +36,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pixelseg.data.check import check_dataset
+    from pixelseg.data.classes import resolve_classes
+    from pixelseg.data.layouts import detect_format
     from pixelseg.files import write_json
 
-    report = check_dataset(args.data, args.format, args.num_classes, progress=True)
-    summary = report.summary()
+    fmt = args.format if args.format != "auto" else detect_format(Path(args.data))
+    num_classes, names, ignore, why = resolve_classes(
+        fmt, args.data, args.num_classes, None, args.ignore_index
+    )
+    report = check_dataset(args.data, fmt, num_classes, progress=True, ignore_index=ignore)
+    summary = {
+        **report.summary(),
+        "classes": {"num_classes": num_classes, "names": names, "ignore_index": ignore},
+    }
     print(f"data: {summary['root']}  (layout: {summary['format']})")
     print(f"pairs: {summary['n_samples']}  readable: {summary['n_valid']}")
     if report.infos:
@@ -49,7 +58,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"width: {w['min']}..{w['max']} (median {w['median']})"
         )
         print(f"foreground fraction: {fg['min']:.3f}..{fg['max']:.3f} (median {fg['median']:.3f})")
-        print(f"mask values (pixels): {summary['mask_values']}")
+        print(f"classes: {why}")
+        _print_class_frequencies(report.mask_values, names, ignore)
     if args.json:
         write_json(args.json, summary)
         print(f"wrote {args.json}")
@@ -62,13 +72,37 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_class_frequencies(
+    counts: dict[int, int], names: list[str] | None, ignore: int | None
+) -> None:
+    """One line per mask value: its name, pixel count and share of all pixels."""
+    total = sum(counts.values()) or 1
+    for value in sorted(counts):
+        if value == ignore:
+            name = "(ignored)"
+        elif names is not None and value < len(names):
+            name = names[value]
+        else:
+            name = ""
+        print(
+            f"  {value:>3} {name:<14}{counts[value]:>12,} px  {100 * counts[value] / total:6.2f}%"
+        )
+
+
 # Options of `train` that map one-to-one onto TrainConfig fields: (field, type, help).
 # The default shown in --help is read from TrainConfig, so the two cannot drift apart.
 _TRAIN_OPTIONS = [
     ("out", str, "run folder to create"),
     ("format", str, "data layout"),
     ("model", str, "model name (see `pixelseg models`)"),
-    ("num_classes", int, "1 = binary masks, else the number of classes"),
+    (
+        "num_classes",
+        int,
+        "1 = binary masks, else the number of classes (default: from a class "
+        "table in the data, else 1)",
+    ),
+    ("ignore_index", int, "mask value that counts in no loss and no metric (e.g. void)"),
+    ("class_weights", str, "loss weights per class"),
     ("size", str, "training size: 256 or HEIGHTxWIDTH"),
     ("epochs", int, "training epochs"),
     ("batch_size", int, "images per step"),
@@ -86,10 +120,11 @@ _TRAIN_OPTIONS = [
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
+    from pixelseg.config import CLASS_WEIGHTS
     from pixelseg.data.layouts import FORMATS
     from pixelseg.losses import LOSS_NAMES
 
-    return {"format": FORMATS, "loss": LOSS_NAMES}
+    return {"format": FORMATS, "loss": LOSS_NAMES, "class_weights": CLASS_WEIGHTS}
 
 
 def _default(field: str) -> str:
@@ -101,6 +136,7 @@ def _default(field: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pixelseg.config import TrainConfig
+    from pixelseg.data.classes import parse_class_names
     from pixelseg.engine.train import fit, resume
 
     given = {k: getattr(args, k) for k, _, _ in _TRAIN_OPTIONS if getattr(args, k) is not None}
@@ -108,6 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["model_kwargs"] = _model_kwargs(args.model_arg)
     if args.no_augment:
         given["augment"] = False
+    if args.classes:
+        given["class_names"] = list(parse_class_names(args.classes))
     if args.resume:
         out = given.pop("out", args.resume)
         if Path(out).resolve() != Path(args.resume).resolve():
@@ -183,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check a data set and report every bad file")
     p.add_argument("data", help="data folder (PH2 layout, images/+masks/) or a CSV of pairs")
     p.add_argument("--format", default="auto", choices=_choices()["format"], help="data layout")
-    p.add_argument("--num-classes", type=int, default=1, help="1 for binary masks (default)")
+    p.add_argument(
+        "--num-classes", type=int, help="1 for binary masks (default: from a class table, else 1)"
+    )
+    p.add_argument("--ignore-index", type=int, help="mask value to ignore (e.g. void)")
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=cmd_check)
 
@@ -206,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=choices.get(field),
             help=text if default == "None" else f"{text} (default {default})",
         )
+    p.add_argument("--classes", help="class names: a,b,c or a classes.json/classes.csv file")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.set_defaults(func=cmd_train)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+CLASS_WEIGHTS = ("none", "median-frequency", "auto")
+
 
 @dataclass
 class TrainConfig:
@@ -15,7 +17,7 @@ class TrainConfig:
     format: str = "auto"  # data layout: auto | ph2 | folders | pairs
     model: str = "unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    num_classes: int = 1  # 1 = binary (foreground vs background), else class count
+    num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
     size: tuple[int, int] = (256, 256)  # training (height, width)
     epochs: int = 40
     batch_size: int = 8
@@ -31,8 +33,9 @@ class TrainConfig:
     augment: bool = True
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
     threshold: float = 0.5  # binary: probability above which a pixel is foreground
-    ignore_index: int | None = None
+    ignore_index: int | None = None  # mask value that counts in no loss and no metric
     class_names: list[str] | None = None
+    class_weights: str = "none"  # none | median-frequency | auto (median-frequency if imbalanced)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -41,7 +44,11 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
-            (self.num_classes >= 1, "num_classes must be >= 1"),
+            (self.num_classes is None or self.num_classes >= 1, "num_classes must be >= 1"),
+            (
+                self.class_weights in CLASS_WEIGHTS,
+                f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}",
+            ),
             (0 <= self.threshold <= 1, "threshold must be a probability between 0 and 1"),
             (
                 0 <= self.val_fraction < 1
@@ -55,7 +62,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if self.loss is None:
+        if self.loss is None and self.num_classes is not None:
             self.loss = "bce+dice" if self.num_classes == 1 else "ce+dice"
 
     @property

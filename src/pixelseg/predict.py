@@ -21,7 +21,7 @@ from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
-from pixelseg.report import overlay, save_png
+from pixelseg.report import color_mask, overlay, plot_legend, save_png
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -119,7 +119,8 @@ def predict_files(
 ) -> list[Path]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
 
-    Binary masks are saved as 0/255, multi-class masks as class indices; the probability
+    Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
+    ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
     image is the foreground (binary) or winning-class (multi-class) probability × 255.
     """
     from tqdm.auto import tqdm
@@ -141,6 +142,11 @@ def predict_files(
             )
             bar.update(1)
     bar.close()
+    if predictor.num_classes > 1:  # what the colours of the <stem>_color.png masks mean
+        names = predictor.config.get("class_names") or [
+            str(i) for i in range(predictor.num_classes)
+        ]
+        written.append(plot_legend(names, out_dir / "legend.png"))
     return written
 
 
@@ -159,6 +165,8 @@ def _write_outputs(
         save_png(f"{prefix}_mask.png", saved.astype(np.uint8)),
         save_png(f"{prefix}_overlay.png", overlay(image, mask)),
     ]
+    if num_classes > 1:
+        files.append(save_png(f"{prefix}_color.png", color_mask(mask)))
     if probabilities:
         proba = logits_to_proba(logit)
         top = proba[0] if num_classes == 1 else proba.amax(0)  # foreground / winning class

@@ -144,3 +144,49 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
         writer.writerows(rows)
     data = buffer.getvalue().encode()
     return write_bytes(path, data)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: str | Path) -> Path:
+    """``confusion.png``: the confusion matrix, each row (true class) normalised to 1."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(names)
+    fig, axes = _figure(1, 1, cell=max(4.0, 0.45 * n + 2))
+    ax = axes[0, 0]
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (rows sum to 1)")
+    for i in range(n):
+        for j in range(n):
+            if rows[i, j] >= 0.01:
+                color = "white" if rows[i, j] > 0.5 else "black"
+                ax.text(
+                    j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=6, color=color
+                )
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _save_figure(fig, path)
+
+
+def color_mask(mask: np.ndarray) -> np.ndarray:
+    """HxW class indices → HxWx3 colours (the overlay palette; class 0 black)."""
+    return class_colors(int(mask.max()) + 1)[mask]
+
+
+def plot_legend(names: Sequence[str], path: str | Path) -> Path:
+    """``legend.png``: each class's colour in the colour-coded masks, with its name."""
+    colors = class_colors(len(names))
+    fig, axes = _figure(1, 1, cell=3.0)
+    ax = axes[0, 0]
+    for i, name in enumerate(names):
+        ax.add_patch(_rectangle((0, -i - 0.8), 0.8, 0.7, colors[i] / 255))
+        ax.text(1.0, -i - 0.45, f"{i}  {name}", va="center", fontsize=9)
+    ax.set(xlim=(0, 6), ylim=(-len(names) - 0.2, 0.2))
+    ax.axis("off")
+    return _save_figure(fig, path)
+
+
+def _rectangle(xy: tuple[float, float], w: float, h: float, color: np.ndarray):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(xy, w, h, facecolor=color, edgecolor="grey")

@@ -6,6 +6,9 @@ Supported layouts (``format``):
   IMDxxx.bmp`` with ``IMDxxx_lesion/IMDxxx_lesion.bmp``. ``_roi`` folders and ``.jpg`` copies
   are ignored. ``PH2_dataset.csv`` (if present) gives each image's diagnosis, used to stratify
   the split.
+- ``segnet``: the CamVid layout prepared for SegNet: ``train/`` + ``trainannot/``, and
+  optionally ``val/`` + ``valannot/`` and ``test/`` + ``testannot/``, with index masks. The
+  data set's own split is kept.
 - ``folders``: the MADS/Kaggle layout ``images/`` + ``masks/`` with matching file stems (the
   mask's extension may differ; a suffix such as ``_mask``, ``_lesion``, ``_label`` or
   ``_segmentation`` is accepted, see ``_MASK_SUFFIXES``). Folder names are matched without
@@ -27,7 +30,7 @@ from pathlib import Path
 from pixelseg.data.io import IMAGE_EXTENSIONS, is_image_file
 from pixelseg.errors import DataError
 
-FORMATS = ("auto", "ph2", "folders", "pairs")
+FORMATS = ("auto", "ph2", "segnet", "folders", "pairs")
 _IMAGE_DIRS = ("images", "image", "imgs", "img")
 _MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt")
 _MASK_SUFFIXES = (
@@ -51,6 +54,7 @@ class Sample:
     image: Path
     mask: Path | None
     group: str | None = None  # a label to stratify the split by (e.g. PH2's diagnosis)
+    subset: str | None = None  # the data set's own split ("train", "val", "test"), if it has one
 
 
 def find_samples(root: str | Path, format: str = "auto") -> tuple[str, list[Sample]]:
@@ -62,7 +66,12 @@ def find_samples(root: str | Path, format: str = "auto") -> tuple[str, list[Samp
         raise DataError(f"{root}: no such file or folder")
     if format == "auto":
         format = detect_format(root)
-    finder = {"ph2": _find_ph2, "folders": _find_folders, "pairs": _find_pairs}[format]
+    finder = {
+        "ph2": _find_ph2,
+        "segnet": _find_segnet,
+        "folders": _find_folders,
+        "pairs": _find_pairs,
+    }[format]
     samples = sorted(finder(root), key=lambda s: s.stem)
     if not samples:
         raise DataError(f"{root}: no images found (format {format})")
@@ -74,6 +83,8 @@ def detect_format(root: Path) -> str:
         return "pairs"
     if _ph2_images_dir(root) is not None:
         return "ph2"
+    if _segnet_dirs(root):
+        return "segnet"
     if _image_mask_dirs(root) is not None:
         return "folders"
     raise DataError(
@@ -125,6 +136,39 @@ def _first_bmp(folder: Path, stem: str) -> Path | None:
         return exact
     bmps = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".bmp")
     return bmps[0] if bmps else None
+
+
+# ---- SegNet's CamVid layout: train/ + trainannot/, val/ + valannot/, test/ + testannot/ -----
+
+SUBSETS = ("train", "val", "test")
+
+
+def _segnet_dirs(root: Path) -> dict[str, tuple[Path, Path]]:
+    """The subsets present as ``X/`` + ``Xannot/`` folder pairs (``train`` must be one)."""
+    if not root.is_dir():
+        return {}
+    found = {
+        subset: (root / subset, root / f"{subset}annot")
+        for subset in SUBSETS
+        if (root / subset).is_dir() and (root / f"{subset}annot").is_dir()
+    }
+    return found if "train" in found else {}
+
+
+def _find_segnet(root: Path) -> list[Sample]:
+    dirs = _segnet_dirs(root)
+    if not dirs:
+        raise DataError(f"{root}: expected 'train/' and 'trainannot/' folders (SegNet layout)")
+    samples = []
+    for subset, (images_dir, masks_dir) in dirs.items():
+        images = _index_by_stem(sorted(p for p in images_dir.iterdir() if is_image_file(p)))
+        masks = _index_by_stem(sorted(p for p in masks_dir.iterdir() if is_image_file(p)))
+        for stem, path in images.items():
+            samples.append(Sample(stem, path, masks.get(stem), subset=subset))
+    clashes = [stem for stem, n in Counter(s.stem for s in samples).items() if n > 1]
+    if clashes:
+        raise DataError(f"{root}: the same name in two subsets", sorted(clashes))
+    return samples
 
 
 # ---- images/ + masks/ ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pixelseg.engine.device import resolve_device
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_json
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
-from pixelseg.report import plot_grid, write_csv
+from pixelseg.report import plot_confusion, plot_grid, write_csv
 
 
 def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -155,10 +155,16 @@ def evaluate_run(
         batch_size,
         keep_predictions=True,
     )
-    metrics = {**metrics, "split": split, "threshold": t, "data": str(data)}
+    metrics = {**metrics, "split": split, "data": str(data)}
+    if config["num_classes"] == 1:
+        metrics["threshold"] = t
     out_dir = Path(out) if out is not None else run
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_image.csv", rows)
+    if config["num_classes"] > 1:
+        plot_confusion(
+            metrics["confusion_matrix"], list(metrics["per_class"]), out_dir / "confusion.png"
+        )
     key = config["score_name"]
     worst = sorted(range(len(rows)), key=lambda i: rows[i][key])[:n_worst]
     plot_grid(

@@ -11,7 +11,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 import pixelseg
 from pixelseg.config import TrainConfig
 from pixelseg.data.check import check_samples
+from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
-from pixelseg.data.layouts import Sample, find_samples
-from pixelseg.data.split import foreground_strata, load_split, make_split, save_split
+from pixelseg.data.layouts import Sample, detect_format, find_samples
+from pixelseg.data.split import SPLITS, foreground_strata, load_split, make_split, save_split
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
 from pixelseg.engine.device import resolve_device, seed_everything
@@ -101,6 +102,10 @@ def prepare_split(
     path = run_dir / "split.json"
     if resuming:
         return load_split(path)
+    if all(s.subset is not None for s in samples):  # keep the data set's own split (CamVid)
+        split = {k: sorted(s.stem for s in samples if s.subset == k) for k in SPLITS}
+        save_split(path, split)
+        return split
     if all(s.group is not None for s in samples):
         strata = [s.group for s in samples]  # e.g. PH2's diagnosis
     else:
@@ -217,6 +222,37 @@ def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[Path, dict | None]:
     return run_dir, state
 
 
+def _resolve_classes(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """Fill in the number of classes, their names and the ignore index from the data."""
+    fmt = cfg.format if cfg.format != "auto" else detect_format(Path(cfg.data))
+    n, names, ignore, why = resolve_classes(
+        fmt, cfg.data, cfg.num_classes, cfg.class_names, cfg.ignore_index
+    )
+    log(f"classes: {why}" + (f"; ignore index {ignore}" if ignore is not None else ""))
+    return replace(cfg, num_classes=n, class_names=names, ignore_index=ignore)
+
+
+def _class_weights(
+    cfg: TrainConfig, train_set: SegmentationDataset, log: Callable[[str], None]
+) -> list[float] | None:
+    """Loss weights per class from the training masks, as ``cfg.class_weights`` asks.
+
+    ``auto`` uses median-frequency balancing when the rarest class is over 10x rarer than
+    the most common one (then an unweighted loss mostly learns the common classes).
+    """
+    if cfg.class_weights == "none":
+        return None
+    n = max(cfg.num_classes, 2)  # binary: [background, foreground]
+    weights = median_frequency_weights(train_set.masks, n, cfg.ignore_index)
+    present = [w for w in weights if w > 0]
+    imbalance = max(present) / min(present) if present else 1.0
+    if cfg.class_weights == "auto" and imbalance <= 10:
+        log(f"class weights: none (class frequencies within {imbalance:.1f}x of each other)")
+        return None
+    log(f"class weights (median frequency): {', '.join(f'{w:.2f}' for w in weights)}")
+    return weights
+
+
 def _check_settings(cfg: TrainConfig) -> None:
     """Fail on a bad model name/option or loss before spending time on the data."""
     build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
@@ -259,6 +295,7 @@ class _Training:
     schedule: Schedule
     generator: torch.Generator  # the shuffling order
     history: list[dict]
+    class_weights: list[float] | None = None
     best_score: float = -1.0
     best_epoch: int = 0
 
@@ -269,6 +306,7 @@ class _Training:
             "schedule": asdict(self.schedule), "random": _random_state(self.generator),
             "history": self.history, "best_score": self.best_score,
             "best_epoch": self.best_epoch, "mean": mean, "std": std, "config": cfg.to_dict(),
+            "class_weights": self.class_weights,
         }  # fmt: skip
 
     def restore(self, state: dict) -> int:
@@ -313,11 +351,12 @@ def fit(
     the saved settings. ``on_epoch_end`` is called with each epoch's history row after its
     checkpoint is written (raise to stop).
     """
+    log = tqdm.write if cfg.progress else (lambda *_: None)
+    cfg = _resolve_classes(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
     run_dir, state = _open_run(cfg, resume)
     _check_settings(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    log = tqdm.write if cfg.progress else (lambda *_: None)
 
     train_set, val_set = build_datasets(cfg, run_dir, resuming=resume)
     # Normalise with the training images' own statistics (kept from the first session).
@@ -325,8 +364,14 @@ def fit(
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
     eval_tf = BatchTransform(mean, std)
     config = run_config(cfg, mean, std, in_channels=train_set.images.shape[1])
-    loss_fn = build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
+    weights = state.get("class_weights") if state else _class_weights(cfg, train_set, log)
+    config["class_weights"] = weights
+    loss_fn = build_loss(
+        cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
+        class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
+    ).to(device)  # fmt: skip
     t, loader = _setup(cfg, train_set, device, state)
+    t.class_weights = weights
     start_epoch = t.restore(state) if state is not None else 1
 
     name = cfg.score_name

@@ -1,0 +1,170 @@
+"""Multi-class data: the SegNet/CamVid layout, class tables, ignore index, class weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelseg.cli import main
+from pixelseg.data.classes import (
+    CAMVID_CLASSES,
+    load_class_table,
+    median_frequency_weights,
+    parse_class_names,
+    resolve_classes,
+)
+from pixelseg.data.layouts import find_samples
+from pixelseg.errors import DataError
+
+
+def _scene(rng: np.random.Generator, h: int = 36, w: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Sky (0) above road (3), a car (8) box, a void (11) strip: an easy CamVid-like scene."""
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 2 :] = 3
+    x = int(rng.integers(4, w - 16))
+    mask[h // 2 - 6 : h // 2 + 4, x : x + 12] = 8
+    mask[:, :2] = 11
+    colors = {0: (120, 170, 240), 3: (90, 90, 90), 8: (200, 30, 30), 11: (0, 0, 0)}
+    image = np.zeros((h, w, 3), np.uint8)
+    for value, color in colors.items():
+        image[mask == value] = color
+    noise = rng.integers(-15, 16, image.shape)
+    return np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8), mask
+
+
+@pytest.fixture
+def tiny_camvid(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "camvid"
+    for subset, n in (("train", 10), ("val", 4)):
+        (root / subset).mkdir(parents=True)
+        (root / f"{subset}annot").mkdir()
+        for i in range(n):
+            image, mask = _scene(rng)
+            Image.fromarray(image).save(root / subset / f"{subset}{i:02d}.png")
+            Image.fromarray(mask).save(root / f"{subset}annot" / f"{subset}{i:02d}.png")
+    return root
+
+
+def test_segnet_layout_keeps_its_own_split(tiny_camvid: Path) -> None:
+    fmt, samples = find_samples(tiny_camvid)
+    assert fmt == "segnet" and len(samples) == 14
+    assert sorted({s.subset for s in samples}) == ["train", "val"]
+    assert all(s.mask is not None and s.mask.parent.name.endswith("annot") for s in samples)
+
+
+def test_segnet_layout_resolves_to_camvid_classes(tiny_camvid: Path) -> None:
+    n, names, ignore, why = resolve_classes("segnet", tiny_camvid, None)
+    assert (n, names, ignore) == (11, list(CAMVID_CLASSES), 11)
+    assert "SegNet CamVid" in why
+    # what the user says wins
+    assert resolve_classes("segnet", tiny_camvid, None, ignore_index=255)[2] == 255
+
+
+def test_binary_data_stays_binary(tiny_data: Path) -> None:
+    assert resolve_classes("folders", tiny_data, None)[:3] == (1, None, None)
+    with pytest.raises(ValueError, match="2 class names given for 3 classes"):
+        resolve_classes("folders", tiny_data, 3, ["a", "b"])
+
+
+def test_class_tables_from_json_and_csv(tmp_path: Path) -> None:
+    (tmp_path / "classes.json").write_text(
+        json.dumps(
+            {
+                "classes": [
+                    {"name": "bg", "color": [0, 0, 0]},
+                    {"name": "cat", "color": [9, 8, 7]},
+                ],
+                "ignore_index": 255,
+            }
+        )
+    )
+    table = load_class_table(tmp_path)
+    assert table.names == ("bg", "cat") and table.colors[1] == (9, 8, 7)
+    assert table.ignore_index == 255
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "classes.csv").write_text("name,r,g,b\nground,0,0,0\ntree,0,255,0\nsky,0,0,255\n")
+    assert load_class_table(other).names == ("ground", "tree", "sky")
+    assert parse_class_names(str(other / "classes.csv")) == ("ground", "tree", "sky")
+    assert parse_class_names("a, b,c") == ("a", "b", "c")
+    (other / "classes.csv").write_text("label\nx\n")
+    with pytest.raises(DataError, match="'name' column"):
+        load_class_table(other)
+
+
+def test_median_frequency_weights_by_hand() -> None:
+    # image 1: 6 px of class 0, 2 px of class 1; image 2: 4 px class 0, 4 px class 2
+    masks = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 2, 2, 2, 2]]).view(2, 2, 4)
+    # f0 = 10/16, f1 = 2/8, f2 = 4/8; median = 1/2
+    weights = median_frequency_weights(masks, 3)
+    assert weights == pytest.approx([0.5 / (10 / 16), 0.5 / (2 / 8), 1.0])
+    # the ignore value counts nowhere; an absent class gets weight 0
+    masks[0, 0, 0] = 255
+    assert median_frequency_weights(masks, 4, ignore_index=255)[3] == 0.0
+
+
+def test_camvid_like_end_to_end(tiny_camvid: Path, tmp_path: Path, capsys) -> None:
+    assert main(["check", str(tiny_camvid)]) == 0
+    out = capsys.readouterr().out
+    assert "layout: segnet" in out and "Car" in out and "(ignored)" in out
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_camvid),
+                "--out",
+                str(run),
+                "--epochs",
+                "8",
+                "--size",
+                "32x48",
+                "--model-arg",
+                "base_channels=8",
+                "--model-arg",
+                "depth=2",
+                "--batch-size",
+                "2",
+                "--lr",
+                "5e-3",
+                "--class-weights",
+                "median-frequency",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_classes"] == 11 and config["ignore_index"] == 11
+    assert config["class_names"][8] == "Car" and len(config["class_weights"]) == 11
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 10 and len(split["val"]) == 4 and split["test"] == []
+
+    assert main(["evaluate", str(run), str(tiny_camvid), "--split", "val"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == set(CAMVID_CLASSES)
+    assert metrics["per_class"]["Sky"]["iou"] > 0.5 and metrics["global_accuracy"] > 0.6
+    assert np.isnan(metrics["per_class"]["Pole"]["iou"])  # absent from truth and prediction
+    assert (run / "confusion.png").is_file() and "threshold" not in metrics
+
+    pred = tmp_path / "pred"
+    image = tiny_camvid / "val" / "val00.png"
+    assert main(["predict", str(run), str(image), "--out", str(pred)]) == 0
+    assert (pred / "legend.png").is_file()
+    colored = np.asarray(Image.open(pred / "val00_color.png"))
+    assert colored.shape == (36, 48, 3)
+    indices = np.asarray(Image.open(pred / "val00_mask.png"))
+    assert set(np.unique(indices)) <= set(range(11))
+
+
+def test_real_camvid_check_names_every_class(real_data: Path, capsys) -> None:
+    assert main(["check", str(real_data / "camvid")]) == 0
+    out = capsys.readouterr().out
+    assert "pairs: 150" in out and "11 classes" in out
+    for name in CAMVID_CLASSES:
+        assert name in out, name
