@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import pixelseg
 from pixelseg.cli import main
 from pixelseg.data.layouts import find_samples
 
@@ -71,3 +72,10 @@ def test_membrane_greyscale_folders(real_data: Path, tmp_path: Path) -> None:
         == 0
     )
     assert (run / "model.safetensors").is_file()
+    assert json.loads((run / "config.json").read_text())["in_channels"] == 1  # greyscale EM
+    predictor = pixelseg.load(run)
+    image = membrane / "image" / "0.png"
+    mask = predictor.predict(image)
+    assert mask.shape == (512, 512)
+    rgb = np.repeat(np.asarray(Image.open(image))[..., None], 3, axis=2)
+    assert np.array_equal(predictor.predict(rgb), mask)  # colour input is made grey first

@@ -190,3 +190,27 @@ def test_multiclass_end_to_end(tmp_path: Path) -> None:
     mask = predictor.predict(root / "images" / "m00.png")
     assert mask.shape == (40, 48) and set(np.unique(mask)) <= {0, 1, 2}
     assert predictor.predict_proba(root / "images" / "m00.png").shape == (3, 40, 48)
+
+
+def test_greyscale_data_trains_with_one_channel(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "grey"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(8):
+        mask = np.zeros((30, 30), np.uint8)
+        mask[5 + i : 20 + i, 8:22] = 255
+        image = rng.integers(0, 60, (30, 30)).astype(np.uint8)
+        image[mask > 0] += 150
+        Image.fromarray(image).save(root / "images" / f"g{i}.png")  # mode L
+        Image.fromarray(mask).save(root / "masks" / f"g{i}.png")
+    result = fit(TrainConfig(data=str(root), out=str(tmp_path / "run"), epochs=2, **FAST))
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["in_channels"] == 1 and len(config["mean"]) == 1
+    predictor = pixelseg.load(result.run_dir)
+    assert predictor.predict(root / "images" / "g0.png").shape == (30, 30)
+    # the same data forced to three channels
+    forced = fit(
+        TrainConfig(data=str(root), out=str(tmp_path / "rgb"), epochs=1, in_channels=3, **FAST)
+    )
+    assert json.loads((forced.run_dir / "config.json").read_text())["in_channels"] == 3

@@ -101,6 +101,7 @@ _TRAIN_OPTIONS = [
         "1 = binary masks, else the number of classes (default: from a class "
         "table in the data, else 1)",
     ),
+    ("in_channels", int, "input channels, 1 or 3 (default: 1 if every image is greyscale)"),
     ("ignore_index", int, "mask value that counts in no loss and no metric (e.g. void)"),
     ("class_weights", str, "loss weights per class"),
     ("size", str, "training size: 256 or HEIGHTxWIDTH"),

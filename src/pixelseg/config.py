@@ -18,6 +18,7 @@ class TrainConfig:
     model: str = "unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
+    in_channels: int | None = None  # None: 1 if every image is greyscale, else 3
     size: tuple[int, int] = (256, 256)  # training (height, width)
     epochs: int = 40
     batch_size: int = 8
@@ -57,6 +58,7 @@ class TrainConfig:
                 "val_fraction and test_fraction must be in [0, 1) and sum to less than 1",
             ),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.in_channels in (None, 1, 3), "in_channels must be 1 or 3"),
             (self.warmup_epochs >= 0 and self.patience >= 0, "warmup_epochs/patience must be >= 0"),
         ]
         for ok, message in checks:

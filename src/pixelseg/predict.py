@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelseg.data.dataset import resize_image, to_uint8_tensor
+from pixelseg.data.dataset import resize_image, to_channels, to_uint8_tensor
 from pixelseg.data.io import read_image, to_rgb, to_uint8
 from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
@@ -71,7 +71,10 @@ class Predictor:
     def logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
         """(C, H, W) logits at each image's original size."""
         arrays = [as_rgb_array(im) for im in images]
-        batch = torch.stack([to_uint8_tensor(resize_image(a, self.size)) for a in arrays])
+        channels = int(self.config.get("in_channels", 3))
+        batch = torch.stack(
+            [to_uint8_tensor(resize_image(to_channels(a, channels), self.size)) for a in arrays]
+        )
         images, _ = self.transform({"image": batch}, self.device)
         out = self.model(images).float().cpu()
         return [resize_logits(logit, a.shape[:2]) for logit, a in zip(out, arrays, strict=True)]

@@ -23,6 +23,7 @@ class SampleInfo:
     height: int
     width: int
     foreground: float  # fraction of pixels that are not class 0
+    grey: bool = False  # all three channels equal (a greyscale image, whatever its file mode)
 
 
 @dataclass
@@ -40,6 +41,11 @@ class DatasetReport:
                 f"{self.root}: {len(self.problems)} problem(s) in the data set", self.problems
             )
 
+    @property
+    def channels(self) -> int:
+        """1 when every readable image is greyscale, else 3 (RGB)."""
+        return 1 if self.infos and all(i.grey for i in self.infos) else 3
+
     def summary(self) -> dict:
         heights = [i.height for i in self.infos]
         widths = [i.width for i in self.infos]
@@ -51,6 +57,7 @@ class DatasetReport:
             "n_valid": len(self.infos),
             "problems": list(self.problems),
             "mask_values": {str(k): v for k, v in sorted(self.mask_values.items())},
+            "channels": self.channels,
         }
         if self.infos:
             stats.update(
@@ -101,7 +108,8 @@ def inspect_sample(
         if bad:
             hint = "; it looks like a binary mask (use 1 class)" if set(hist) <= {0, 255} else ""
             problems.append(f"{sample.mask}: class values {bad} outside 0..{num_classes - 1}{hint}")
-    info = SampleInfo(sample.stem, image.shape[0], image.shape[1], float((mask > 0).mean()))
+    grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+    info = SampleInfo(sample.stem, image.shape[0], image.shape[1], float((mask > 0).mean()), grey)
     return info, problems, hist
 
 

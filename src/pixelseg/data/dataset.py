@@ -28,7 +28,19 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an HxWxC uint8 image to ``size`` = (height, width), bilinear and antialiased."""
     if image.shape[:2] == tuple(size):
         return image
+    if image.shape[2] == 1:  # Pillow wants HxW for a single channel
+        grey = Image.fromarray(image[..., 0]).resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(grey)[..., None]
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """HxWx3 RGB → HxWx``channels``: 3 as is, 1 as luminance (equal to a grey file's values)."""
+    if channels == 3:
+        return rgb
+    if channels == 1:
+        return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
+    raise ValueError(f"images can have 1 or 3 channels, not {channels}")
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -60,6 +72,7 @@ class SegmentationDataset(Dataset):
         num_classes: int = 1,
         keep_original: bool = False,
         progress: bool = False,
+        channels: int = 3,
     ) -> None:
         if not samples:
             raise ValueError("a dataset needs at least one sample")
@@ -76,7 +89,7 @@ class SegmentationDataset(Dataset):
             iterator = tqdm(self.samples, desc="loading", unit="img", leave=False, disable=None)
         for sample in iterator:
             try:
-                image = read_image(sample.image)
+                image = to_channels(read_image(sample.image), channels)
                 if sample.mask is None:
                     raise DataError(f"{sample.image}: no mask found for this image")
                 mask = read_mask(sample.mask, num_classes)

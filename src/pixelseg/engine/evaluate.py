@@ -142,6 +142,7 @@ def evaluate_run(
         config["num_classes"],
         keep_original=True,
         progress=progress,
+        channels=config["in_channels"],
     )
     t = float(config.get("threshold", 0.5)) if threshold is None else threshold
     metrics, rows, preds = evaluate_model(

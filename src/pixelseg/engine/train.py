@@ -143,8 +143,12 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
 
 def build_datasets(
     cfg: TrainConfig, run_dir: Path, resuming: bool
-) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """Check the data, split it (or reuse the run's split) and cache train/val at ``cfg.size``."""
+) -> tuple[SegmentationDataset, SegmentationDataset, int]:
+    """Check the data, split it (or reuse the run's split) and cache train/val at ``cfg.size``.
+
+    Also returns the number of input channels: ``cfg.in_channels``, or 1 when every image is
+    greyscale (EM slices, X-rays), else 3.
+    """
     fmt, samples = find_samples(cfg.data, cfg.format)
     report = check_samples(cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index)
     report.raise_if_problems()  # refuse to train on a broken data set
@@ -156,7 +160,10 @@ def build_datasets(
             f"{cfg.data} lacks {len(missing)} image(s) of the run's split (e.g. {missing[0]}); "
             "resume with the data the run was started on"
         )
-    train_set = SegmentationDataset(select(samples, split["train"]), cfg.size, cfg.num_classes)
+    channels = cfg.in_channels or report.channels
+    train_set = SegmentationDataset(
+        select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels
+    )
     val_samples = select(samples, split["val"])
     if not val_samples:
         warnings.warn(
@@ -165,8 +172,10 @@ def build_datasets(
             stacklevel=3,
         )
         val_samples = select(samples, split["train"])
-    val_set = SegmentationDataset(val_samples, cfg.size, cfg.num_classes, keep_original=True)
-    return train_set, val_set
+    val_set = SegmentationDataset(
+        val_samples, cfg.size, cfg.num_classes, keep_original=True, channels=channels
+    )
+    return train_set, val_set, channels
 
 
 RESUME_OVERRIDES = ("data", "epochs", "patience", "workers", "device", "progress")
@@ -199,8 +208,12 @@ def _saved_state(run_dir: str | Path) -> dict:
     return state
 
 
-def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[Path, dict | None]:
-    """Check the run folder: a new run must not overwrite one, a resumed run must match."""
+def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict | None]:
+    """Check the run folder: a new run must not overwrite one, a resumed run must match.
+
+    Returns the settings to use: for a resumed run the saved ones, with what may change
+    (``RESUME_OVERRIDES``) taken from ``cfg``; settings left to the data (None) are kept.
+    """
     run_dir = Path(cfg.out)
     if not resuming:
         if (run_dir / checkpoint.STATE_FILE).exists():
@@ -208,18 +221,21 @@ def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[Path, dict | None]:
                 f"{run_dir} already holds a run; use --resume to continue it or choose another "
                 "--out"
             )
-        return run_dir, None
+        return cfg, run_dir, None
     state = _saved_state(run_dir)
     saved, now = state["config"], cfg.to_dict()
     changed = sorted(
-        k for k in saved if k not in RESUME_OVERRIDES + ("out",) and saved[k] != now[k]
+        k
+        for k in saved
+        if k not in RESUME_OVERRIDES + ("out",) and now[k] is not None and saved[k] != now[k]
     )
     if changed:
         raise ValueError(
             f"cannot change {', '.join(changed)} when resuming {run_dir}; a resumed run may "
             f"only change {', '.join(RESUME_OVERRIDES)}"
         )
-    return run_dir, state
+    merged = {**saved, **{k: now[k] for k in RESUME_OVERRIDES}, "out": str(run_dir)}
+    return TrainConfig.from_dict(merged), run_dir, state
 
 
 def _resolve_classes(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
@@ -257,7 +273,12 @@ def _check_settings(cfg: TrainConfig) -> None:
     """Fail on a bad model name/option or loss before spending time on the data."""
     build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
     with torch.device("meta"):  # builds the module without allocating its weights
-        create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
+        create_model(
+            cfg.model,
+            in_channels=cfg.in_channels or 3,
+            num_classes=cfg.num_classes,
+            **cfg.model_kwargs,
+        )
 
 
 def _random_state(generator: torch.Generator) -> dict:
@@ -352,13 +373,16 @@ def fit(
     checkpoint is written (raise to stop).
     """
     log = tqdm.write if cfg.progress else (lambda *_: None)
+    cfg, run_dir, state = _open_run(cfg, resume)
     cfg = _resolve_classes(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
-    run_dir, state = _open_run(cfg, resume)
     _check_settings(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
 
-    train_set, val_set = build_datasets(cfg, run_dir, resuming=resume)
+    train_set, val_set, channels = build_datasets(cfg, run_dir, resuming=resume)
+    if cfg.in_channels is None:
+        log(f"input channels: {channels} ({'greyscale' if channels == 1 else 'colour'} images)")
+        cfg = replace(cfg, in_channels=channels)
     # Normalise with the training images' own statistics (kept from the first session).
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
