@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pixelseg.cli import main
@@ -245,3 +246,35 @@ def test_interrupted_run_given_more_epochs_gets_a_longer_decay(
     floor = 0.01 * FAST["lr"]
     assert lrs[6] > 2 * floor  # epoch 7 is not yet at the end of the (new, longer) decay
     assert lrs[9] == pytest.approx(floor)
+
+
+class _TwoLevelModel(torch.nn.Module):
+    """Probability 0.3 on bright pixels, 0.1 elsewhere: only a threshold in (0.1, 0.3) works."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.where(x[:, :1] > 0, torch.tensor(0.3), torch.tensor(0.1))
+        return torch.log(p / (1 - p))
+
+
+def test_threshold_calibration_finds_the_working_threshold(tiny_data: Path) -> None:
+    from pixelseg.data.dataset import SegmentationDataset
+    from pixelseg.data.transforms import BatchTransform
+    from pixelseg.engine.evaluate import calibrate_threshold
+
+    samples = find_samples(tiny_data)[1]
+    dataset = SegmentationDataset(samples, (40, 48), keep_original=True)
+    transform = BatchTransform((0.5,) * 3, (0.25,) * 3)
+    threshold, dice = calibrate_threshold(_TwoLevelModel(), dataset, transform, torch.device("cpu"))
+    assert threshold == 0.25 and dice > 0.95  # ties in (0.1, 0.3) go to the one nearest 0.5
+
+
+def test_training_stores_a_calibrated_threshold_unless_given(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    auto = fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "a"), epochs=2, **FAST))
+    threshold = json.loads((auto.run_dir / "config.json").read_text())["threshold"]
+    assert threshold in [round(0.05 * i, 2) for i in range(1, 20)]
+    given = fit(
+        TrainConfig(data=str(tiny_data), out=str(tmp_path / "b"), epochs=2, threshold=0.7, **FAST)
+    )
+    assert json.loads((given.run_dir / "config.json").read_text())["threshold"] == 0.7

@@ -116,7 +116,12 @@ _TRAIN_OPTIONS = [
     ("test_fraction", float, "share of images held out for the final test"),
     ("patience", int, "early stopping after this many epochs without improvement (0 = off)"),
     ("workers", int, "data loader processes"),
-    ("threshold", float, "binary decision threshold on the foreground probability"),
+    (
+        "threshold",
+        float,
+        "binary decision threshold on the foreground probability (default: "
+        "the one with the best validation Dice)",
+    ),
 ]
 
 

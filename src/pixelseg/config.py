@@ -33,7 +33,7 @@ class TrainConfig:
     patience: int = 10  # early stopping: epochs without a better val score (0 = never)
     augment: bool = True
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
-    threshold: float = 0.5  # binary: probability above which a pixel is foreground
+    threshold: float | None = None  # binary: foreground above it; None = calibrate on val
     ignore_index: int | None = None  # mask value that counts in no loss and no metric
     class_names: list[str] | None = None
     class_weights: str = "none"  # none | median-frequency | auto (median-frequency if imbalanced)
@@ -50,7 +50,10 @@ class TrainConfig:
                 self.class_weights in CLASS_WEIGHTS,
                 f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}",
             ),
-            (0 <= self.threshold <= 1, "threshold must be a probability between 0 and 1"),
+            (
+                self.threshold is None or 0 <= self.threshold <= 1,
+                "threshold must be a probability between 0 and 1",
+            ),
             (
                 0 <= self.val_fraction < 1
                 and 0 <= self.test_fraction < 1

@@ -28,7 +28,7 @@ from pixelseg.data.split import SPLITS, foreground_strata, load_split, make_spli
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
 from pixelseg.engine.device import resolve_device, seed_everything
-from pixelseg.engine.evaluate import evaluate_model
+from pixelseg.engine.evaluate import calibrate_threshold, evaluate_model
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
@@ -133,7 +133,7 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
         "size": list(cfg.size),
         "mean": mean,
         "std": std,
-        "threshold": cfg.threshold,
+        "threshold": 0.5 if cfg.threshold is None else cfg.threshold,
         "ignore_index": cfg.ignore_index,
         "class_names": cfg.class_names,
         "score_name": cfg.score_name,
@@ -267,6 +267,17 @@ def _class_weights(
         return None
     log(f"class weights (median frequency): {', '.join(f'{w:.2f}' for w in weights)}")
     return weights
+
+
+def _calibrate(
+    run_dir: Path, val_set: SegmentationDataset, transform: BatchTransform,
+    device: torch.device, batch_size: int, log: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Store the threshold that maximises validation Dice for the best weights in config.json."""
+    model, config = checkpoint.load_model(run_dir, device)
+    threshold, dice = calibrate_threshold(model, val_set, transform, device, batch_size)
+    write_json(run_dir / checkpoint.CONFIG_FILE, {**config, "threshold": threshold})
+    log(f"threshold {threshold:.2f} (validation dice {dice:.4f} with the best weights)")
 
 
 def _check_settings(cfg: TrainConfig) -> None:
@@ -413,7 +424,7 @@ def fit(
                 t.model, loader, train_tf, loss_fn, t.optimizer, t.scheduler, device, bar
             )
         metrics, _, _ = evaluate_model(
-            t.model, val_set, eval_tf, device, cfg.threshold, cfg.ignore_index,
+            t.model, val_set, eval_tf, device, cfg.threshold or 0.5, cfg.ignore_index,
             cfg.class_names, cfg.batch_size, loss_fn=loss_fn,
         )  # fmt: skip
         score = metrics[name]
@@ -443,5 +454,7 @@ def fit(
         if cfg.patience and epoch - max(t.best_epoch, start_epoch - 1) >= cfg.patience:
             log(f"early stopping: no better val_{name} for {cfg.patience} epochs")
             break
+    if cfg.num_classes == 1 and cfg.threshold is None and t.best_epoch:
+        _calibrate(run_dir, val_set, eval_tf, device, cfg.batch_size, log)
     plot_curves(t.history, run_dir / "curves.png", name)
     return TrainResult(run_dir, t.best_epoch, t.best_score, name, t.history)
