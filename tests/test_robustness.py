@@ -278,3 +278,32 @@ def test_training_stores_a_calibrated_threshold_unless_given(
         TrainConfig(data=str(tiny_data), out=str(tmp_path / "b"), epochs=2, threshold=0.7, **FAST)
     )
     assert json.loads((given.run_dir / "config.json").read_text())["threshold"] == 0.7
+
+
+def test_time_budget_plans_the_epochs_and_is_respected(tiny_data: Path, tmp_path: Path) -> None:
+    import time
+
+    budget = 8.0
+    start = time.perf_counter()
+    result = fit(
+        TrainConfig(
+            data=str(tiny_data),
+            out=str(tmp_path / "run"),
+            patience=0,
+            time_budget=f"{budget:g}s",
+            **FAST,
+        )
+    )
+    elapsed = time.perf_counter() - start
+    assert elapsed < budget + 3.0, elapsed  # a tenth of an epoch per epoch is kept in reserve
+    assert len(result.history) >= 3
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    planned = saved["config"]["epochs"]
+    assert len(result.history) <= planned < 1000  # the plan replaced the ceiling
+    # the learning rate followed the planned schedule down towards 1% of the base rate
+    assert result.history[-1]["lr"] < 0.5 * FAST["lr"]
+
+
+def test_bad_time_budget_is_refused_before_anything_runs(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read the duration"):
+        TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), time_budget="15 minutes")

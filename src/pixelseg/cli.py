@@ -105,7 +105,13 @@ _TRAIN_OPTIONS = [
     ("ignore_index", int, "mask value that counts in no loss and no metric (e.g. void)"),
     ("class_weights", str, "loss weights per class"),
     ("size", str, "training size: 256 or HEIGHTxWIDTH"),
-    ("epochs", int, "training epochs"),
+    ("epochs", int, "training epochs (default 40; with --time-budget, as many as fit)"),
+    (
+        "time_budget",
+        str,
+        "wall-clock limit for the whole run, e.g. 15m, 900s or 1h: pixelseg "
+        "times the first epoch and plans as many as fit",
+    ),
     ("batch_size", int, "images per step"),
     ("lr", float, "AdamW learning rate"),
     ("weight_decay", float, "AdamW weight decay"),

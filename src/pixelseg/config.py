@@ -6,6 +6,29 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 CLASS_WEIGHTS = ("none", "median-frequency", "auto")
+MAX_BUDGET_EPOCHS = 1000
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``"15m"``, ``"900s"``, ``"1h30m"``, ``"2h"`` or a plain number of seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+        seconds, number = 0.0, ""
+        for char in str(text).strip().lower():
+            if char.isdigit() or char == ".":
+                number += char
+            elif char in units and number:
+                seconds += float(number) * units[char]
+                number = ""
+            else:
+                raise ValueError(f"cannot read the duration {text!r}; use e.g. 15m, 900s or 1h30m")
+        if number:
+            seconds += float(number)
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return seconds
 
 
 @dataclass
@@ -20,7 +43,8 @@ class TrainConfig:
     num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
     in_channels: int | None = None  # None: 1 if every image is greyscale, else 3
     size: tuple[int, int] = (256, 256)  # training (height, width)
-    epochs: int = 40
+    epochs: int | None = None  # None: 40, or as many as fit in time_budget
+    time_budget: str | None = None  # wall-clock limit for the whole run: "15m", "900s", "1h"
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -41,6 +65,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.size = _parse_size(self.size)
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)  # fail early on a typo
+        if self.epochs is None:
+            # with a time budget this is only a ceiling; the run plans its real length
+            self.epochs = MAX_BUDGET_EPOCHS if self.time_budget is not None else 40
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),

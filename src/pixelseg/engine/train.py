@@ -8,10 +8,11 @@ validation score (Dice for binary, mIoU for multi-class), with early stopping.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import pixelseg
-from pixelseg.config import TrainConfig
+from pixelseg.config import TrainConfig, parse_duration
 from pixelseg.data.check import check_samples
 from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
@@ -178,6 +179,8 @@ def build_datasets(
     return train_set, val_set, channels
 
 
+END_SECONDS = 3.0  # kept from a time budget for what follows the last epoch
+
 RESUME_OVERRIDES = ("data", "epochs", "patience", "workers", "device", "progress")
 
 
@@ -278,6 +281,45 @@ def _calibrate(
     threshold, dice = calibrate_threshold(model, val_set, transform, device, batch_size)
     write_json(run_dir / checkpoint.CONFIG_FILE, {**config, "threshold": threshold})
     log(f"threshold {threshold:.2f} (validation dice {dice:.4f} with the best weights)")
+
+
+@dataclass
+class _Clock:
+    """Wall-clock bookkeeping for ``--time-budget``: when each epoch started."""
+
+    budget: float  # seconds for the whole run
+    started: float
+    ceiling: int  # the most epochs the run may have
+    tops: list[float] = field(default_factory=list)
+
+    @property
+    def per_epoch(self) -> float:
+        """A typical epoch, checkpoints included: the median, leaving out the first epoch
+        (it carries start-up costs) once there are others."""
+        durations = [b - a for a, b in zip(self.tops, self.tops[1:], strict=False)]
+        return statistics.median(durations[1:] or durations)
+
+    def seconds_left(self) -> float:
+        return self.budget - (time.perf_counter() - self.started) - END_SECONDS
+
+    def room_for_an_epoch(self) -> bool:
+        # a tenth of an epoch in reserve, for the noise of a shared machine
+        return self.seconds_left() >= 1.1 * self.per_epoch
+
+
+def _plan_epochs(
+    cfg: TrainConfig, clock: _Clock, t: _Training, steps: int, log: Callable[[str], None]
+) -> TrainConfig:
+    """Fit the epoch count (and the cosine schedule) to what is left of the time budget."""
+    done = len(t.history)
+    epochs = min(clock.ceiling, done + max(1, int(clock.seconds_left() // (1.1 * clock.per_epoch))))
+    t.schedule = Schedule(epochs * steps, cfg.warmup_epochs * steps)
+    t.scheduler.lr_lambdas[0] = t.schedule  # early in the cosine: the rate barely moves
+    log(
+        f"time budget {cfg.time_budget}: an epoch takes {clock.per_epoch:.2f} s, planning "
+        f"{epochs} epoch{'s' * (epochs > 1)}"
+    )
+    return replace(cfg, epochs=epochs)
 
 
 def _check_settings(cfg: TrainConfig) -> None:
@@ -383,6 +425,7 @@ def fit(
     the saved settings. ``on_epoch_end`` is called with each epoch's history row after its
     checkpoint is written (raise to stop).
     """
+    started = time.perf_counter()
     log = tqdm.write if cfg.progress else (lambda *_: None)
     cfg, run_dir, state = _open_run(cfg, resume)
     cfg = _resolve_classes(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
@@ -410,12 +453,29 @@ def fit(
     start_epoch = t.restore(state) if state is not None else 1
 
     name = cfg.score_name
+    # A time budget plans the number of epochs from the time the first epochs take (a resumed
+    # run keeps the plan it saved).
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
+    length = (
+        f"up to {cfg.time_budget}" if budget else f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
+    )
     log(
         f"pixelseg: {cfg.model} ({count_parameters(t.model):,} parameters) on {device}; "
         f"{len(train_set)} train / {len(val_set)} val images at {cfg.size[0]}x{cfg.size[1]}; "
-        f"loss {cfg.loss}; {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}"
+        f"loss {cfg.loss}; {length}"
     )
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    clock = _Clock(budget, started, ceiling=cfg.epochs) if budget else None
+    epoch = start_epoch - 1
+    while epoch < cfg.epochs:
+        epoch += 1
+        if clock is not None:
+            clock.tops.append(time.perf_counter())
+            if epoch > 1 and not clock.room_for_an_epoch():
+                log(f"time budget {cfg.time_budget} reached after {epoch - 1} epochs")
+                break
+            if epoch in (2, 4):  # plan, then plan again without the slower first epoch
+                cfg = _plan_epochs(cfg, clock, t, len(loader), log)
+                config["train"] = cfg.to_dict()
         t0 = time.perf_counter()
         last = f" (last val_{name} {t.history[-1][f'val_{name}']:.3f})" if t.history else ""
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}{last}", unit="batch",
