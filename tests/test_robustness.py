@@ -307,3 +307,15 @@ def test_time_budget_plans_the_epochs_and_is_respected(tiny_data: Path, tmp_path
 def test_bad_time_budget_is_refused_before_anything_runs(tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read the duration"):
         TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), time_budget="15 minutes")
+
+
+def test_size_follows_the_images_aspect_ratio(tmp_path: Path) -> None:
+    from conftest import write_pair
+
+    root = tmp_path / "wide"
+    for i in range(6):
+        write_pair(root / "images", root / "masks", f"w{i}", size=(300, 600), seed=i)
+    settings = {k: v for k, v in FAST.items() if k != "size"}
+    result = fit(TrainConfig(data=str(root), out=str(tmp_path / "run"), epochs=1, **settings))
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["size"] == [128, 256]  # 300x600 scaled to a longer side of 256, stride 4

@@ -104,7 +104,12 @@ _TRAIN_OPTIONS = [
     ("in_channels", int, "input channels, 1 or 3 (default: 1 if every image is greyscale)"),
     ("ignore_index", int, "mask value that counts in no loss and no metric (e.g. void)"),
     ("class_weights", str, "loss weights per class"),
-    ("size", str, "training size: 256 or HEIGHTxWIDTH"),
+    (
+        "size",
+        str,
+        "training size: 256 or HEIGHTxWIDTH (default: the median image scaled to a "
+        "longer side of 256, aspect ratio kept)",
+    ),
     ("epochs", int, "training epochs (default 40; with --time-budget, as many as fit)"),
     (
         "time_budget",

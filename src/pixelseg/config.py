@@ -42,7 +42,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
     in_channels: int | None = None  # None: 1 if every image is greyscale, else 3
-    size: tuple[int, int] = (256, 256)  # training (height, width)
+    size: tuple[int, int] | None = None  # training (height, width); None: from the images
     epochs: int | None = None  # None: 40, or as many as fit in time_budget
     time_budget: str | None = None  # wall-clock limit for the whole run: "15m", "900s", "1h"
     batch_size: int = 8
@@ -60,11 +60,11 @@ class TrainConfig:
     threshold: float | None = None  # binary: foreground above it; None = calibrate on val
     ignore_index: int | None = None  # mask value that counts in no loss and no metric
     class_names: list[str] | None = None
-    class_weights: str = "none"  # none | median-frequency | auto (median-frequency if imbalanced)
+    class_weights: str = "auto"  # none | median-frequency | auto (median-frequency if imbalanced)
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.size = _parse_size(self.size)
+        self.size = None if self.size is None else _parse_size(self.size)
         if self.time_budget is not None:
             parse_duration(self.time_budget)  # fail early on a typo
         if self.epochs is None:
@@ -106,7 +106,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["size"] = list(self.size)
+        d["size"] = list(self.size) if self.size is not None else None
         return d
 
     @classmethod

@@ -7,12 +7,10 @@ validation score (Dice for binary, mIoU for multi-class), with early stopping.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -22,14 +20,20 @@ from tqdm.auto import tqdm
 import pixelseg
 from pixelseg.config import TrainConfig, parse_duration
 from pixelseg.data.check import check_samples
-from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
-from pixelseg.data.layouts import Sample, detect_format, find_samples
+from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.data.split import SPLITS, foreground_strata, load_split, make_split, save_split
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
+from pixelseg.engine.budget import Clock, plan_epochs
+from pixelseg.engine.configure import (
+    choose_class_weights,
+    choose_size,
+    resolve_class_settings,
+)
 from pixelseg.engine.device import resolve_device, seed_everything
 from pixelseg.engine.evaluate import calibrate_threshold, evaluate_model
+from pixelseg.engine.schedule import Schedule
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
@@ -44,28 +48,6 @@ class TrainResult:
     best_score: float
     score_name: str
     history: list[dict]
-
-
-@dataclass
-class Schedule:
-    """LR multiplier per optimizer step: linear warm-up, then cosine decay to 1% at ``total``.
-
-    ``begin``/``start`` let a resumed run that was given more epochs continue smoothly:
-    a new cosine from the rate it had reached (``start``, at step ``begin``) rather than a
-    jump back up. Saved with the training state so a resume rebuilds the same curve.
-    """
-
-    total: int
-    warmup: int = 0
-    begin: int = 0
-    start: float = 1.0
-
-    def __call__(self, step: int) -> float:
-        step = max(0, step - self.begin)
-        if step < self.warmup:
-            return self.start * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.total - self.begin - self.warmup)
-        return 0.01 + (self.start - 0.01) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_one_epoch(
@@ -143,12 +125,13 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
 
 
 def build_datasets(
-    cfg: TrainConfig, run_dir: Path, resuming: bool
-) -> tuple[SegmentationDataset, SegmentationDataset, int]:
-    """Check the data, split it (or reuse the run's split) and cache train/val at ``cfg.size``.
+    cfg: TrainConfig, run_dir: Path, resuming: bool, stride: int, log: Callable[[str], None]
+) -> tuple[SegmentationDataset, SegmentationDataset, TrainConfig]:
+    """Check the data, split it (or reuse the run's split) and cache train/val.
 
-    Also returns the number of input channels: ``cfg.in_channels``, or 1 when every image is
-    greyscale (EM slices, X-rays), else 3.
+    Settings left to the data are filled in and returned with the data sets: the training
+    size (see :func:`choose_size`) and the input channels (1 when every image is greyscale,
+    such as EM slices or X-rays, else 3).
     """
     fmt, samples = find_samples(cfg.data, cfg.format)
     report = check_samples(cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index)
@@ -161,7 +144,13 @@ def build_datasets(
             f"{cfg.data} lacks {len(missing)} image(s) of the run's split (e.g. {missing[0]}); "
             "resume with the data the run was started on"
         )
-    channels = cfg.in_channels or report.channels
+    cfg = choose_size(cfg, [i.height for i in report.infos], [i.width for i in report.infos],
+                      stride, log)  # fmt: skip
+    if cfg.in_channels is None:
+        grey = report.channels == 1
+        log(f"input channels: {report.channels} ({'greyscale' if grey else 'colour'} images)")
+        cfg = replace(cfg, in_channels=report.channels)
+    channels = cfg.in_channels
     train_set = SegmentationDataset(
         select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels
     )
@@ -176,10 +165,8 @@ def build_datasets(
     val_set = SegmentationDataset(
         val_samples, cfg.size, cfg.num_classes, keep_original=True, channels=channels
     )
-    return train_set, val_set, channels
+    return train_set, val_set, cfg
 
-
-END_SECONDS = 3.0  # kept from a time budget for what follows the last epoch
 
 RESUME_OVERRIDES = ("data", "epochs", "patience", "workers", "device", "progress")
 
@@ -241,37 +228,6 @@ def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict
     return TrainConfig.from_dict(merged), run_dir, state
 
 
-def _resolve_classes(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
-    """Fill in the number of classes, their names and the ignore index from the data."""
-    fmt = cfg.format if cfg.format != "auto" else detect_format(Path(cfg.data))
-    n, names, ignore, why = resolve_classes(
-        fmt, cfg.data, cfg.num_classes, cfg.class_names, cfg.ignore_index
-    )
-    log(f"classes: {why}" + (f"; ignore index {ignore}" if ignore is not None else ""))
-    return replace(cfg, num_classes=n, class_names=names, ignore_index=ignore)
-
-
-def _class_weights(
-    cfg: TrainConfig, train_set: SegmentationDataset, log: Callable[[str], None]
-) -> list[float] | None:
-    """Loss weights per class from the training masks, as ``cfg.class_weights`` asks.
-
-    ``auto`` uses median-frequency balancing when the rarest class is over 10x rarer than
-    the most common one (then an unweighted loss mostly learns the common classes).
-    """
-    if cfg.class_weights == "none":
-        return None
-    n = max(cfg.num_classes, 2)  # binary: [background, foreground]
-    weights = median_frequency_weights(train_set.masks, n, cfg.ignore_index)
-    present = [w for w in weights if w > 0]
-    imbalance = max(present) / min(present) if present else 1.0
-    if cfg.class_weights == "auto" and imbalance <= 10:
-        log(f"class weights: none (class frequencies within {imbalance:.1f}x of each other)")
-        return None
-    log(f"class weights (median frequency): {', '.join(f'{w:.2f}' for w in weights)}")
-    return weights
-
-
 def _calibrate(
     run_dir: Path, val_set: SegmentationDataset, transform: BatchTransform,
     device: torch.device, batch_size: int, log: Callable[[str], None],
@@ -283,55 +239,18 @@ def _calibrate(
     log(f"threshold {threshold:.2f} (validation dice {dice:.4f} with the best weights)")
 
 
-@dataclass
-class _Clock:
-    """Wall-clock bookkeeping for ``--time-budget``: when each epoch started."""
+def _check_settings(cfg: TrainConfig) -> int:
+    """Fail on a bad model name/option or loss before spending time on the data.
 
-    budget: float  # seconds for the whole run
-    started: float
-    ceiling: int  # the most epochs the run may have
-    tops: list[float] = field(default_factory=list)
-
-    @property
-    def per_epoch(self) -> float:
-        """A typical epoch, checkpoints included: the median, leaving out the first epoch
-        (it carries start-up costs) once there are others."""
-        durations = [b - a for a, b in zip(self.tops, self.tops[1:], strict=False)]
-        return statistics.median(durations[1:] or durations)
-
-    def seconds_left(self) -> float:
-        return self.budget - (time.perf_counter() - self.started) - END_SECONDS
-
-    def room_for_an_epoch(self) -> bool:
-        # a tenth of an epoch in reserve, for the noise of a shared machine
-        return self.seconds_left() >= 1.1 * self.per_epoch
-
-
-def _plan_epochs(
-    cfg: TrainConfig, clock: _Clock, t: _Training, steps: int, log: Callable[[str], None]
-) -> TrainConfig:
-    """Fit the epoch count (and the cosine schedule) to what is left of the time budget."""
-    done = len(t.history)
-    epochs = min(clock.ceiling, done + max(1, int(clock.seconds_left() // (1.1 * clock.per_epoch))))
-    t.schedule = Schedule(epochs * steps, cfg.warmup_epochs * steps)
-    t.scheduler.lr_lambdas[0] = t.schedule  # early in the cosine: the rate barely moves
-    log(
-        f"time budget {cfg.time_budget}: an epoch takes {clock.per_epoch:.2f} s, planning "
-        f"{epochs} epoch{'s' * (epochs > 1)}"
-    )
-    return replace(cfg, epochs=epochs)
-
-
-def _check_settings(cfg: TrainConfig) -> None:
-    """Fail on a bad model name/option or loss before spending time on the data."""
+    Returns the model's stride (what input sides must be multiples of).
+    """
     build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
     with torch.device("meta"):  # builds the module without allocating its weights
-        create_model(
-            cfg.model,
-            in_channels=cfg.in_channels or 3,
-            num_classes=cfg.num_classes,
+        model = create_model(
+            cfg.model, in_channels=cfg.in_channels or 3, num_classes=cfg.num_classes,
             **cfg.model_kwargs,
-        )
+        )  # fmt: skip
+    return int(getattr(model, "stride", 1))
 
 
 def _random_state(generator: torch.Generator) -> dict:
@@ -360,7 +279,7 @@ def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
 
 
 @dataclass
-class _Training:
+class TrainingState:
     """Everything that changes while training and is saved in ``last.pt`` to resume."""
 
     model: torch.nn.Module
@@ -398,7 +317,7 @@ class _Training:
 
 def _setup(
     cfg: TrainConfig, train_set: SegmentationDataset, device: torch.device, state: dict | None
-) -> tuple[_Training, DataLoader]:
+) -> tuple[TrainingState, DataLoader]:
     model = create_model(
         cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
         **cfg.model_kwargs,
@@ -412,7 +331,7 @@ def _setup(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _schedule(cfg, len(loader), state)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return _Training(model, optimizer, scheduler, schedule, generator, history=[]), loader
+    return TrainingState(model, optimizer, scheduler, schedule, generator, history=[]), loader
 
 
 def fit(
@@ -428,21 +347,18 @@ def fit(
     started = time.perf_counter()
     log = tqdm.write if cfg.progress else (lambda *_: None)
     cfg, run_dir, state = _open_run(cfg, resume)
-    cfg = _resolve_classes(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
-    _check_settings(cfg)
+    cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
+    stride = _check_settings(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
 
-    train_set, val_set, channels = build_datasets(cfg, run_dir, resuming=resume)
-    if cfg.in_channels is None:
-        log(f"input channels: {channels} ({'greyscale' if channels == 1 else 'colour'} images)")
-        cfg = replace(cfg, in_channels=channels)
+    train_set, val_set, cfg = build_datasets(cfg, run_dir, resume, stride, log)
     # Normalise with the training images' own statistics (kept from the first session).
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
     eval_tf = BatchTransform(mean, std)
     config = run_config(cfg, mean, std, in_channels=train_set.images.shape[1])
-    weights = state.get("class_weights") if state else _class_weights(cfg, train_set, log)
+    weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set, log)
     config["class_weights"] = weights
     loss_fn = build_loss(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
@@ -464,7 +380,7 @@ def fit(
         f"{len(train_set)} train / {len(val_set)} val images at {cfg.size[0]}x{cfg.size[1]}; "
         f"loss {cfg.loss}; {length}"
     )
-    clock = _Clock(budget, started, ceiling=cfg.epochs) if budget else None
+    clock = Clock(budget, started, ceiling=cfg.epochs) if budget else None
     epoch = start_epoch - 1
     while epoch < cfg.epochs:
         epoch += 1
@@ -474,7 +390,7 @@ def fit(
                 log(f"time budget {cfg.time_budget} reached after {epoch - 1} epochs")
                 break
             if epoch in (2, 4):  # plan, then plan again without the slower first epoch
-                cfg = _plan_epochs(cfg, clock, t, len(loader), log)
+                cfg = plan_epochs(cfg, clock, t, len(loader), log)
                 config["train"] = cfg.to_dict()
         t0 = time.perf_counter()
         last = f" (last val_{name} {t.history[-1][f'val_{name}']:.3f})" if t.history else ""

@@ -1,0 +1,56 @@
+"""``--time-budget``: plan the number of epochs from how long the first ones take."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from pixelseg.config import TrainConfig
+from pixelseg.engine.schedule import Schedule
+
+if TYPE_CHECKING:
+    from pixelseg.engine.train import TrainingState
+
+END_SECONDS = 3.0  # kept from a time budget for what follows the last epoch
+
+
+@dataclass
+class Clock:
+    """Wall-clock bookkeeping for ``--time-budget``: when each epoch started."""
+
+    budget: float  # seconds for the whole run
+    started: float
+    ceiling: int  # the most epochs the run may have
+    tops: list[float] = field(default_factory=list)
+
+    @property
+    def per_epoch(self) -> float:
+        """A typical epoch, checkpoints included: the median, leaving out the first epoch
+        (it carries start-up costs) once there are others."""
+        durations = [b - a for a, b in zip(self.tops, self.tops[1:], strict=False)]
+        return statistics.median(durations[1:] or durations)
+
+    def seconds_left(self) -> float:
+        return self.budget - (time.perf_counter() - self.started) - END_SECONDS
+
+    def room_for_an_epoch(self) -> bool:
+        # a tenth of an epoch in reserve, for the noise of a shared machine
+        return self.seconds_left() >= 1.1 * self.per_epoch
+
+
+def plan_epochs(
+    cfg: TrainConfig, clock: Clock, t: TrainingState, steps: int, log: Callable[[str], None]
+) -> TrainConfig:
+    """Fit the epoch count (and the cosine schedule) to what is left of the time budget."""
+    done = len(t.history)
+    epochs = min(clock.ceiling, done + max(1, int(clock.seconds_left() // (1.1 * clock.per_epoch))))
+    t.schedule = Schedule(epochs * steps, cfg.warmup_epochs * steps)
+    t.scheduler.lr_lambdas[0] = t.schedule  # early in the cosine: the rate barely moves
+    log(
+        f"time budget {cfg.time_budget}: an epoch takes {clock.per_epoch:.2f} s, planning "
+        f"{epochs} epoch{'s' * (epochs > 1)}"
+    )
+    return replace(cfg, epochs=epochs)

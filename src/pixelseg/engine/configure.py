@@ -1,0 +1,71 @@
+"""Settings derived from the data set (nnU-Net style), each one printed with its reason.
+
+What the user gives always wins; these fill in what was left to pixelseg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from pixelseg.config import TrainConfig
+from pixelseg.data.classes import median_frequency_weights, resolve_classes
+from pixelseg.data.dataset import SegmentationDataset
+from pixelseg.data.layouts import detect_format
+
+
+def resolve_class_settings(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """Fill in the number of classes, their names and the ignore index from the data."""
+    fmt = cfg.format if cfg.format != "auto" else detect_format(Path(cfg.data))
+    n, names, ignore, why = resolve_classes(
+        fmt, cfg.data, cfg.num_classes, cfg.class_names, cfg.ignore_index
+    )
+    log(f"classes: {why}" + (f"; ignore index {ignore}" if ignore is not None else ""))
+    return replace(cfg, num_classes=n, class_names=names, ignore_index=ignore)
+
+
+def choose_class_weights(
+    cfg: TrainConfig, train_set: SegmentationDataset, log: Callable[[str], None]
+) -> list[float] | None:
+    """Loss weights per class from the training masks, as ``cfg.class_weights`` asks.
+
+    ``auto`` uses median-frequency balancing when the rarest class is over 10x rarer than
+    the most common one (then an unweighted loss mostly learns the common classes).
+    """
+    if cfg.class_weights == "none":
+        return None
+    n = max(cfg.num_classes, 2)  # binary: [background, foreground]
+    weights = median_frequency_weights(train_set.masks, n, cfg.ignore_index)
+    present = [w for w in weights if w > 0]
+    imbalance = max(present) / min(present) if present else 1.0
+    if cfg.class_weights == "auto" and imbalance <= 10:
+        log(f"class weights: none (class frequencies within {imbalance:.1f}x of each other)")
+        return None
+    log(f"class weights (median frequency): {', '.join(f'{w:.2f}' for w in weights)}")
+    return weights
+
+
+AUTO_LONG_SIDE = 256  # pixels on the longer side when the size is left to pixelseg
+
+
+def choose_size(
+    cfg: TrainConfig, heights: list[int], widths: list[int], stride: int,
+    log: Callable[[str], None],
+) -> TrainConfig:  # fmt: skip
+    """Pick ``cfg.size`` from the images when the user gave none.
+
+    The median image shape is scaled so its longer side is ``AUTO_LONG_SIDE`` (never up),
+    keeping the aspect ratio, and each side is rounded to a multiple of the network's
+    stride, so no padding is needed and nothing is squashed.
+    """
+    if cfg.size is not None:
+        return cfg
+    h, w = sorted(heights)[len(heights) // 2], sorted(widths)[len(widths) // 2]
+    scale = min(1.0, AUTO_LONG_SIDE / max(h, w))
+    size = tuple(max(stride, round(side * scale / stride) * stride) for side in (h, w))
+    log(
+        f"size: {size[0]}x{size[1]} (median image {h}x{w}, longer side to at most "
+        f"{AUTO_LONG_SIDE}, aspect ratio kept, multiples of the model's stride {stride})"
+    )
+    return replace(cfg, size=size)
