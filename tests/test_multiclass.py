@@ -59,15 +59,16 @@ def test_segnet_layout_keeps_its_own_split(tiny_camvid: Path) -> None:
 
 
 def test_segnet_layout_resolves_to_camvid_classes(tiny_camvid: Path) -> None:
-    n, names, ignore, why = resolve_classes("segnet", tiny_camvid, None)
-    assert (n, names, ignore) == (11, list(CAMVID_CLASSES), 11)
-    assert "SegNet CamVid" in why
+    c = resolve_classes("segnet", tiny_camvid, None)
+    assert (c.num_classes, c.names, c.ignore_index) == (11, list(CAMVID_CLASSES), 11)
+    assert "SegNet CamVid" in c.why
     # what the user says wins
-    assert resolve_classes("segnet", tiny_camvid, None, ignore_index=255)[2] == 255
+    assert resolve_classes("segnet", tiny_camvid, None, ignore_index=255).ignore_index == 255
 
 
 def test_binary_data_stays_binary(tiny_data: Path) -> None:
-    assert resolve_classes("folders", tiny_data, None)[:3] == (1, None, None)
+    c = resolve_classes("folders", tiny_data, None)
+    assert (c.num_classes, c.names, c.ignore_index) == (1, None, None)
     with pytest.raises(ValueError, match="2 class names given for 3 classes"):
         resolve_classes("folders", tiny_data, 3, ["a", "b"])
 
@@ -168,3 +169,62 @@ def test_real_camvid_check_names_every_class(real_data: Path, capsys) -> None:
     assert "pairs: 150" in out and "11 classes" in out
     for name in CAMVID_CLASSES:
         assert name in out, name
+
+
+def test_colour_coded_masks_through_a_class_table(tmp_path: Path, capsys) -> None:
+    """RGB masks (e.g. CamVid's original colour labels) mapped through classes.json colours."""
+    colors = {"background": [0, 0, 0], "road": [128, 64, 128], "car": [64, 0, 128]}
+    root = tmp_path / "rgbmasks"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.json").write_text(
+        json.dumps([{"name": n, "color": c} for n, c in colors.items()])
+    )
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        index = np.zeros((24, 32), np.uint8)
+        index[12:] = 1
+        index[8:16, 4 + i : 14 + i] = 2
+        rgb = np.array(list(colors.values()), np.uint8)[index]
+        Image.fromarray(rgb).save(root / "masks" / f"s{i}.png")
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(
+            root / "images" / f"s{i}.png"
+        )
+    from pixelseg.data.io import read_mask
+
+    assert np.array_equal(
+        read_mask(root / "masks" / "s0.png", 3, list(colors.values()))[12:, 0],
+        np.ones(12, np.uint8),
+    )
+    assert main(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 classes" in out and "road" in out and "car" in out
+    # a colour missing from the table is named
+    bad = np.zeros((24, 32, 3), np.uint8)
+    bad[0, 0] = (1, 2, 3)
+    Image.fromarray(bad).save(root / "masks" / "s5.png")
+    assert main(["check", str(root)]) == 1
+    assert "s5.png: colours not in the class table: (1, 2, 3)" in capsys.readouterr().err
+
+
+def test_colour_coded_masks_train_and_evaluate(tmp_path: Path) -> None:
+    from pixelseg.config import TrainConfig
+    from pixelseg.engine.evaluate import evaluate_run
+    from pixelseg.engine.train import fit
+    from settings import FAST
+
+    colors = [[0, 0, 0], [255, 255, 0]]
+    root = tmp_path / "rgb"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.csv").write_text("name,r,g,b\nground,0,0,0\nsun,255,255,0\n")
+    for i in range(8):
+        index = np.zeros((20, 20), np.uint8)
+        index[2 + i : 10 + i, 5:12] = 1
+        Image.fromarray(np.array(colors, np.uint8)[index]).save(root / "masks" / f"c{i}.png")
+        Image.fromarray((index * 200 + 20).astype(np.uint8)).save(root / "images" / f"c{i}.png")
+    run = fit(TrainConfig(data=str(root), out=str(tmp_path / "run"), epochs=2, **FAST)).run_dir
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_classes"] == 2 and config["class_colors"] == colors
+    metrics = evaluate_run(run, root, split="all", progress=False)
+    assert metrics["n_images"] == 8 and set(metrics["per_class"]) == {"ground", "sun"}

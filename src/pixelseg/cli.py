@@ -41,10 +41,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pixelseg.files import write_json
 
     fmt = args.format if args.format != "auto" else detect_format(Path(args.data))
-    num_classes, names, ignore, why = resolve_classes(
-        fmt, args.data, args.num_classes, None, args.ignore_index
+    classes = resolve_classes(fmt, args.data, args.num_classes, None, args.ignore_index)
+    num_classes, names, ignore, why = (
+        classes.num_classes,
+        classes.names,
+        classes.ignore_index,
+        classes.why,
     )
-    report = check_dataset(args.data, fmt, num_classes, progress=True, ignore_index=ignore)
+    report = check_dataset(
+        args.data, fmt, num_classes, progress=True, ignore_index=ignore, colors=classes.colors
+    )
     summary = {
         **report.summary(),
         "classes": {"num_classes": num_classes, "names": names, "ignore_index": ignore},

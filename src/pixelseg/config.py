@@ -60,6 +60,7 @@ class TrainConfig:
     threshold: float | None = None  # binary: foreground above it; None = calibrate on val
     ignore_index: int | None = None  # mask value that counts in no loss and no metric
     class_names: list[str] | None = None
+    class_colors: list[list[int]] | None = None  # RGB per class, for colour-coded mask files
     class_weights: str = "auto"  # none | median-frequency | auto (median-frequency if imbalanced)
     progress: bool = True
 

@@ -141,7 +141,7 @@ def predict_files(
         logits = predictor.logits(images)
         for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
             written += _write_outputs(
-                out_dir / stems[start + i], image, logit, t, predictor.num_classes, probabilities
+                out_dir / stems[start + i], image, logit, t, predictor.config, probabilities
             )
             bar.update(1)
     bar.close()
@@ -149,7 +149,8 @@ def predict_files(
         names = predictor.config.get("class_names") or [
             str(i) for i in range(predictor.num_classes)
         ]
-        written.append(plot_legend(names, out_dir / "legend.png"))
+        colors = predictor.config.get("class_colors")
+        written.append(plot_legend(names, out_dir / "legend.png", colors))
     return written
 
 
@@ -158,10 +159,11 @@ def _write_outputs(
     image: np.ndarray,
     logit: torch.Tensor,
     threshold: float,
-    num_classes: int,
+    config: dict,
     probabilities: bool,
 ) -> list[Path]:
     """``<prefix>_mask.png``, ``<prefix>_overlay.png`` and optionally ``<prefix>_prob.png``."""
+    num_classes = int(config["num_classes"])
     mask = logits_to_mask(logit, threshold).numpy()
     saved = mask * 255 if num_classes == 1 else mask  # binary masks as 0/255, visible as is
     files = [
@@ -169,7 +171,7 @@ def _write_outputs(
         save_png(f"{prefix}_overlay.png", overlay(image, mask)),
     ]
     if num_classes > 1:
-        files.append(save_png(f"{prefix}_color.png", color_mask(mask)))
+        files.append(save_png(f"{prefix}_color.png", color_mask(mask, config.get("class_colors"))))
     if probabilities:
         proba = logits_to_proba(logit)
         top = proba[0] if num_classes == 1 else proba.amax(0)  # foreground / winning class

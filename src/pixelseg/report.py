@@ -168,14 +168,17 @@ def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: 
     return _save_figure(fig, path)
 
 
-def color_mask(mask: np.ndarray) -> np.ndarray:
-    """HxW class indices → HxWx3 colours (the overlay palette; class 0 black)."""
-    return class_colors(int(mask.max()) + 1)[mask]
+def color_mask(mask: np.ndarray, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """HxW class indices → HxWx3 colours: the data set's own (``colors``) or the palette."""
+    palette = np.asarray(colors, np.uint8) if colors else class_colors(int(mask.max()) + 1)
+    return palette[mask]
 
 
-def plot_legend(names: Sequence[str], path: str | Path) -> Path:
+def plot_legend(
+    names: Sequence[str], path: str | Path, colors: Sequence[Sequence[int]] | None = None
+) -> Path:
     """``legend.png``: each class's colour in the colour-coded masks, with its name."""
-    colors = class_colors(len(names))
+    colors = np.asarray(colors, np.uint8) if colors else class_colors(len(names))
     fig, axes = _figure(1, 1, cell=3.0)
     ax = axes[0, 0]
     for i, name in enumerate(names):

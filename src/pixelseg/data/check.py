@@ -77,7 +77,10 @@ class DatasetReport:
 
 
 def inspect_sample(
-    sample: Sample, num_classes: int = 1, ignore_index: int | None = None
+    sample: Sample,
+    num_classes: int = 1,
+    ignore_index: int | None = None,
+    colors: list[list[int]] | None = None,
 ) -> tuple[SampleInfo | None, list[str], Counter]:
     """Decode one pair; return its info (None if unusable), its problems and its mask values."""
     problems: list[str] = []
@@ -90,7 +93,7 @@ def inspect_sample(
         problems.append(f"{sample.image}: no mask found for this image")
     else:
         try:
-            mask = read_mask(sample.mask, num_classes)
+            mask = read_mask(sample.mask, num_classes, colors)
         except DataError as exc:
             problems.append(str(exc))
     if image is None or mask is None:
@@ -120,6 +123,7 @@ def check_samples(
     num_classes: int = 1,
     progress: bool = False,
     ignore_index: int | None = None,
+    colors: list[list[int]] | None = None,
 ) -> DatasetReport:
     report = DatasetReport(str(root), fmt, samples)
     totals: Counter = Counter()
@@ -129,7 +133,7 @@ def check_samples(
 
         iterator = tqdm(samples, desc="checking", unit="img", leave=False, disable=None)
     for sample in iterator:
-        info, problems, hist = inspect_sample(sample, num_classes, ignore_index)
+        info, problems, hist = inspect_sample(sample, num_classes, ignore_index, colors)
         report.problems.extend(problems)
         totals.update(hist)
         if info is not None:
@@ -144,7 +148,8 @@ def check_dataset(
     num_classes: int = 1,
     progress: bool = False,
     ignore_index: int | None = None,
+    colors: list[list[int]] | None = None,
 ) -> DatasetReport:
     """Find and check every pair under ``root``. Never raises for bad files: see ``.problems``."""
     fmt, samples = find_samples(root, format)
-    return check_samples(root, fmt, samples, num_classes, progress, ignore_index)
+    return check_samples(root, fmt, samples, num_classes, progress, ignore_index, colors)

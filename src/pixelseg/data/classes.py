@@ -111,14 +111,25 @@ def known_table(fmt: str, root: str | Path) -> ClassTable | None:
     return None
 
 
+@dataclass(frozen=True)
+class ClassSettings:
+    """The classes a run uses, settled from the user's settings and the data."""
+
+    num_classes: int
+    names: list[str] | None
+    ignore_index: int | None
+    colors: list[list[int]] | None  # RGB per class, for colour-coded mask files
+    why: str
+
+
 def resolve_classes(
     fmt: str,
     root: str | Path,
     num_classes: int | None,
     class_names: list[str] | None = None,
     ignore_index: int | None = None,
-) -> tuple[int, list[str] | None, int | None, str]:
-    """Settle ``(num_classes, class_names, ignore_index, why)`` from the user and the data.
+) -> ClassSettings:
+    """Settle the classes from what the user gave and the data set's class table.
 
     What the user gave wins; the rest comes from the data set's class table; a data set
     without one is binary (foreground vs background) unless told otherwise.
@@ -130,16 +141,19 @@ def resolve_classes(
         elif table is not None:
             num_classes = len(table.names)
         else:
-            return 1, class_names, ignore_index, "binary masks (no class table in the data)"
+            why = "binary masks (no class table in the data)"
+            return ClassSettings(1, class_names, ignore_index, None, why)
     why = f"{num_classes} classes"
+    colors = None
     if table is not None and len(table.names) == num_classes:
         class_names = class_names or list(table.names)
         if ignore_index is None:
             ignore_index = table.ignore_index
+        colors = [list(c) for c in table.colors] if table.colors else None
         why += f", names and ignore index from {table.source}"
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
-    return num_classes, class_names, ignore_index, why
+    return ClassSettings(num_classes, class_names, ignore_index, colors, why)
 
 
 def median_frequency_weights(

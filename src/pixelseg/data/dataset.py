@@ -73,6 +73,7 @@ class SegmentationDataset(Dataset):
         keep_original: bool = False,
         progress: bool = False,
         channels: int = 3,
+        colors: list[list[int]] | None = None,
     ) -> None:
         if not samples:
             raise ValueError("a dataset needs at least one sample")
@@ -92,7 +93,7 @@ class SegmentationDataset(Dataset):
                 image = to_channels(read_image(sample.image), channels)
                 if sample.mask is None:
                     raise DataError(f"{sample.image}: no mask found for this image")
-                mask = read_mask(sample.mask, num_classes)
+                mask = read_mask(sample.mask, num_classes, colors)
             except DataError as exc:
                 problems.append(str(exc))
                 continue

@@ -89,7 +89,9 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_rgb(_open(path), str(path))
 
 
-def read_mask(path: str | Path, num_classes: int = 1) -> np.ndarray:
+def read_mask(
+    path: str | Path, num_classes: int = 1, colors: list[list[int]] | None = None
+) -> np.ndarray:
     """Read a mask as an HxW uint8 array of class indices.
 
     Binary (``num_classes == 1``): any encoding becomes {0, 1}:
@@ -102,21 +104,37 @@ def read_mask(path: str | Path, num_classes: int = 1) -> np.ndarray:
     - several small values and nothing above 127 (class indices such as CamVid's 0..11)
       raise a :class:`DataError`, since thresholding would silently empty the mask.
 
-    Multi-class: the file must hold class indices 0..255 (greyscale or palette PNG).
+    Multi-class: the file holds class indices 0..255 (greyscale or palette PNG), or, with
+    ``colors`` (one RGB triple per class, from a class table), each class in its colour.
     """
     path = Path(path)
     im = _open(path)
     if num_classes == 1:
         return _binary_mask(im, path)
+    if colors is not None and im.mode in ("RGB", "RGBA"):
+        return _colour_mask(np.asarray(im.convert("RGB")), colors, path)
     if im.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
         raise DataError(
             f"{path}: a multi-class mask must be a greyscale or palette image of class "
-            f"indices, got mode {im.mode}"
+            f"indices (or colours listed in a class table), got mode {im.mode}"
         )
     arr = np.asarray(im, dtype=np.int64)
     if arr.min() < 0 or arr.max() > 255:
         raise DataError(f"{path}: class values must lie in 0..255, found {arr.min()}..{arr.max()}")
     return arr.astype(np.uint8)
+
+
+def _colour_mask(rgb: np.ndarray, colors: list[list[int]], path: Path) -> np.ndarray:
+    """Map each pixel's colour to its class index through the class table."""
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    table = {(r << 16) | (g << 8) | b: index for index, (r, g, b) in enumerate(colors)}
+    found, inverse = np.unique(codes, return_inverse=True)
+    unknown = [int(c) for c in found if int(c) not in table]
+    if unknown:
+        shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:5])
+        raise DataError(f"{path}: colours not in the class table: {shown}")
+    lookup = np.array([table[int(c)] for c in found], dtype=np.uint8)
+    return lookup[inverse].reshape(codes.shape)
 
 
 def _binary_mask(im: Image.Image, path: Path) -> np.ndarray:

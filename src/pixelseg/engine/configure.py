@@ -18,11 +18,15 @@ from pixelseg.data.layouts import detect_format
 def resolve_class_settings(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
     """Fill in the number of classes, their names and the ignore index from the data."""
     fmt = cfg.format if cfg.format != "auto" else detect_format(Path(cfg.data))
-    n, names, ignore, why = resolve_classes(
-        fmt, cfg.data, cfg.num_classes, cfg.class_names, cfg.ignore_index
+    c = resolve_classes(fmt, cfg.data, cfg.num_classes, cfg.class_names, cfg.ignore_index)
+    log(
+        f"classes: {c.why}"
+        + (f"; ignore index {c.ignore_index}" if c.ignore_index is not None else "")
     )
-    log(f"classes: {why}" + (f"; ignore index {ignore}" if ignore is not None else ""))
-    return replace(cfg, num_classes=n, class_names=names, ignore_index=ignore)
+    return replace(
+        cfg, num_classes=c.num_classes, class_names=c.names, ignore_index=c.ignore_index,
+        class_colors=cfg.class_colors or c.colors,
+    )  # fmt: skip
 
 
 def choose_class_weights(

@@ -170,6 +170,7 @@ def evaluate_run(
         keep_original=True,
         progress=progress,
         channels=config["in_channels"],
+        colors=config.get("class_colors"),
     )
     t = float(config.get("threshold", 0.5)) if threshold is None else threshold
     metrics, rows, preds = evaluate_model(

@@ -119,6 +119,7 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
         "threshold": 0.5 if cfg.threshold is None else cfg.threshold,
         "ignore_index": cfg.ignore_index,
         "class_names": cfg.class_names,
+        "class_colors": cfg.class_colors,
         "score_name": cfg.score_name,
         "train": cfg.to_dict(),
     }
@@ -134,7 +135,9 @@ def build_datasets(
     such as EM slices or X-rays, else 3).
     """
     fmt, samples = find_samples(cfg.data, cfg.format)
-    report = check_samples(cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index)
+    report = check_samples(
+        cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index, cfg.class_colors
+    )
     report.raise_if_problems()  # refuse to train on a broken data set
     fractions = [info.foreground for info in report.infos]
     split = prepare_split(cfg, samples, fractions, run_dir, resuming)
@@ -152,8 +155,9 @@ def build_datasets(
         cfg = replace(cfg, in_channels=report.channels)
     channels = cfg.in_channels
     train_set = SegmentationDataset(
-        select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels
-    )
+        select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels,
+        colors=cfg.class_colors,
+    )  # fmt: skip
     val_samples = select(samples, split["val"])
     if not val_samples:
         warnings.warn(
@@ -163,8 +167,9 @@ def build_datasets(
         )
         val_samples = select(samples, split["train"])
     val_set = SegmentationDataset(
-        val_samples, cfg.size, cfg.num_classes, keep_original=True, channels=channels
-    )
+        val_samples, cfg.size, cfg.num_classes, keep_original=True, channels=channels,
+        colors=cfg.class_colors,
+    )  # fmt: skip
     return train_set, val_set, cfg
 
 
