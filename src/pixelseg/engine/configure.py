@@ -5,14 +5,18 @@ What the user gives always wins; these fill in what was left to pixelseg.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from pixelseg.config import TrainConfig
 from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import detect_format
+from pixelseg.models import create_model
 
 
 def resolve_class_settings(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
@@ -73,3 +77,53 @@ def choose_size(
         f"{AUTO_LONG_SIDE}, aspect ratio kept, multiples of the model's stride {stride})"
     )
     return replace(cfg, size=size)
+
+
+WIDTHS = (32, 16, 8)  # base_channels the default U-Net may get under a time budget
+MIN_EPOCHS = 25  # what a budget should leave room for, for the schedule to converge
+
+
+def choose_width(
+    cfg: TrainConfig, n_train: int, in_channels: int, budget: float, device: torch.device,
+    log: Callable[[str], None],
+) -> TrainConfig:  # fmt: skip
+    """Under a time budget, give the default U-Net the widest width that still trains for
+    ``MIN_EPOCHS`` epochs, judged by timing two training steps of each candidate.
+
+    Only when the model and its width were left to pixelseg.
+    """
+    if cfg.model != "unet" or "base_channels" in cfg.model_kwargs:
+        return cfg
+    steps = max(1, n_train // cfg.batch_size)
+    chosen, reason = WIDTHS[-1], ""
+    for width in WIDTHS:
+        step = _step_seconds(cfg, width, in_channels, device)
+        epoch = 1.25 * step * steps  # plus validation and checkpoints, roughly
+        epochs = int(budget // epoch)
+        reason = f"about {epoch:.1f} s an epoch, {epochs} epochs in the budget"
+        if epochs >= MIN_EPOCHS:
+            chosen = width
+            break
+    log(f"model width: base_channels={chosen} ({reason})")
+    return replace(cfg, model_kwargs={**cfg.model_kwargs, "base_channels": chosen})
+
+
+def _step_seconds(cfg: TrainConfig, width: int, in_channels: int, device: torch.device) -> float:
+    """Seconds for one training step of ``unet`` at this width (the faster of two, after one)."""
+    model = create_model(
+        "unet", in_channels=in_channels, num_classes=cfg.num_classes,
+        **{**cfg.model_kwargs, "base_channels": width},
+    ).to(device)  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters())
+    x = torch.randn(cfg.batch_size, in_channels, *cfg.size, device=device)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        loss = model(x).float().square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])

@@ -29,6 +29,7 @@ from pixelseg.engine.budget import Clock, plan_epochs
 from pixelseg.engine.configure import (
     choose_class_weights,
     choose_size,
+    choose_width,
     resolve_class_settings,
 )
 from pixelseg.engine.device import resolve_device, seed_everything
@@ -369,14 +370,19 @@ def fit(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     ).to(device)  # fmt: skip
+    # A time budget picks the model width, then plans the number of epochs from the time the
+    # first epochs take (a resumed run keeps the plan it saved).
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
+    if budget:
+        left = budget - (time.perf_counter() - started)
+        cfg = choose_width(cfg, len(train_set), train_set.images.shape[1], left, device, log)
+        config = run_config(cfg, mean, std, in_channels=train_set.images.shape[1])
+        config["class_weights"] = weights
     t, loader = _setup(cfg, train_set, device, state)
     t.class_weights = weights
     start_epoch = t.restore(state) if state is not None else 1
 
     name = cfg.score_name
-    # A time budget plans the number of epochs from the time the first epochs take (a resumed
-    # run keeps the plan it saved).
-    budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     length = (
         f"up to {cfg.time_budget}" if budget else f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
     )
