@@ -50,9 +50,10 @@ def test_ph2_train_evaluate_predict(real_data: Path, tmp_path: Path) -> None:
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
 
-def test_membrane_greyscale_folders(real_data: Path, tmp_path: Path) -> None:
+def test_membrane_greyscale_folders(real_data: Path, tmp_path: Path, capsys) -> None:
     membrane = real_data / "membrane" / "train"
     assert main(["check", str(membrane)]) == 0
+    assert "channels: 1 (greyscale images)" in capsys.readouterr().out
     run = tmp_path / "mrun"
     assert (
         main(

@@ -64,6 +64,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"width: {w['min']}..{w['max']} (median {w['median']})"
         )
         print(f"foreground fraction: {fg['min']:.3f}..{fg['max']:.3f} (median {fg['median']:.3f})")
+        grey = summary["channels"] == 1
+        print(f"channels: {summary['channels']} ({'greyscale' if grey else 'colour'} images)")
         print(f"classes: {why}")
         _print_class_frequencies(report.mask_values, names, ignore)
     if args.json:
