@@ -14,7 +14,7 @@ from pathlib import Path
 from pixelseg.config import TrainConfig
 from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import find_samples
-from pixelseg.data.split import load_split
+from pixelseg.data.split import load_split, select
 from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.engine.evaluate import evaluate_run
 from pixelseg.engine.train import fit
@@ -100,8 +100,8 @@ def _claim(out: Path) -> None:
 def write_overlays(run_dir: Path, data_dir: Path, device: str = "auto", n: int = 6) -> Path:
     """``overlays.png``: image | truth | prediction for the first ``n`` test images."""
     predictor = load(run_dir, device)
-    test = set(load_split(run_dir / "split.json")["test"])
-    samples = [s for s in find_samples(data_dir)[1] if s.stem in test][:n]
+    test = load_split(run_dir / "split.json")["test"]
+    samples = select(find_samples(data_dir)[1], test)[:n]
     rows, titles = [], []
     for sample in samples:
         image, truth = read_image(sample.image), read_mask(sample.mask)

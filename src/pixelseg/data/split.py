@@ -11,6 +11,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from pixelseg.data.layouts import Sample
 from pixelseg.files import write_json
 
 SPLITS = ("train", "val", "test")
@@ -80,6 +81,12 @@ def foreground_strata(fractions: list[float], bins: int = 3) -> list[str]:
     ranked = sorted(fractions)
     cuts = [ranked[int(len(ranked) * q / bins)] for q in range(1, bins)]
     return [str(sum(f >= c for c in cuts)) for f in fractions]
+
+
+def select(samples: list[Sample], stems: list[str]) -> list[Sample]:
+    """The samples named in ``stems`` (e.g. one part of a split), in their original order."""
+    wanted = set(stems)
+    return [s for s in samples if s.stem in wanted]
 
 
 def save_split(path: str | Path, split: dict[str, list[str]]) -> None:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.io import read_image
 from pixelseg.data.layouts import find_samples
-from pixelseg.data.split import SPLITS, load_split
+from pixelseg.data.split import SPLITS, load_split, select
 from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
@@ -152,12 +152,12 @@ def evaluate_run(
         split_file = run / "split.json"
         if not split_file.is_file():
             raise PixelsegError(f"{run}: no split.json; use --split all")
-        wanted = set(load_split(split_file)[split])
+        wanted = load_split(split_file)[split]
         if not wanted:
             raise PixelsegError(
                 f"the run's {split} split is empty; use --split all to score every image in {data}"
             )
-        samples = [s for s in samples if s.stem in wanted]
+        samples = select(samples, wanted)
         if not samples:
             raise PixelsegError(
                 f"none of the run's {split} images are in {data}; "

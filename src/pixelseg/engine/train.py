@@ -22,7 +22,14 @@ from pixelseg.config import TrainConfig, parse_duration
 from pixelseg.data.check import check_samples
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import Sample, find_samples
-from pixelseg.data.split import SPLITS, foreground_strata, load_split, make_split, save_split
+from pixelseg.data.split import (
+    SPLITS,
+    foreground_strata,
+    load_split,
+    make_split,
+    save_split,
+    select,
+)
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
 from pixelseg.engine.budget import Clock, plan_epochs
@@ -99,11 +106,6 @@ def prepare_split(
     )
     save_split(path, split)
     return split
-
-
-def select(samples: list[Sample], stems: list[str]) -> list[Sample]:
-    wanted = set(stems)
-    return [s for s in samples if s.stem in wanted]
 
 
 def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channels: int) -> dict:
