@@ -319,18 +319,3 @@ def test_size_follows_the_images_aspect_ratio(tmp_path: Path) -> None:
     result = fit(TrainConfig(data=str(root), out=str(tmp_path / "run"), epochs=1, **settings))
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["size"] == [128, 256]  # 300x600 scaled to a longer side of 256, stride 4
-
-
-def test_time_budget_picks_the_model_width(tiny_data: Path) -> None:
-    from pixelseg.engine.configure import choose_width
-
-    cfg = TrainConfig(data=str(tiny_data), size=32, num_classes=1, batch_size=2)
-    logs: list[str] = []
-    cpu = torch.device("cpu")
-    assert choose_width(cfg, 8, 3, 1e6, cpu, logs.append).model_kwargs == {"base_channels": 32}
-    assert choose_width(cfg, 8, 3, 1e-3, cpu, logs.append).model_kwargs == {"base_channels": 8}
-    assert "base_channels=8" in logs[-1] and "epochs in the budget" in logs[-1]
-    given = TrainConfig(
-        data=str(tiny_data), size=32, num_classes=1, model_kwargs={"base_channels": 12}
-    )
-    assert choose_width(given, 8, 3, 1e-3, cpu, logs.append) is given  # the user's choice wins

@@ -125,7 +125,7 @@ _TRAIN_OPTIONS = [
         "wall-clock limit for the whole run, e.g. 15m, 900s or 1h: pixelseg "
         "times the first epoch and plans as many as fit",
     ),
-    ("batch_size", int, "images per step"),
+    ("batch_size", int, "images per step (default 8 on a CPU, up to 32 on a GPU, fitting memory)"),
     ("lr", float, "AdamW learning rate"),
     ("weight_decay", float, "AdamW weight decay"),
     ("loss", str, "loss on logits (default bce+dice; ce+dice for classes)"),
@@ -133,7 +133,12 @@ _TRAIN_OPTIONS = [
     ("device", str, "auto | cpu | cuda | cuda:N"),
     ("val_fraction", float, "share of images held out for validation"),
     ("test_fraction", float, "share of images held out for the final test"),
-    ("patience", int, "early stopping after this many epochs without improvement (0 = off)"),
+    (
+        "patience",
+        int,
+        "early stopping after this many epochs without improvement (0 = off; "
+        "default 10, off with --time-budget)",
+    ),
     ("workers", int, "data loader processes"),
     (
         "threshold",

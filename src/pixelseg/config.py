@@ -45,7 +45,7 @@ class TrainConfig:
     size: tuple[int, int] | None = None  # training (height, width); None: from the images
     epochs: int | None = None  # None: 40, or as many as fit in time_budget
     time_budget: str | None = None  # wall-clock limit for the whole run: "15m", "900s", "1h"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: from the device's memory and the data set's size
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
@@ -54,7 +54,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    patience: int = 10  # early stopping: epochs without a better val score (0 = never)
+    # early stopping: epochs without a better val score (0 = never); None: 10, or never under
+    # a time budget, whose learning-rate schedule is planned to end with the budget
+    patience: int | None = None
     augment: bool = True
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
     threshold: float | None = None  # binary: foreground above it; None = calibrate on val
@@ -71,9 +73,11 @@ class TrainConfig:
         if self.epochs is None:
             # with a time budget this is only a ceiling; the run plans its real length
             self.epochs = MAX_BUDGET_EPOCHS if self.time_budget is not None else 40
+        if self.patience is None:
+            self.patience = 0 if self.time_budget is not None else 10
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.num_classes is None or self.num_classes >= 1, "num_classes must be >= 1"),
             (

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pixelseg.engine.train import TrainingState
 
 END_SECONDS = 3.0  # kept from a time budget for what follows the last epoch
+EPOCH_STEPS = 50  # the fewest training steps in an epoch under a time budget
 
 
 @dataclass

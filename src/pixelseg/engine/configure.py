@@ -5,6 +5,8 @@ What the user gives always wins; these fill in what was left to pixelseg.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,6 +18,7 @@ from pixelseg.config import TrainConfig
 from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import detect_format
+from pixelseg.errors import PixelsegError
 from pixelseg.models import create_model
 
 
@@ -59,63 +62,109 @@ AUTO_LONG_SIDE = 256  # pixels on the longer side when the size is left to pixel
 
 def choose_size(
     cfg: TrainConfig, heights: list[int], widths: list[int], stride: int,
-    log: Callable[[str], None],
+    log: Callable[[str], None], long_side: int = AUTO_LONG_SIDE,
 ) -> TrainConfig:  # fmt: skip
     """Pick ``cfg.size`` from the images when the user gave none.
 
-    The median image shape is scaled so its longer side is ``AUTO_LONG_SIDE`` (never up),
+    The median image shape is scaled so its longer side is ``long_side`` (never up),
     keeping the aspect ratio, and each side is rounded to a multiple of the network's
     stride, so no padding is needed and nothing is squashed.
     """
     if cfg.size is not None:
         return cfg
-    h, w = sorted(heights)[len(heights) // 2], sorted(widths)[len(widths) // 2]
-    scale = min(1.0, AUTO_LONG_SIDE / max(h, w))
-    size = tuple(max(stride, round(side * scale / stride) * stride) for side in (h, w))
+    size = _scaled_size(heights, widths, stride, long_side)
+    h, w = _median(heights), _median(widths)
     log(
         f"size: {size[0]}x{size[1]} (median image {h}x{w}, longer side to at most "
-        f"{AUTO_LONG_SIDE}, aspect ratio kept, multiples of the model's stride {stride})"
+        f"{long_side}, aspect ratio kept, multiples of the model's stride {stride})"
     )
     return replace(cfg, size=size)
 
 
-WIDTHS = (32, 16, 8)  # base_channels the default U-Net may get under a time budget
-MIN_EPOCHS = 25  # what a budget should leave room for, for the schedule to converge
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]
 
 
-def choose_width(
-    cfg: TrainConfig, n_train: int, in_channels: int, budget: float, device: torch.device,
-    log: Callable[[str], None],
+def _scaled_size(heights: list[int], widths: list[int], stride: int, long_side: int) -> tuple:
+    h, w = _median(heights), _median(widths)
+    scale = min(1.0, long_side / max(h, w))
+    return tuple(max(stride, round(side * scale / stride) * stride) for side in (h, w))
+
+
+# Under a time budget: the input sizes (longer side) and default U-Net widths to choose from,
+# and the number of optimizer steps a run needs to converge. On PH2 (70-100 images) a
+# width-16 U-Net at 128 pixels given ~3,000 steps beat a width-32 one at 256 given a few
+# hundred, within the same 15 minutes on a 2-core CPU (see docs/benchmarks.md).
+LONG_SIDES = (256, 192, 128)
+WIDTHS = (32, 16, 8)
+MIN_STEPS = 1500
+TRAIN_SHARE = 0.85  # of the budget, for training steps (the rest: validation, checkpoints)
+
+
+def choose_for_budget(
+    cfg: TrainConfig, heights: list[int], widths: list[int], stride: int, budget: float,
+    n_train: int, in_channels: int, device: torch.device, log: Callable[[str], None],
 ) -> TrainConfig:  # fmt: skip
-    """Under a time budget, give the default U-Net the widest width that still trains for
-    ``MIN_EPOCHS`` epochs, judged by timing two training steps of each candidate.
-
-    Only when the model and its width were left to pixelseg.
+    """Under a time budget, the largest input size and default-U-Net width that still give
+    ``MIN_STEPS`` training steps, judged by timing a few steps of each candidate (most
+    expensive first). Only what the user left to pixelseg is chosen; if nothing is fast
+    enough, the cheapest candidate.
     """
-    if cfg.model != "unet" or "base_channels" in cfg.model_kwargs:
+    sides = LONG_SIDES if cfg.size is None else (None,)
+    free_width = cfg.model == "unet" and "base_channels" not in cfg.model_kwargs
+    options = WIDTHS if free_width else (None,)
+    if len(sides) == 1 and len(options) == 1:
         return cfg
-    steps = max(1, n_train // cfg.batch_size)
-    chosen, reason = WIDTHS[-1], ""
-    for width in WIDTHS:
-        step = _step_seconds(cfg, width, in_channels, device)
-        epoch = 1.25 * step * steps  # plus validation and checkpoints, roughly
-        epochs = int(budget // epoch)
-        reason = f"about {epoch:.1f} s an epoch, {epochs} epochs in the budget"
-        if epochs >= MIN_EPOCHS:
-            chosen = width
+    candidates = sorted(
+        ((side, width) for side in sides for width in options),
+        key=lambda c: (c[0] or 1) ** 2 * (c[1] or 1) ** 1.5,  # rough cost; timing decides
+        reverse=True,
+    )
+    allowed = TRAIN_SHARE * budget / MIN_STEPS  # seconds a step may take
+    batch = cfg.batch_size or preferred_batch(device, n_train)
+    chosen, seconds = cfg, math.inf
+    for side, width in candidates:
+        trial = _with(cfg, side, width, heights, widths, stride)
+        seconds = _step_seconds(trial, batch, in_channels, device, give_up_after=4 * allowed)
+        chosen = trial
+        if seconds <= allowed:
             break
-    log(f"model width: base_channels={chosen} ({reason})")
-    return replace(cfg, model_kwargs={**cfg.model_kwargs, "base_channels": chosen})
+    steps = int(TRAIN_SHARE * budget / seconds)
+    what = []
+    if cfg.size is None:
+        what.append(f"size {chosen.size[0]}x{chosen.size[1]}")
+    if free_width:
+        what.append(f"model width base_channels={chosen.model_kwargs['base_channels']}")
+    log(
+        f"{' and '.join(what)} for the time budget: a step of {batch} images takes "
+        f"about {seconds:.2f} s, {steps:,} steps in the budget (larger settings give fewer "
+        f"than the {MIN_STEPS:,} a run needs to converge)"
+    )
+    return chosen
 
 
-def _step_seconds(cfg: TrainConfig, width: int, in_channels: int, device: torch.device) -> float:
-    """Seconds for one training step of ``unet`` at this width (the faster of two, after one)."""
+def _with(
+    cfg: TrainConfig, side: int | None, width: int | None, heights: list[int],
+    widths: list[int], stride: int,
+) -> TrainConfig:  # fmt: skip
+    if side is not None:
+        cfg = replace(cfg, size=_scaled_size(heights, widths, stride, side))
+    if width is not None:
+        cfg = replace(cfg, model_kwargs={**cfg.model_kwargs, "base_channels": width})
+    return cfg
+
+
+def _step_seconds(
+    cfg: TrainConfig, batch: int, in_channels: int, device: torch.device,
+    give_up_after: float = math.inf,
+) -> float:  # fmt: skip
+    """Seconds for one training step of ``cfg.model`` (the faster of two, after a warm-up
+    step; just the warm-up step when that alone took over ``give_up_after``)."""
     model = create_model(
-        "unet", in_channels=in_channels, num_classes=cfg.num_classes,
-        **{**cfg.model_kwargs, "base_channels": width},
-    ).to(device)  # fmt: skip
+        cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters())
-    x = torch.randn(cfg.batch_size, in_channels, *cfg.size, device=device)
+    x = torch.randn(batch, in_channels, *cfg.size, device=device)
     times = []
     for _ in range(3):
         start = time.perf_counter()
@@ -126,4 +175,87 @@ def _step_seconds(cfg: TrainConfig, width: int, in_channels: int, device: torch.
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        if times[0] > give_up_after:
+            return times[0]
     return min(times[1:])
+
+
+PREFERRED_BATCH = {"cpu": 8, "cuda": 32}  # a CPU gains nothing from bigger batches; a GPU does
+MEMORY_SHARE = 0.5  # of the memory free now, what one training batch may take
+MIN_STEPS_PER_EPOCH = 8  # a small data set gets smaller batches rather than 2 steps an epoch
+
+
+def choose_batch_size(
+    cfg: TrainConfig, n_train: int, in_channels: int, device: torch.device,
+    log: Callable[[str], None], free_bytes: int | None = None,
+) -> TrainConfig:  # fmt: skip
+    """Pick ``cfg.batch_size`` when the user gave none: the device's preferred batch (8 on a
+    CPU, 32 on a GPU), at most an eighth of the training images, halved until one training
+    step's activations fit in half of the memory that is free now.
+
+    The memory a step needs is estimated from the model's layer outputs for one image (what
+    autograd keeps for the backward pass, times three for gradients and workspace).
+    """
+    if cfg.batch_size is not None:
+        return cfg
+    per_image = training_bytes_per_image(cfg, in_channels)
+    free = free_memory(device) if free_bytes is None else free_bytes
+    batch = preferred_batch(device, n_train)
+    while batch > 1 and batch * per_image > MEMORY_SHARE * free:
+        batch //= 2
+    if per_image > MEMORY_SHARE * free:
+        raise PixelsegError(
+            f"one {cfg.size[0]}x{cfg.size[1]} image needs about {per_image / 2**20:,.0f} MiB to "
+            f"train {cfg.model}, more than half of the {free / 2**20:,.0f} MiB free on {device}; "
+            "use a smaller --size or a smaller model"
+        )
+    log(
+        f"batch size: {batch} (about {per_image / 2**20:,.0f} MiB an image in training, "
+        f"{free / 2**30:.1f} GiB free on {device}; {n_train} training images)"
+    )
+    return replace(cfg, batch_size=batch)
+
+
+def preferred_batch(device: torch.device, n_train: int) -> int:
+    """The batch size to start from, before any memory limit."""
+    preferred = PREFERRED_BATCH.get(device.type, 8)
+    return max(1, min(preferred, n_train // MIN_STEPS_PER_EPOCH))
+
+
+def training_bytes_per_image(cfg: TrainConfig, in_channels: int) -> int:
+    """Rough memory one image costs in a training step: 3x the bytes of all layer outputs."""
+    model = create_model(
+        cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
+    )
+    total = 0
+
+    def count(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, *cfg.size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return 3 * total
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (the GPU's, or the machine's available RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30  # unknown (e.g. Windows): assume a modest machine

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 import pixelseg
@@ -32,11 +32,12 @@ from pixelseg.data.split import (
 )
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint
-from pixelseg.engine.budget import Clock, plan_epochs
+from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs
 from pixelseg.engine.configure import (
+    choose_batch_size,
     choose_class_weights,
+    choose_for_budget,
     choose_size,
-    choose_width,
     resolve_class_settings,
 )
 from pixelseg.engine.device import resolve_device, seed_everything
@@ -129,13 +130,21 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
 
 
 def build_datasets(
-    cfg: TrainConfig, run_dir: Path, resuming: bool, stride: int, log: Callable[[str], None]
+    cfg: TrainConfig,
+    run_dir: Path,
+    resuming: bool,
+    stride: int,
+    log: Callable[[str], None],
+    deadline: float | None = None,
+    device: torch.device | None = None,
 ) -> tuple[SegmentationDataset, SegmentationDataset, TrainConfig]:
     """Check the data, split it (or reuse the run's split) and cache train/val.
 
-    Settings left to the data are filled in and returned with the data sets: the training
-    size (see :func:`choose_size`) and the input channels (1 when every image is greyscale,
-    such as EM slices or X-rays, else 3).
+    Settings left to the data are filled in and returned with the data sets: the input
+    channels (1 when every image is greyscale, such as EM slices or X-rays, else 3) and the
+    training size (see :func:`choose_size`); with a ``deadline`` (a ``time.perf_counter()``
+    value: a time budget's end) the size and the default U-Net's width are fitted to the
+    time left (see :func:`choose_for_budget`).
     """
     fmt, samples = find_samples(cfg.data, cfg.format)
     report = check_samples(
@@ -150,13 +159,17 @@ def build_datasets(
             f"{cfg.data} lacks {len(missing)} image(s) of the run's split (e.g. {missing[0]}); "
             "resume with the data the run was started on"
         )
-    cfg = choose_size(cfg, [i.height for i in report.infos], [i.width for i in report.infos],
-                      stride, log)  # fmt: skip
     if cfg.in_channels is None:
         grey = report.channels == 1
         log(f"input channels: {report.channels} ({'greyscale' if grey else 'colour'} images)")
         cfg = replace(cfg, in_channels=report.channels)
     channels = cfg.in_channels
+    heights, widths = [i.height for i in report.infos], [i.width for i in report.infos]
+    if deadline is not None:
+        left = deadline - time.perf_counter()
+        cfg = choose_for_budget(cfg, heights, widths, stride, left, len(split["train"]),
+                                channels, device or torch.device("cpu"), log)  # fmt: skip
+    cfg = choose_size(cfg, heights, widths, stride, log)
     train_set = SegmentationDataset(
         select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels,
         colors=cfg.class_colors,
@@ -331,9 +344,15 @@ def _setup(
         **cfg.model_kwargs,
     ).to(device)  # fmt: skip
     generator = torch.Generator().manual_seed(cfg.seed)
+    # Under a time budget an epoch is at least EPOCH_STEPS steps (several passes over a
+    # small data set), so validating and saving after each one stays a small part of it.
+    passes = len(train_set)
+    if cfg.time_budget is not None:
+        passes = max(passes, EPOCH_STEPS * cfg.batch_size)
+    sampler = RandomSampler(train_set, num_samples=passes, generator=generator)
     loader = DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-        drop_last=len(train_set) > cfg.batch_size, num_workers=cfg.workers,
+        train_set, batch_size=cfg.batch_size, sampler=sampler,
+        drop_last=passes > cfg.batch_size, num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -360,7 +379,10 @@ def fit(
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
 
-    train_set, val_set, cfg = build_datasets(cfg, run_dir, resume, stride, log)
+    budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
+    deadline = started + budget if budget else None
+    train_set, val_set, cfg = build_datasets(cfg, run_dir, resume, stride, log, deadline, device)
+    cfg = choose_batch_size(cfg, len(train_set), train_set.images.shape[1], device, log)
     # Normalise with the training images' own statistics (kept from the first session).
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
@@ -372,14 +394,8 @@ def fit(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     ).to(device)  # fmt: skip
-    # A time budget picks the model width, then plans the number of epochs from the time the
-    # first epochs take (a resumed run keeps the plan it saved).
-    budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
-    if budget:
-        left = budget - (time.perf_counter() - started)
-        cfg = choose_width(cfg, len(train_set), train_set.images.shape[1], left, device, log)
-        config = run_config(cfg, mean, std, in_channels=train_set.images.shape[1])
-        config["class_weights"] = weights
+    # A time budget plans the number of epochs from the time the first epochs take (a
+    # resumed run keeps the plan it saved).
     t, loader = _setup(cfg, train_set, device, state)
     t.class_weights = weights
     start_epoch = t.restore(state) if state is not None else 1
