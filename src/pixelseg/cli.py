@@ -146,15 +146,29 @@ _TRAIN_OPTIONS = [
         "binary decision threshold on the foreground probability (default: "
         "the one with the best validation Dice)",
     ),
+    (
+        "postprocess",
+        str,
+        "binary masks: auto keeps the clean-up steps (largest object, filled holes) "
+        "that raise the validation Dice; none skips them",
+    ),
 ]
 
 
+NO_POSTPROCESS = "binary runs: skip the clean-up steps training chose (see config.json)"
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
-    from pixelseg.config import CLASS_WEIGHTS
+    from pixelseg.config import CLASS_WEIGHTS, POSTPROCESS
     from pixelseg.data.layouts import FORMATS
     from pixelseg.losses import LOSS_NAMES
 
-    return {"format": FORMATS, "loss": LOSS_NAMES, "class_weights": CLASS_WEIGHTS}
+    return {
+        "format": FORMATS,
+        "loss": LOSS_NAMES,
+        "class_weights": CLASS_WEIGHTS,
+        "postprocess": POSTPROCESS,
+    }
 
 
 def _default(field: str) -> str:
@@ -205,8 +219,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pixelseg.engine.evaluate import evaluate_run
 
     metrics = evaluate_run(
-        args.run, args.data, args.split, args.format, args.threshold, args.out, args.device
-    )
+        args.run, args.data, args.split, args.format, args.threshold, args.out, args.device,
+        postprocess=not args.no_postprocess,
+    )  # fmt: skip
     out = Path(args.out or args.run)
     print(f"{args.split} split of {args.data}:")
     _print_metrics(metrics)
@@ -220,6 +235,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     paths = list_images(args.inputs, exclude=args.out)
     predictor = load(args.run, args.device)
+    if args.no_postprocess:
+        predictor.postprocess = []
     written = predict_files(
         predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size
     )
@@ -289,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
     p.add_argument("--format", default="auto", choices=_choices()["format"], help="data layout")
     p.add_argument("--threshold", type=float, help="override the run's threshold")
+    p.add_argument("--no-postprocess", action="store_true", help=NO_POSTPROCESS)
     p.add_argument("--out", help="folder for the outputs (default: the run folder)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -298,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="override the run's threshold")
+    p.add_argument("--no-postprocess", action="store_true", help=NO_POSTPROCESS)
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.png")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")

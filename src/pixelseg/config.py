@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+POSTPROCESS = ("auto", "none")
 CLASS_WEIGHTS = ("none", "median-frequency", "auto")
 MAX_BUDGET_EPOCHS = 1000
 
@@ -60,6 +61,7 @@ class TrainConfig:
     augment: bool = True
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
     threshold: float | None = None  # binary: foreground above it; None = calibrate on val
+    postprocess: str = "auto"  # binary: auto (clean-up steps that help on val) | none
     ignore_index: int | None = None  # mask value that counts in no loss and no metric
     class_names: list[str] | None = None
     class_colors: list[list[int]] | None = None  # RGB per class, for colour-coded mask files
@@ -95,6 +97,7 @@ class TrainConfig:
                 "val_fraction and test_fraction must be in [0, 1) and sum to less than 1",
             ),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.postprocess in POSTPROCESS, f"postprocess must be one of {POSTPROCESS}"),
             (self.in_channels in (None, 1, 3), "in_channels must be 1 or 3"),
             (self.warmup_epochs >= 0 and self.patience >= 0, "warmup_epochs/patience must be >= 0"),
         ]

@@ -21,6 +21,7 @@ from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
+from pixelseg.postprocess import postprocess
 from pixelseg.report import color_mask, overlay, plot_legend, save_png
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -59,6 +60,8 @@ class Predictor:
         self.size = tuple(config["size"])
         self.num_classes = int(config["num_classes"])
         self.threshold = float(config.get("threshold", 0.5))
+        # binary masks: clean-up steps chosen on the validation images (set [] to skip them)
+        self.postprocess: list[str] = list(config.get("postprocess") or [])
         self.transform = BatchTransform(config["mean"], config["std"])  # as in evaluation
 
     @classmethod
@@ -92,7 +95,13 @@ class Predictor:
         self, images: Sequence[ImageLike], threshold: float | None = None
     ) -> list[np.ndarray]:
         t = self.threshold if threshold is None else threshold
-        return [logits_to_mask(logit, t).numpy() for logit in self.logits(images)]
+        return [self.to_mask(logit, t) for logit in self.logits(images)]
+
+    def to_mask(self, logit: torch.Tensor, threshold: float | None = None) -> np.ndarray:
+        """(C, H, W) logits → HxW uint8 mask, with the run's post-processing (binary)."""
+        t = self.threshold if threshold is None else threshold
+        mask = logits_to_mask(logit, t).numpy()
+        return postprocess(mask, self.postprocess) if self.num_classes == 1 else mask
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:
@@ -140,8 +149,9 @@ def predict_files(
         images = [read_image(p) for p in paths[start : start + batch_size]]
         logits = predictor.logits(images)
         for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
+            mask = predictor.to_mask(logit, t)
             written += _write_outputs(
-                out_dir / stems[start + i], image, logit, t, predictor.config, probabilities
+                out_dir / stems[start + i], image, logit, mask, predictor.config, probabilities
             )
             bar.update(1)
     bar.close()
@@ -158,13 +168,12 @@ def _write_outputs(
     prefix: Path,
     image: np.ndarray,
     logit: torch.Tensor,
-    threshold: float,
+    mask: np.ndarray,
     config: dict,
     probabilities: bool,
 ) -> list[Path]:
     """``<prefix>_mask.png``, ``<prefix>_overlay.png`` and optionally ``<prefix>_prob.png``."""
     num_classes = int(config["num_classes"])
-    mask = logits_to_mask(logit, threshold).numpy()
     saved = mask * 255 if num_classes == 1 else mask  # binary masks as 0/255, visible as is
     files = [
         save_png(f"{prefix}_mask.png", saved.astype(np.uint8)),

@@ -34,6 +34,12 @@ class Clock:
         durations = [b - a for a, b in zip(self.tops, self.tops[1:], strict=False)]
         return statistics.median(durations[1:] or durations)
 
+    def replan(self, epoch: int, planned: int) -> bool:
+        """Plan after the first epoch, then again after epochs 3, 7, 15... (once the slower
+        first epoch can be left out, and as the median settles) while the cosine schedule is
+        in its first half, where stretching or shortening it barely moves the rate."""
+        return epoch == 2 or (epoch >= 4 and (epoch & (epoch - 1)) == 0 and epoch < planned / 2)
+
     def seconds_left(self) -> float:
         return self.budget - (time.perf_counter() - self.started) - END_SECONDS
 

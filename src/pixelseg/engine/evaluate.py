@@ -8,6 +8,7 @@ structures and borders are blurred away by the down-sampling).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from pixelseg.engine.device import resolve_device
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_json
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
+from pixelseg.postprocess import postprocess
 from pixelseg.report import plot_confusion, plot_grid, write_csv
 
 
@@ -61,8 +63,11 @@ def evaluate_model(
     batch_size: int = 8,
     keep_predictions: bool = False,
     loss_fn: torch.nn.Module | None = None,
+    postprocess_steps: Sequence[str] = (),
 ) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
     """Score ``model`` on ``dataset`` (built with ``keep_original=True``).
+
+    Binary masks get ``postprocess_steps`` (see :mod:`pixelseg.postprocess`) before scoring.
 
     Returns ``(metrics, per_image_rows, predictions)``; ``predictions`` maps item index to its
     original-size mask and is only filled with ``keep_predictions``. With ``loss_fn``,
@@ -87,6 +92,8 @@ def evaluate_model(
         for index, logit in zip(batch["index"].tolist(), logits.float().cpu(), strict=True):
             truth = dataset.original_masks[index]
             pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
+            if num_classes == 1 and postprocess_steps:
+                pred = postprocess(pred, postprocess_steps)
             row = metrics.update(pred, truth)
             rows.append({"stem": dataset.samples[index].stem, **row})
             if keep_predictions:
@@ -124,6 +131,40 @@ def calibrate_threshold(
     return grid[best], float(dice_sums[best] / len(dataset))
 
 
+POSTPROCESS_OPTIONS = ((), ("fill_holes",), ("keep_largest",), ("keep_largest", "fill_holes"))
+
+
+@torch.no_grad()
+def choose_postprocess(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    transform: BatchTransform,
+    device: torch.device,
+    threshold: float,
+    batch_size: int = 8,
+) -> tuple[list[str], dict[str, float]]:
+    """The binary clean-up steps with the best mean per-image Dice on ``dataset``.
+
+    Returns ``(steps, dice_by_option)``; ties go to fewer steps, so a step is only kept when
+    it helps on these images.
+    """
+    sums = np.zeros(len(POSTPROCESS_OPTIONS))
+    model.eval()
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        images, _ = transform(batch, device)
+        for index, logit in zip(batch["index"].tolist(), model(images).float().cpu(), strict=True):
+            truth = dataset.original_masks[index]
+            pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
+            for k, steps in enumerate(POSTPROCESS_OPTIONS):
+                sums[k] += BinaryMetrics().update(postprocess(pred, steps), truth)["dice"]
+    best = max(range(len(sums)), key=lambda k: (round(sums[k], 9), -len(POSTPROCESS_OPTIONS[k])))
+    scores = {
+        "+".join(steps) or "none": float(sums[k] / len(dataset))
+        for k, steps in enumerate(POSTPROCESS_OPTIONS)
+    }
+    return list(POSTPROCESS_OPTIONS[best]), scores
+
+
 def evaluate_run(
     run: str | Path,
     data: str | Path,
@@ -135,12 +176,13 @@ def evaluate_run(
     batch_size: int = 8,
     n_worst: int = 6,
     progress: bool = True,
+    postprocess: bool = True,
 ) -> dict:
     """Score a run on ``data``; write ``metrics.json``, ``per_image.csv`` and ``worst.png``.
 
     ``split`` is ``test``, ``val`` or ``train`` (from the run's own ``split.json``) or ``all``
     (every pair in ``data``, e.g. a separate test set). Files go to ``out`` (default: the
-    run folder).
+    run folder). ``postprocess=False`` scores the masks without the run's clean-up steps.
     """
     if split not in ("all", *SPLITS):
         raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
@@ -173,6 +215,7 @@ def evaluate_run(
         colors=config.get("class_colors"),
     )
     t = float(config.get("threshold", 0.5)) if threshold is None else threshold
+    steps = list(config.get("postprocess") or []) if postprocess else []
     metrics, rows, preds = evaluate_model(
         model,
         dataset,
@@ -183,10 +226,12 @@ def evaluate_run(
         config.get("class_names"),
         batch_size,
         keep_predictions=True,
+        postprocess_steps=steps,
     )
     metrics = {**metrics, "split": split, "data": str(data)}
     if config["num_classes"] == 1:
         metrics["threshold"] = t
+        metrics["postprocess"] = steps
     out_dir = Path(out) if out is not None else run
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_image.csv", rows)

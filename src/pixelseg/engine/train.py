@@ -41,7 +41,7 @@ from pixelseg.engine.configure import (
     resolve_class_settings,
 )
 from pixelseg.engine.device import resolve_device, seed_everything
-from pixelseg.engine.evaluate import calibrate_threshold, evaluate_model
+from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, evaluate_model
 from pixelseg.engine.schedule import Schedule
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
@@ -250,14 +250,26 @@ def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict
 
 
 def _calibrate(
-    run_dir: Path, val_set: SegmentationDataset, transform: BatchTransform,
-    device: torch.device, batch_size: int, log: Callable[[str], None],
+    cfg: TrainConfig, run_dir: Path, val_set: SegmentationDataset, transform: BatchTransform,
+    device: torch.device, log: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Store the threshold that maximises validation Dice for the best weights in config.json."""
+    """Binary runs: store in config.json the threshold that maximises validation Dice for
+    the best weights (unless one was given) and the clean-up steps that raise it."""
     model, config = checkpoint.load_model(run_dir, device)
-    threshold, dice = calibrate_threshold(model, val_set, transform, device, batch_size)
-    write_json(run_dir / checkpoint.CONFIG_FILE, {**config, "threshold": threshold})
-    log(f"threshold {threshold:.2f} (validation dice {dice:.4f} with the best weights)")
+    threshold = cfg.threshold
+    if threshold is None:
+        threshold, dice = calibrate_threshold(model, val_set, transform, device, cfg.batch_size)
+        log(f"threshold {threshold:.2f} (validation dice {dice:.4f} with the best weights)")
+    steps: list[str] = []
+    if cfg.postprocess == "auto":
+        steps, scores = choose_postprocess(
+            model, val_set, transform, device, threshold, cfg.batch_size
+        )
+        tried = ", ".join(f"{name} {dice:.4f}" for name, dice in scores.items())
+        log(f"post-processing: {'+'.join(steps) or 'none'} (validation dice: {tried})")
+    write_json(
+        run_dir / checkpoint.CONFIG_FILE, {**config, "threshold": threshold, "postprocess": steps}
+    )
 
 
 def _check_settings(cfg: TrainConfig) -> int:
@@ -418,7 +430,7 @@ def fit(
             if epoch > 1 and not clock.room_for_an_epoch():
                 log(f"time budget {cfg.time_budget} reached after {epoch - 1} epochs")
                 break
-            if epoch in (2, 4):  # plan, then plan again without the slower first epoch
+            if clock.replan(epoch, cfg.epochs):
                 cfg = plan_epochs(cfg, clock, t, len(loader), log)
                 config["train"] = cfg.to_dict()
         t0 = time.perf_counter()
@@ -459,7 +471,7 @@ def fit(
         if cfg.patience and epoch - max(t.best_epoch, start_epoch - 1) >= cfg.patience:
             log(f"early stopping: no better val_{name} for {cfg.patience} epochs")
             break
-    if cfg.num_classes == 1 and cfg.threshold is None and t.best_epoch:
-        _calibrate(run_dir, val_set, eval_tf, device, cfg.batch_size, log)
+    if cfg.num_classes == 1 and t.best_epoch:
+        _calibrate(cfg, run_dir, val_set, eval_tf, device, log)
     plot_curves(t.history, run_dir / "curves.png", name)
     return TrainResult(run_dir, t.best_epoch, t.best_score, name, t.history)
