@@ -59,6 +59,7 @@ def test_time_budget_picks_size_and_width() -> None:
     assert roomy.size == (192, 256) and roomy.model_kwargs == {"base_channels": 32}
     tight = choose_for_budget(_cfg(size=None), *shapes, 16, 1e-3, 16, 3, CPU, logs.append)
     assert tight.size == (96, 128) and tight.model_kwargs == {"base_channels": 8}
+    assert "the cheapest" in logs[-1]
     assert "size 96x128 and model width base_channels=8" in logs[-1]
     assert "steps in the budget" in logs[-1]
     # what the user chose stays: only the width is left to pick here
@@ -66,3 +67,14 @@ def test_time_budget_picks_size_and_width() -> None:
     assert sized.size == (64, 64) and sized.model_kwargs == {"base_channels": 8}
     fixed = _cfg(size=64, model="lesson-unet")
     assert choose_for_budget(fixed, *shapes, 16, 1e-3, 16, 3, CPU, logs.append) is fixed
+
+
+def test_small_images_are_never_enlarged_or_timed_twice() -> None:
+    from pixelseg.engine.configure import choose_for_budget
+
+    logs: list[str] = []
+    small = choose_for_budget(
+        _cfg(size=None), [48] * 3, [64] * 3, 16, 1e-3, 16, 3, CPU, logs.append
+    )
+    assert small.size == (48, 64) and small.model_kwargs == {"base_channels": 8}
+    assert "none of the candidates" in logs[-1]

@@ -18,7 +18,7 @@ from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.evaluate import choose_postprocess
 from pixelseg.engine.train import fit
 from pixelseg.postprocess import fill_holes, keep_largest, postprocess
-from tests.settings import FAST
+from settings import FAST
 
 
 def test_keep_largest_counts_corner_neighbours_as_one_object() -> None:

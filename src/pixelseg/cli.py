@@ -210,6 +210,8 @@ def _print_metrics(metrics: dict) -> None:
     skip = {"per_class", "confusion_matrix", "data", "split"}
     for key, value in metrics.items():
         if key not in skip:
+            if isinstance(value, list):  # the post-processing steps
+                value = ", ".join(value) or "none"
             print(f"  {key:<16}{value:.4f}" if isinstance(value, float) else f"  {key:<16}{value}")
     for name, row in (metrics.get("per_class") or {}).items():
         print(f"  {name:<16}iou {row['iou']:.4f}  dice {row['dice']:.4f}")

@@ -92,9 +92,10 @@ def _scaled_size(heights: list[int], widths: list[int], stride: int, long_side: 
 
 
 # Under a time budget: the input sizes (longer side) and default U-Net widths to choose from,
-# and the number of optimizer steps a run needs to converge. On PH2 (70-100 images) a
-# width-16 U-Net at 128 pixels given ~3,000 steps beat a width-32 one at 256 given a few
-# hundred, within the same 15 minutes on a 2-core CPU (see docs/benchmarks.md).
+# and the number of optimizer steps a run needs to converge. On a PH2 cross-validation fold
+# with a 5-minute budget on a 2-core CPU, a width-8 U-Net at 96x128 given ~2,800 steps
+# scored a test Dice of 0.933 where the widest U-Net at 192x256 leaving room for 25 short
+# epochs scored 0.876 (see docs/benchmarks.md).
 LONG_SIDES = (256, 192, 128)
 WIDTHS = (32, 16, 8)
 MIN_STEPS = 1500
@@ -120,15 +121,20 @@ def choose_for_budget(
         key=lambda c: (c[0] or 1) ** 2 * (c[1] or 1) ** 1.5,  # rough cost; timing decides
         reverse=True,
     )
+    trials: list[TrainConfig] = []
+    for side, width in candidates:  # small images give the same size for several sides
+        trial = _with(cfg, side, width, heights, widths, stride)
+        if all((t.size, t.model_kwargs) != (trial.size, trial.model_kwargs) for t in trials):
+            trials.append(trial)
     allowed = TRAIN_SHARE * budget / MIN_STEPS  # seconds a step may take
     batch = cfg.batch_size or preferred_batch(device, n_train)
-    chosen, seconds = cfg, math.inf
-    for side, width in candidates:
-        trial = _with(cfg, side, width, heights, widths, stride)
-        seconds = _step_seconds(trial, batch, in_channels, device, give_up_after=4 * allowed)
-        chosen = trial
+    for rank, chosen in enumerate(trials):
+        seconds = _step_seconds(chosen, batch, in_channels, device, give_up_after=4 * allowed)
         if seconds <= allowed:
+            why = "the largest candidate" if rank == 0 else "larger ones give fewer"
             break
+    else:
+        why = "none of the candidates gives that many, so the cheapest"
     steps = int(TRAIN_SHARE * budget / seconds)
     what = []
     if cfg.size is None:
@@ -137,8 +143,8 @@ def choose_for_budget(
         what.append(f"model width base_channels={chosen.model_kwargs['base_channels']}")
     log(
         f"{' and '.join(what)} for the time budget: a step of {batch} images takes "
-        f"about {seconds:.2f} s, {steps:,} steps in the budget (larger settings give fewer "
-        f"than the {MIN_STEPS:,} a run needs to converge)"
+        f"about {seconds:.2f} s, {steps:,} steps in the budget (a run needs about "
+        f"{MIN_STEPS:,} to converge; {why})"
     )
     return chosen
 

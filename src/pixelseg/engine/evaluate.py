@@ -132,6 +132,7 @@ def calibrate_threshold(
 
 
 POSTPROCESS_OPTIONS = ((), ("fill_holes",), ("keep_largest",), ("keep_largest", "fill_holes"))
+MIN_POSTPROCESS_GAIN = 0.001  # mean validation Dice a clean-up step must add to be kept
 
 
 @torch.no_grad()
@@ -145,8 +146,9 @@ def choose_postprocess(
 ) -> tuple[list[str], dict[str, float]]:
     """The binary clean-up steps with the best mean per-image Dice on ``dataset``.
 
-    Returns ``(steps, dice_by_option)``; ties go to fewer steps, so a step is only kept when
-    it helps on these images.
+    Returns ``(steps, dice_by_option)``. An option (in the order none, fill holes, keep
+    largest, both) replaces the best so far only if it raises the mean Dice by at least
+    ``MIN_POSTPROCESS_GAIN``: a step that changes nothing, or next to nothing, is left out.
     """
     sums = np.zeros(len(POSTPROCESS_OPTIONS))
     model.eval()
@@ -157,10 +159,13 @@ def choose_postprocess(
             pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
             for k, steps in enumerate(POSTPROCESS_OPTIONS):
                 sums[k] += BinaryMetrics().update(postprocess(pred, steps), truth)["dice"]
-    best = max(range(len(sums)), key=lambda k: (round(sums[k], 9), -len(POSTPROCESS_OPTIONS[k])))
+    means = sums / len(dataset)
+    best = 0  # no clean-up, unless an option beats the best so far by MIN_POSTPROCESS_GAIN
+    for k in range(1, len(POSTPROCESS_OPTIONS)):
+        if means[k] >= means[best] + MIN_POSTPROCESS_GAIN:
+            best = k
     scores = {
-        "+".join(steps) or "none": float(sums[k] / len(dataset))
-        for k, steps in enumerate(POSTPROCESS_OPTIONS)
+        "+".join(steps) or "none": float(means[k]) for k, steps in enumerate(POSTPROCESS_OPTIONS)
     }
     return list(POSTPROCESS_OPTIONS[best]), scores
 
