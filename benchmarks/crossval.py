@@ -133,6 +133,7 @@ def _load(samples: list[Sample], size: int) -> tuple[torch.Tensor, torch.Tensor]
 
 def train_baseline(samples: list[Sample], budget: float, seed: int) -> nn.Module:
     torch.manual_seed(seed)
+    random.seed(seed)
     x, y = _load(samples, 128)
     model = PlainUNet()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from pixelseg.cli import main
 from pixelseg.config import TrainConfig
@@ -59,16 +60,20 @@ class _Fixed(torch.nn.Module):
         return logits
 
 
-def test_choose_postprocess_keeps_what_helps(tmp_path: Path) -> None:
+def _square_dataset(root: Path) -> SegmentationDataset:
     for d in ("images", "masks"):
-        (tmp_path / d).mkdir()
+        (root / d).mkdir()
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 255
     for i in range(3):
-        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"images/{i}.png")
-        Image.fromarray(mask).save(tmp_path / f"masks/{i}.png")
-    _, samples = find_samples(tmp_path)
-    dataset = SegmentationDataset(samples, (32, 32), 1, keep_original=True, progress=False)
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / f"images/{i}.png")
+        Image.fromarray(mask).save(root / f"masks/{i}.png")
+    _, samples = find_samples(root)
+    return SegmentationDataset(samples, (32, 32), 1, keep_original=True, progress=False)
+
+
+def test_choose_postprocess_keeps_what_helps(tmp_path: Path) -> None:
+    dataset = _square_dataset(tmp_path)
     transform = BatchTransform([0.5] * 3, [0.25] * 3)
     steps, scores = choose_postprocess(_Fixed(), dataset, transform, torch.device("cpu"), 0.5)
     assert steps == ["keep_largest"]  # filling holes adds nothing here, so it is left out
@@ -76,23 +81,55 @@ def test_choose_postprocess_keeps_what_helps(tmp_path: Path) -> None:
     assert scores["none"] == pytest.approx(2 * 256 / (256 + 265))
 
 
-def test_training_stores_the_choice_and_predict_can_skip_it(
+def test_predictor_applies_the_runs_steps(tmp_path: Path) -> None:
+    from pixelseg.predict import Predictor
+
+    config = {"size": [32, 32], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
+              "threshold": 0.5, "postprocess": ["keep_largest"]}  # fmt: skip
+    predictor = Predictor(_Fixed(), config, torch.device("cpu"))
+    image = np.zeros((64, 64, 3), np.uint8)
+    cleaned = predictor.predict(image)
+    predictor.postprocess = []
+    raw = predictor.predict(image)
+    assert ndimage.label(raw)[1] == 2  # the square and the speck
+    assert ndimage.label(cleaned)[1] == 1 and np.array_equal(cleaned, keep_largest(raw))
+
+
+def test_training_stores_the_choice_and_the_cli_can_skip_it(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
     fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))
     config = json.loads((run / "config.json").read_text())
-    assert set(config["postprocess"]) <= {"keep_largest", "fill_holes"}
-    config["postprocess"] = ["keep_largest"]  # force a step to see it applied
+    assert "postprocess" in config and set(config["postprocess"]) <= {"keep_largest", "fill_holes"}
+    config["postprocess"] = ["fill_holes"]  # force a step to see the flag turn it off
     (run / "config.json").write_text(json.dumps(config))
     image = next((tiny_data / "images").iterdir())
     for flags, name in (([], "on"), (["--no-postprocess"], "off")):
         assert main(["predict", str(run), str(image), "--out", str(tmp_path / name), *flags]) == 0
     on = np.array(Image.open(tmp_path / "on" / f"{image.stem}_mask.png")) > 0
     off = np.array(Image.open(tmp_path / "off" / f"{image.stem}_mask.png")) > 0
-    assert np.array_equal(on, keep_largest(off.astype(np.uint8)).astype(bool))
+    assert np.array_equal(on, ndimage.binary_fill_holes(off))
     assert main(["evaluate", str(run), str(tiny_data), "--split", "all", "--no-postprocess"]) == 0
     assert json.loads((run / "metrics.json").read_text())["postprocess"] == []
+    assert main(["evaluate", str(run), str(tiny_data), "--split", "all"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["postprocess"] == ["fill_holes"]
     skipped = tmp_path / "skipped"
     fit(TrainConfig(data=str(tiny_data), out=str(skipped), epochs=1, postprocess="none", **FAST))
     assert json.loads((skipped / "config.json").read_text())["postprocess"] == []
+
+
+class _Clean(_Fixed):
+    """Predicts the true square only: no step can help."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        logits[:, :, 0:3, 0:3] = -10.0
+        return logits
+
+
+def test_steps_that_change_nothing_are_left_out(tmp_path: Path) -> None:
+    dataset = _square_dataset(tmp_path)
+    transform = BatchTransform([0.5] * 3, [0.25] * 3)
+    steps, scores = choose_postprocess(_Clean(), dataset, transform, torch.device("cpu"), 0.5)
+    assert steps == [] and set(scores.values()) == {1.0}

@@ -283,6 +283,8 @@ def test_training_stores_a_calibrated_threshold_unless_given(
 def test_time_budget_plans_the_epochs_and_is_respected(tiny_data: Path, tmp_path: Path) -> None:
     import time
 
+    from pixelseg.engine.budget import EPOCH_STEPS
+
     budget = 8.0
     start = time.perf_counter()
     result = fit(
@@ -300,6 +302,8 @@ def test_time_budget_plans_the_epochs_and_is_respected(tiny_data: Path, tmp_path
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     planned = saved["config"]["epochs"]
     assert len(result.history) <= planned < 1000  # the plan replaced the ceiling
+    # 12 tiny images, batch 4: an epoch is still EPOCH_STEPS steps (many passes)
+    assert saved["schedule"]["total"] == planned * EPOCH_STEPS
     # the learning rate followed the planned schedule down towards 1% of the base rate
     assert result.history[-1]["lr"] < 0.5 * FAST["lr"]
 

@@ -125,7 +125,12 @@ _TRAIN_OPTIONS = [
         "wall-clock limit for the whole run, e.g. 15m, 900s or 1h: pixelseg "
         "times the first epoch and plans as many as fit",
     ),
-    ("batch_size", int, "images per step (default 8 on a CPU, up to 32 on a GPU, fitting memory)"),
+    (
+        "batch_size",
+        int,
+        "images per step (default: 8 on a CPU, 32 on a GPU, at most an eighth of the "
+        "training images, fitted to memory)",
+    ),
     ("lr", float, "AdamW learning rate"),
     ("weight_decay", float, "AdamW weight decay"),
     ("loss", str, "loss on logits (default bce+dice; ce+dice for classes)"),
@@ -210,7 +215,7 @@ def _print_metrics(metrics: dict) -> None:
     skip = {"per_class", "confusion_matrix", "data", "split"}
     for key, value in metrics.items():
         if key not in skip:
-            if isinstance(value, list):  # the post-processing steps
+            if key == "postprocess":
                 value = ", ".join(value) or "none"
             print(f"  {key:<16}{value:.4f}" if isinstance(value, float) else f"  {key:<16}{value}")
     for name, row in (metrics.get("per_class") or {}).items():
@@ -222,7 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(
         args.run, args.data, args.split, args.format, args.threshold, args.out, args.device,
-        postprocess=not args.no_postprocess,
+        apply_postprocess=not args.no_postprocess,
     )  # fmt: skip
     out = Path(args.out or args.run)
     print(f"{args.split} split of {args.data}:")

@@ -34,10 +34,11 @@ class Clock:
         durations = [b - a for a, b in zip(self.tops, self.tops[1:], strict=False)]
         return statistics.median(durations[1:] or durations)
 
-    def replan(self, epoch: int, planned: int) -> bool:
+    @staticmethod
+    def replan(epoch: int, planned: int) -> bool:
         """Plan after the first epoch, then again after epochs 3, 7, 15... (once the slower
-        first epoch can be left out, and as the median settles) while the cosine schedule is
-        in its first half, where stretching or shortening it barely moves the rate."""
+        first epoch can be left out, and as the median settles) while the run is in the
+        first half of its plan; each new plan continues the decay from the rate reached."""
         return epoch == 2 or (epoch >= 4 and (epoch & (epoch - 1)) == 0 and epoch < planned / 2)
 
     def seconds_left(self) -> float:
@@ -54,8 +55,12 @@ def plan_epochs(
     """Fit the epoch count (and the cosine schedule) to what is left of the time budget."""
     done = len(t.history)
     epochs = min(clock.ceiling, done + max(1, int(clock.seconds_left() // (1.1 * clock.per_epoch))))
-    t.schedule = Schedule(epochs * steps, cfg.warmup_epochs * steps)
-    t.scheduler.lr_lambdas[0] = t.schedule  # early in the cosine: the rate barely moves
+    step = done * steps
+    if step < cfg.warmup_epochs * steps:  # still warming up: a fresh schedule
+        t.schedule = Schedule(epochs * steps, cfg.warmup_epochs * steps)
+    else:  # a new cosine from the rate reached, so the rate never jumps
+        t.schedule = Schedule(epochs * steps, begin=step, start=t.schedule(step))
+    t.scheduler.lr_lambdas[0] = t.schedule
     log(
         f"time budget {cfg.time_budget}: an epoch takes {clock.per_epoch:.2f} s, planning "
         f"{epochs} epoch{'s' * (epochs > 1)}"

@@ -85,10 +85,15 @@ def _median(values: list[int]) -> int:
     return sorted(values)[len(values) // 2]
 
 
-def _scaled_size(heights: list[int], widths: list[int], stride: int, long_side: int) -> tuple:
+def _scaled_size(
+    heights: list[int], widths: list[int], stride: int, long_side: int
+) -> tuple[int, int]:
     h, w = _median(heights), _median(widths)
     scale = min(1.0, long_side / max(h, w))
-    return tuple(max(stride, round(side * scale / stride) * stride) for side in (h, w))
+    return (
+        max(stride, round(h * scale / stride) * stride),
+        max(stride, round(w * scale / stride) * stride),
+    )
 
 
 # Under a time budget: the input sizes (longer side) and default U-Net widths to choose from,
@@ -116,18 +121,10 @@ def choose_for_budget(
     options = WIDTHS if free_width else (None,)
     if len(sides) == 1 and len(options) == 1:
         return cfg
-    candidates = sorted(
-        ((side, width) for side in sides for width in options),
-        key=lambda c: (c[0] or 1) ** 2 * (c[1] or 1) ** 1.5,  # rough cost; timing decides
-        reverse=True,
-    )
-    trials: list[TrainConfig] = []
-    for side, width in candidates:  # small images give the same size for several sides
-        trial = _with(cfg, side, width, heights, widths, stride)
-        if all((t.size, t.model_kwargs) != (trial.size, trial.model_kwargs) for t in trials):
-            trials.append(trial)
+    trials = _candidates(cfg, sides, options, heights, widths, stride)
     allowed = TRAIN_SHARE * budget / MIN_STEPS  # seconds a step may take
     batch = cfg.batch_size or preferred_batch(device, n_train)
+    _step_seconds(trials[-1], batch, in_channels, device)  # one-off start-up costs (e.g. CUDA)
     for rank, chosen in enumerate(trials):
         seconds = _step_seconds(chosen, batch, in_channels, device, give_up_after=4 * allowed)
         if seconds <= allowed:
@@ -135,7 +132,7 @@ def choose_for_budget(
             break
     else:
         why = "none of the candidates gives that many, so the cheapest"
-    steps = int(TRAIN_SHARE * budget / seconds)
+    steps = int(TRAIN_SHARE * max(0.0, budget) / seconds) if seconds > 0 else 0
     what = []
     if cfg.size is None:
         what.append(f"size {chosen.size[0]}x{chosen.size[1]}")
@@ -147,6 +144,25 @@ def choose_for_budget(
         f"{MIN_STEPS:,} to converge; {why})"
     )
     return chosen
+
+
+def _candidates(
+    cfg: TrainConfig, sides: tuple, options: tuple, heights: list[int], widths: list[int],
+    stride: int,
+) -> list[TrainConfig]:  # fmt: skip
+    """The settings to time, most expensive first, without duplicates (small images give
+    the same size for several longer sides)."""
+    pairs = sorted(
+        ((side, width) for side in sides for width in options),
+        key=lambda c: (c[0] or 1) ** 2 * (c[1] or 1) ** 1.5,  # rough cost; timing decides
+        reverse=True,
+    )
+    trials: list[TrainConfig] = []
+    for side, width in pairs:
+        trial = _with(cfg, side, width, heights, widths, stride)
+        if all((t.size, t.model_kwargs) != (trial.size, trial.model_kwargs) for t in trials):
+            trials.append(trial)
+    return trials
 
 
 def _with(
@@ -165,25 +181,39 @@ def _step_seconds(
     give_up_after: float = math.inf,
 ) -> float:  # fmt: skip
     """Seconds for one training step of ``cfg.model`` (the faster of two, after a warm-up
-    step; just the warm-up step when that alone took over ``give_up_after``)."""
-    model = create_model(
-        cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
-    ).to(device)
-    optimizer = torch.optim.AdamW(model.parameters())
-    x = torch.randn(batch, in_channels, *cfg.size, device=device)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        loss = model(x).float().square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        if times[0] > give_up_after:
-            return times[0]
-    return min(times[1:])
+    step; just the warm-up step when that alone took over ``give_up_after``; infinite when
+    the step does not fit in the GPU's memory).
+
+    The global random state is left as it was, so timing does not change the run's
+    initial weights.
+    """
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        model = create_model(
+            cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
+        ).to(device)
+        optimizer = torch.optim.AdamW(model.parameters())
+        x = torch.randn(batch, in_channels, *cfg.size, device=device)
+        times: list[float] = []
+        try:
+            for _ in range(3):
+                start = time.perf_counter()
+                loss = model(x).float().square().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+                if times[0] > give_up_after:
+                    break
+        except torch.cuda.OutOfMemoryError:
+            return math.inf
+        finally:
+            del model, optimizer, x
+            if cuda:  # give back what the trial reserved, so free memory is measured right
+                torch.cuda.empty_cache()
+    return min(times[1:]) if len(times) == 3 else times[0]
 
 
 PREFERRED_BATCH = {"cpu": 8, "cuda": 32}  # a CPU gains nothing from bigger batches; a GPU does
@@ -225,14 +255,16 @@ def choose_batch_size(
 def preferred_batch(device: torch.device, n_train: int) -> int:
     """The batch size to start from, before any memory limit."""
     preferred = PREFERRED_BATCH.get(device.type, 8)
-    return max(1, min(preferred, n_train // MIN_STEPS_PER_EPOCH))
+    # at least 2 (BatchNorm needs more than one value per channel), if there are 2 images
+    return max(min(2, n_train), min(preferred, n_train // MIN_STEPS_PER_EPOCH))
 
 
 def training_bytes_per_image(cfg: TrainConfig, in_channels: int) -> int:
     """Rough memory one image costs in a training step: 3x the bytes of all layer outputs."""
-    model = create_model(
-        cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
-    )
+    with torch.random.fork_rng(devices=[]):  # leave the run's random state as it was
+        model = create_model(
+            cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
+        )
     total = 0
 
     def count(_module: torch.nn.Module, _inputs: object, output: object) -> None:

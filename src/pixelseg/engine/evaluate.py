@@ -181,13 +181,13 @@ def evaluate_run(
     batch_size: int = 8,
     n_worst: int = 6,
     progress: bool = True,
-    postprocess: bool = True,
+    apply_postprocess: bool = True,
 ) -> dict:
     """Score a run on ``data``; write ``metrics.json``, ``per_image.csv`` and ``worst.png``.
 
     ``split`` is ``test``, ``val`` or ``train`` (from the run's own ``split.json``) or ``all``
     (every pair in ``data``, e.g. a separate test set). Files go to ``out`` (default: the
-    run folder). ``postprocess=False`` scores the masks without the run's clean-up steps.
+    run folder). ``apply_postprocess=False`` scores masks without the run's clean-up steps.
     """
     if split not in ("all", *SPLITS):
         raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
@@ -220,7 +220,7 @@ def evaluate_run(
         colors=config.get("class_colors"),
     )
     t = float(config.get("threshold", 0.5)) if threshold is None else threshold
-    steps = list(config.get("postprocess") or []) if postprocess else []
+    steps = list(config.get("postprocess") or []) if apply_postprocess else []
     metrics, rows, preds = evaluate_model(
         model,
         dataset,

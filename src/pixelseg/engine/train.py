@@ -189,7 +189,7 @@ def build_datasets(
     return train_set, val_set, cfg
 
 
-RESUME_OVERRIDES = ("data", "epochs", "patience", "workers", "device", "progress")
+RESUME_OVERRIDES = ("data", "epochs", "patience", "workers", "device", "progress", "postprocess")
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
