@@ -51,7 +51,8 @@ def train(
 
 def resume(run: str | Path, **overrides: Any) -> TrainResult:
     """Continue an interrupted run; only data, epochs, patience, workers, device, progress
-    and postprocess may change (more epochs continue the learning-rate decay from where it stopped)."""
+    and postprocess may change (more epochs continue the learning-rate decay from where it
+    stopped)."""
     from pixelseg.engine.train import resume as resume_run
 
     return resume_run(run, **overrides)
