@@ -18,7 +18,7 @@ from pixelseg.data.layouts import find_samples
 from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.evaluate import choose_postprocess
 from pixelseg.engine.train import fit
-from pixelseg.postprocess import fill_holes, keep_largest, postprocess
+from pixelseg.postprocess import fill_holes, keep_largest, postprocess, remove_small
 from settings import FAST
 
 
@@ -133,3 +133,36 @@ def test_steps_that_change_nothing_are_left_out(tmp_path: Path) -> None:
     transform = BatchTransform([0.5] * 3, [0.25] * 3)
     steps, scores = choose_postprocess(_Clean(), dataset, transform, torch.device("cpu"), 0.5)
     assert steps == [] and set(scores.values()) == {1.0}
+
+
+def test_remove_small_drops_only_small_objects() -> None:
+    mask = np.zeros((10, 10), np.uint8)
+    mask[0:2, 0:2] = 1  # 4 pixels
+    mask[5:9, 5:9] = 1  # 16 pixels
+    assert remove_small(mask, 5).sum() == 16
+    assert remove_small(mask, 4).sum() == 20  # an object of exactly min_area stays
+    assert remove_small(mask, 0) is mask
+    assert postprocess(mask, [], min_area=17).sum() == 0
+    with pytest.raises(ValueError, match="min_area"):
+        postprocess(mask, [], min_area=-1)
+
+
+def test_predict_flags_replace_the_runs_steps(tiny_data: Path, tmp_path: Path) -> None:
+    from pixelseg.predict import Predictor
+
+    config = {"size": [32, 32], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
+              "threshold": 0.5, "postprocess": []}  # fmt: skip
+    predictor = Predictor(_Fixed(), config, torch.device("cpu"))
+    image = np.zeros((64, 64, 3), np.uint8)
+    raw = predictor.predict(image)
+    predictor.min_area = 100  # the speck (about 6x6) goes, the square (32x32) stays
+    assert np.array_equal(predictor.predict(image), keep_largest(raw))
+
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))
+    image_file = next((tiny_data / "images").iterdir())
+    out = tmp_path / "out"
+    args = ["predict", str(run), str(image_file), "--out", str(out), "--min-area", "1000000"]
+    assert main([*args, "--keep-largest"]) == 0
+    assert not (np.array(Image.open(out / f"{image_file.stem}_mask.png")) > 0).any()
+    assert main(["predict", str(run), str(image_file), "--out", str(out), "--min-area", "-3"]) == 2

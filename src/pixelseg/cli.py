@@ -244,6 +244,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = load(args.run, args.device)
     if args.no_postprocess:
         predictor.postprocess = []
+    chosen = [step for step in ("keep_largest", "fill_holes") if getattr(args, step)]
+    if (chosen or args.min_area) and predictor.num_classes > 1:
+        raise ValueError("--keep-largest, --fill-holes and --min-area apply to binary runs only")
+    if chosen:  # the user's steps replace the run's
+        predictor.postprocess = chosen
+    predictor.min_area = args.min_area
     written = predict_files(
         predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size
     )
@@ -324,6 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="override the run's threshold")
     p.add_argument("--no-postprocess", action="store_true", help=NO_POSTPROCESS)
+    p.add_argument(
+        "--keep-largest", action="store_true", help="binary: keep only the largest object"
+    )
+    p.add_argument("--fill-holes", action="store_true", help="binary: fill holes in objects")
+    p.add_argument(
+        "--min-area", type=int, default=0, metavar="N",
+        help="binary: drop objects smaller than N pixels (default 0: keep all)",
+    )  # fmt: skip
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.png")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")

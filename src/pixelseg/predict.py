@@ -62,6 +62,7 @@ class Predictor:
         self.threshold = float(config.get("threshold", 0.5))
         # binary masks: clean-up steps chosen on the validation images (set [] to skip them)
         self.postprocess: list[str] = list(config.get("postprocess") or [])
+        self.min_area = 0  # binary masks: objects smaller than this many pixels are dropped
         self.transform = BatchTransform(config["mean"], config["std"])  # as in evaluation
 
     @classmethod
@@ -101,7 +102,9 @@ class Predictor:
         """(C, H, W) logits → HxW uint8 mask, with the run's post-processing (binary)."""
         t = self.threshold if threshold is None else threshold
         mask = logits_to_mask(logit, t).numpy()
-        return postprocess(mask, self.postprocess) if self.num_classes == 1 else mask
+        if self.num_classes > 1:
+            return mask
+        return postprocess(mask, self.postprocess, self.min_area)
 
 
 def load(run: str | Path, device: str = "auto") -> Predictor:
