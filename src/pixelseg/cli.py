@@ -237,9 +237,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
     from pixelseg.predict import load, predict_files
 
+    background = parse_background(args.background) if args.background else None
     paths = list_images(args.inputs, exclude=args.out)
     predictor = load(args.run, args.device)
     if args.no_postprocess:
@@ -251,8 +253,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor.postprocess = chosen
     predictor.min_area = args.min_area
     written = predict_files(
-        predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size
-    )
+        predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size,
+        cutouts=args.cutout, background=background, feather=args.feather,
+    )  # fmt: skip
     print(f"wrote {len(written)} files for {len(paths)} image(s) to {args.out}")
     return 0
 
@@ -339,6 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="binary: drop objects smaller than N pixels (default 0: keep all)",
     )  # fmt: skip
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.png")
+    p.add_argument(
+        "--cutout", action="store_true",
+        help="also write <stem>_cutout.png: the image as RGBA, the foreground as alpha",
+    )  # fmt: skip
+    p.add_argument(
+        "--background", metavar="COLOR|IMAGE",
+        help="also write <stem>_composite.png: the foreground over a colour (green, #00b140, "
+        "0,177,64) or a picture",
+    )  # fmt: skip
+    p.add_argument(
+        "--feather", type=float, default=0.0, metavar="PX",
+        help="soften the cut-out's edge by a blur of PX pixels (default 0)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixelseg.cutout import Background, composite, cutout
 from pixelseg.data.dataset import resize_image, to_channels, to_uint8_tensor
 from pixelseg.data.io import read_image, to_rgb, to_uint8
 from pixelseg.data.transforms import BatchTransform
@@ -131,8 +132,15 @@ def predict_files(
     probabilities: bool = False,
     batch_size: int = 4,
     progress: bool = True,
+    cutouts: bool = False,
+    background: Background | None = None,
+    feather: float = 0.0,
 ) -> list[Path]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
+
+    With ``cutouts``, also ``<stem>_cutout.png``: the image as RGBA with the (``feather``-ed)
+    foreground as alpha; with a ``background`` (RGB colour or image),
+    ``<stem>_composite.png``: the foreground over it.
 
     Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
     ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
@@ -153,9 +161,13 @@ def predict_files(
         logits = predictor.logits(images)
         for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
             mask = predictor.to_mask(logit, t)
-            written += _write_outputs(
-                out_dir / stems[start + i], image, logit, mask, predictor.config, probabilities
-            )
+            prefix = out_dir / stems[start + i]
+            written += _write_outputs(prefix, image, logit, mask, predictor.config, probabilities)
+            if cutouts:
+                written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, feather)))
+            if background is not None:
+                picture = composite(image, mask, background, feather)
+                written.append(save_png(f"{prefix}_composite.png", picture))
             bar.update(1)
     bar.close()
     if predictor.num_classes > 1:  # what the colours of the <stem>_color.png masks mean
