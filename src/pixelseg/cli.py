@@ -252,6 +252,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if chosen:  # the user's steps replace the run's
         predictor.postprocess = chosen
     predictor.min_area = args.min_area
+    predictor.tta = args.tta
     written = predict_files(
         predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size,
         cutouts=args.cutout, background=background, feather=args.feather,
@@ -342,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="binary: drop objects smaller than N pixels (default 0: keep all)",
     )  # fmt: skip
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.png")
+    p.add_argument(
+        "--tta", action="store_true",
+        help="test-time augmentation: average over flipped copies (4x slower)",
+    )  # fmt: skip
     p.add_argument(
         "--cutout", action="store_true",
         help="also write <stem>_cutout.png: the image as RGBA, the foreground as alpha",

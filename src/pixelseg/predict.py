@@ -64,6 +64,7 @@ class Predictor:
         # binary masks: clean-up steps chosen on the validation images (set [] to skip them)
         self.postprocess: list[str] = list(config.get("postprocess") or [])
         self.min_area = 0  # binary masks: objects smaller than this many pixels are dropped
+        self.tta = False  # average over flipped copies of each image (4x the compute)
         self.transform = BatchTransform(config["mean"], config["std"])  # as in evaluation
 
     @classmethod
@@ -81,8 +82,24 @@ class Predictor:
             [to_uint8_tensor(resize_image(to_channels(a, channels), self.size)) for a in arrays]
         )
         images, _ = self.transform({"image": batch}, self.device)
-        out = self.model(images).float().cpu()
+        out = self._tta_logits(images) if self.tta else self.model(images).float()
+        out = out.cpu()
         return [resize_logits(logit, a.shape[:2]) for logit, a in zip(out, arrays, strict=True)]
+
+    def _tta_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Test-time augmentation: the probabilities of the image and its horizontal,
+        vertical and double flips (each flipped back) averaged, returned as logits so
+        thresholds and argmax work as without it."""
+        views = ((), (-1,), (-2,), (-2, -1))
+        proba = None
+        for dims in views:
+            x = images.flip(dims) if dims else images
+            y = self.model(x).float()
+            y = y.flip(dims) if dims else y
+            p = torch.sigmoid(y) if self.num_classes == 1 else y.softmax(1)
+            proba = p if proba is None else proba + p
+        proba = (proba / len(views)).clamp(1e-6, 1 - 1e-6)
+        return torch.logit(proba) if self.num_classes == 1 else proba.log()
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """Binary: HxW foreground probability. Multi-class: CxHxW class probabilities."""

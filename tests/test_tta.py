@@ -1,0 +1,67 @@
+"""Test-time augmentation: flipped copies averaged, as probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixelseg.cli import main
+from pixelseg.config import TrainConfig
+from pixelseg.engine.train import fit
+from pixelseg.predict import Predictor
+from settings import FAST
+
+
+class _Corner(torch.nn.Module):
+    """Fixed logits: a centred square (flip-symmetric) and a speck in the top-left corner."""
+
+    def __init__(self, classes: int = 1) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((x.shape[0], self.classes, *x.shape[2:]), -10.0)
+        logits[:, -1, 8:24, 8:24] = 10.0
+        logits[:, -1, 0:3, 0:3] = 10.0
+        if self.classes > 1:
+            logits[:, 0] = 0.0
+        return logits
+
+
+def _predictor(classes: int = 1) -> Predictor:
+    config = {"size": [32, 32], "num_classes": classes, "mean": [0.5] * 3, "std": [0.25] * 3}
+    return Predictor(_Corner(classes), config, torch.device("cpu"))
+
+
+def test_tta_averages_flipped_views() -> None:
+    predictor = _predictor()
+    image = np.zeros((32, 32, 3), np.uint8)
+    plain = predictor.predict(image)
+    assert plain[0:3, 0:3].all() and plain[8:24, 8:24].all()
+    predictor.tta = True
+    averaged = predictor.predict_proba(image)
+    # the speck is in one view of four; each flip moves it to another corner
+    assert averaged[0, 0] == pytest.approx(0.25, abs=1e-3)
+    assert averaged[31, 31] == pytest.approx(0.25, abs=1e-3)
+    assert averaged[16, 16] == pytest.approx(1.0, abs=1e-3)  # symmetric: unchanged
+    mask = predictor.predict(image)
+    assert not mask[0:3, 0:3].any() and mask[8:24, 8:24].all()
+
+
+def test_tta_keeps_multiclass_probabilities_normalised() -> None:
+    predictor = _predictor(classes=3)
+    predictor.tta = True
+    proba = predictor.predict_proba(np.zeros((32, 32, 3), np.uint8))
+    assert proba.shape == (3, 32, 32)
+    assert np.allclose(proba.sum(0), 1.0, atol=1e-4)
+
+
+def test_predict_cli_tta(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))
+    image = next((tiny_data / "images").iterdir())
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "o"), "--tta"]) == 0
+    assert (tmp_path / "o" / f"{image.stem}_mask.png").is_file()
