@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pixelseg.cli import main
 from pixelseg.config import TrainConfig
@@ -65,3 +66,24 @@ def test_predict_cli_tta(tiny_data: Path, tmp_path: Path) -> None:
     image = next((tiny_data / "images").iterdir())
     assert main(["predict", str(run), str(image), "--out", str(tmp_path / "o"), "--tta"]) == 0
     assert (tmp_path / "o" / f"{image.stem}_mask.png").is_file()
+
+
+def test_uncertainty_is_highest_where_views_disagree(tiny_data: Path, tmp_path: Path) -> None:
+    from pixelseg.predict import uncertainty_map
+
+    certain = torch.tensor([[[10.0, -10.0]]])
+    coin = torch.tensor([[[0.0, 0.0]]])
+    assert uncertainty_map(certain).max() < 0.01 and uncertainty_map(coin).min() > 0.99
+    three = torch.zeros(3, 1, 1)  # three equally likely classes: the maximum, 1
+    assert uncertainty_map(three).item() == pytest.approx(1.0)
+    predictor = _predictor()
+    predictor.tta = True
+    logits = predictor.logits([np.zeros((32, 32, 3), np.uint8)])[0]
+    level = uncertainty_map(logits)
+    assert level[0, 0] > 0.7 and level[16, 16] < 0.05  # the speck: 1 view of 4
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))
+    image = next((tiny_data / "images").iterdir())
+    out = tmp_path / "o"
+    assert main(["predict", str(run), str(image), "--out", str(out), "--tta", "--uncertainty"]) == 0
+    assert Image.open(out / f"{image.stem}_uncertainty.png").size == Image.open(image).size

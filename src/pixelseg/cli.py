@@ -256,6 +256,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     written = predict_files(
         predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size,
         cutouts=args.cutout, background=background, feather=args.feather,
+        uncertainty=args.uncertainty,
     )  # fmt: skip
     print(f"wrote {len(written)} files for {len(paths)} image(s) to {args.out}")
     return 0
@@ -346,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta", action="store_true",
         help="test-time augmentation: average over flipped copies (4x slower)",
+    )  # fmt: skip
+    p.add_argument(
+        "--uncertainty", action="store_true",
+        help="also write <stem>_uncertainty.png: per-pixel entropy (use with --tta)",
     )  # fmt: skip
     p.add_argument(
         "--cutout", action="store_true",

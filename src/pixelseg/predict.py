@@ -7,6 +7,7 @@ size before thresholding, so masks line up with the original pixels.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +126,17 @@ class Predictor:
         return postprocess(mask, self.postprocess, self.min_area)
 
 
+def uncertainty_map(logit: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) logits → HxW entropy of the predicted probabilities, scaled to [0, 1]
+    (1: a coin toss between the classes). With ``Predictor.tta`` the probabilities are the
+    average over the flipped views, so disagreement between views raises it too."""
+    proba = logits_to_proba(logit)
+    if proba.shape[0] == 1:  # binary: foreground and background
+        proba = torch.cat([proba, 1 - proba])
+    entropy = -(proba * proba.clamp_min(1e-12).log()).sum(0)
+    return (entropy / math.log(proba.shape[0])).clamp(0, 1)
+
+
 def load(run: str | Path, device: str = "auto") -> Predictor:
     """Load a trained run folder (``config.json`` + ``model.safetensors``) for prediction."""
     return Predictor.from_run(run, device)
@@ -152,12 +164,14 @@ def predict_files(
     cutouts: bool = False,
     background: Background | None = None,
     feather: float = 0.0,
+    uncertainty: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
 
     With ``cutouts``, also ``<stem>_cutout.png``: the image as RGBA with the (``feather``-ed)
     foreground as alpha; with a ``background`` (RGB colour or image),
     ``<stem>_composite.png``: the foreground over it.
+    With ``uncertainty``, ``<stem>_uncertainty.png``: :func:`uncertainty_map` x 255.
 
     Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
     ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
@@ -180,6 +194,9 @@ def predict_files(
             mask = predictor.to_mask(logit, t)
             prefix = out_dir / stems[start + i]
             written += _write_outputs(prefix, image, logit, mask, predictor.config, probabilities)
+            if uncertainty:
+                level = (uncertainty_map(logit).numpy() * 255).round().astype(np.uint8)
+                written.append(save_png(f"{prefix}_uncertainty.png", level))
             if cutouts:
                 written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, feather)))
             if background is not None:
