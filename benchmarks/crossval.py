@@ -35,7 +35,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +43,7 @@ import pixelseg
 from pixelseg.config import parse_duration
 from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import Sample, find_samples
+from pixelseg.metrics import BinaryMetrics
 
 RECIPES = ("default", "baseline", "lesson-unet", "lesson-segnet")
 
@@ -162,18 +162,18 @@ def train_baseline(samples: list[Sample], budget: float, seed: int) -> nn.Module
 
 @torch.no_grad()
 def score_baseline(model: nn.Module, samples: list[Sample]) -> dict:
-    dices, ious = [], []
+    """Mean per-image Dice/IoU at each image's original size, by pixelseg's own metric code
+    (as the other recipes are scored)."""
+    metrics = BinaryMetrics()
     for s in samples:
         image = read_image(s.image)
         x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
         logits = model(F.interpolate(x, (128, 128), mode="bilinear", antialias=True))
         logits = F.interpolate(logits, image.shape[:2], mode="bilinear")
-        pred, truth = (logits[0, 0] > 0).numpy(), read_mask(s.mask, 1) > 0
-        inter, total = np.logical_and(pred, truth).sum(), pred.sum() + truth.sum()
-        dices.append(2 * inter / total if total else 1.0)
-        ious.append(inter / (total - inter) if total else 1.0)
+        metrics.update((logits[0, 0] > 0).numpy(), read_mask(s.mask, 1) > 0)
+    m = metrics.compute()
     return {
-        "dice": float(np.mean(dices)), "iou": float(np.mean(ious)), "threshold": 0.5,
+        "dice": m["dice"], "iou": m["iou"], "threshold": 0.5,
         "settings": "128x128 width 16 batch 8",
     }  # fmt: skip
 

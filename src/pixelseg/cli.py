@@ -239,6 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
+    from pixelseg.postprocess import STEPS
     from pixelseg.predict import load, predict_files
 
     background = parse_background(args.background) if args.background else None
@@ -246,7 +247,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = load(args.run, args.device)
     if args.no_postprocess:
         predictor.postprocess = []
-    chosen = [step for step in ("keep_largest", "fill_holes") if getattr(args, step)]
+    chosen = [step for step in STEPS if getattr(args, step)]
     if (chosen or args.min_area) and predictor.num_classes > 1:
         raise ValueError("--keep-largest, --fill-holes and --min-area apply to binary runs only")
     if chosen:  # the user's steps replace the run's

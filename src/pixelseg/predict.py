@@ -97,7 +97,7 @@ class Predictor:
             x = images.flip(dims) if dims else images
             y = self.model(x).float()
             y = y.flip(dims) if dims else y
-            p = torch.sigmoid(y) if self.num_classes == 1 else y.softmax(1)
+            p = logits_to_proba(y)
             proba = p if proba is None else proba + p
         proba = (proba / len(views)).clamp(1e-6, 1 - 1e-6)
         return torch.logit(proba) if self.num_classes == 1 else proba.log()

@@ -62,21 +62,21 @@ AUTO_LONG_SIDE = 256  # pixels on the longer side when the size is left to pixel
 
 def choose_size(
     cfg: TrainConfig, heights: list[int], widths: list[int], stride: int,
-    log: Callable[[str], None], long_side: int = AUTO_LONG_SIDE,
+    log: Callable[[str], None],
 ) -> TrainConfig:  # fmt: skip
     """Pick ``cfg.size`` from the images when the user gave none.
 
-    The median image shape is scaled so its longer side is ``long_side`` (never up),
+    The median image shape is scaled so its longer side is ``AUTO_LONG_SIDE`` (never up),
     keeping the aspect ratio, and each side is rounded to a multiple of the network's
     stride, so no padding is needed and nothing is squashed.
     """
     if cfg.size is not None:
         return cfg
-    size = _scaled_size(heights, widths, stride, long_side)
+    size = _scaled_size(heights, widths, stride, AUTO_LONG_SIDE)
     h, w = _median(heights), _median(widths)
     log(
         f"size: {size[0]}x{size[1]} (median image {h}x{w}, longer side to at most "
-        f"{long_side}, aspect ratio kept, multiples of the model's stride {stride})"
+        f"{AUTO_LONG_SIDE}, aspect ratio kept, multiples of the model's stride {stride})"
     )
     return replace(cfg, size=size)
 

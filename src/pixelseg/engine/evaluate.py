@@ -8,7 +8,7 @@ structures and borders are blurred away by the down-sampling).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,9 @@ def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
 
 
 def logits_to_proba(logits: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) logits → probabilities: sigmoid for one channel, softmax over classes."""
-    return torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
+    """(C, H, W) or (N, C, H, W) logits → probabilities: sigmoid for one channel, softmax
+    over classes."""
+    return torch.sigmoid(logits) if logits.shape[-3] == 1 else logits.softmax(-3)
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -104,6 +105,22 @@ def evaluate_model(
     return result, rows, predictions
 
 
+def _original_size_logits(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    transform: BatchTransform,
+    device: torch.device,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Each item's (C, H, W) logits resized to its original mask's size, with that mask."""
+    model.eval()
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        images, _ = transform(batch, device)
+        for index, logit in zip(batch["index"].tolist(), model(images).float().cpu(), strict=True):
+            truth = dataset.original_masks[index]
+            yield resize_logits(logit, truth.shape), truth
+
+
 @torch.no_grad()
 def calibrate_threshold(
     model: torch.nn.Module,
@@ -119,14 +136,10 @@ def calibrate_threshold(
     """
     grid = [round(0.05 * i, 2) for i in range(1, 20)]
     dice_sums = np.zeros(len(grid))
-    model.eval()
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        images, _ = transform(batch, device)
-        for index, logit in zip(batch["index"].tolist(), model(images).float().cpu(), strict=True):
-            truth = dataset.original_masks[index] == 1
-            proba = torch.sigmoid(resize_logits(logit, truth.shape)[0]).numpy()
-            for k, t in enumerate(grid):
-                dice_sums[k] += BinaryMetrics().update(proba > t, truth)["dice"]
+    for logit, truth in _original_size_logits(model, dataset, transform, device, batch_size):
+        proba = torch.sigmoid(logit[0]).numpy()
+        for k, t in enumerate(grid):
+            dice_sums[k] += BinaryMetrics().update(proba > t, truth == 1)["dice"]
     best = max(range(len(grid)), key=lambda k: (round(dice_sums[k], 9), -abs(grid[k] - 0.5)))
     return grid[best], float(dice_sums[best] / len(dataset))
 
@@ -151,14 +164,10 @@ def choose_postprocess(
     ``MIN_POSTPROCESS_GAIN``: a step that changes nothing, or next to nothing, is left out.
     """
     sums = np.zeros(len(POSTPROCESS_OPTIONS))
-    model.eval()
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        images, _ = transform(batch, device)
-        for index, logit in zip(batch["index"].tolist(), model(images).float().cpu(), strict=True):
-            truth = dataset.original_masks[index]
-            pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
-            for k, steps in enumerate(POSTPROCESS_OPTIONS):
-                sums[k] += BinaryMetrics().update(postprocess(pred, steps), truth)["dice"]
+    for logit, truth in _original_size_logits(model, dataset, transform, device, batch_size):
+        pred = logits_to_mask(logit, threshold).numpy()
+        for k, steps in enumerate(POSTPROCESS_OPTIONS):
+            sums[k] += BinaryMetrics().update(postprocess(pred, steps), truth)["dice"]
     means = sums / len(dataset)
     best = 0  # no clean-up, unless an option beats the best so far by MIN_POSTPROCESS_GAIN
     for k in range(1, len(POSTPROCESS_OPTIONS)):
