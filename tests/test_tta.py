@@ -60,6 +60,31 @@ def test_tta_keeps_multiclass_probabilities_normalised() -> None:
     assert np.allclose(proba.sum(0), 1.0, atol=1e-4)
 
 
+@pytest.mark.parametrize("rotations", [False, True])
+def test_tta_views_are_mapped_back(rotations: bool) -> None:
+    """A pointwise model commutes with flips and rotations, so averaging its views must give
+    its plain output back, also on a non-square input (where a wrong inverse would fail)."""
+    torch.manual_seed(0)
+    config = {"size": [24, 40], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3}
+    predictor = Predictor(torch.nn.Conv2d(3, 1, 1), config, torch.device("cpu"))
+    image = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    plain = predictor.predict_proba(image)
+    predictor.tta, predictor.tta_rotations = True, rotations
+    np.testing.assert_allclose(predictor.predict_proba(image), plain, atol=1e-5)
+
+
+def test_rotations_add_the_quarter_turned_views() -> None:
+    from pixelseg.predict import tta_views
+
+    assert len(tta_views()) == 4 and len(set(tta_views(rotations=True))) == 8
+    predictor = _predictor()
+    predictor.tta, predictor.tta_rotations = True, True
+    proba = predictor.predict_proba(np.zeros((32, 32, 3), np.uint8))
+    # the corner speck: 2 of the 8 views put it in each corner
+    for corner in [(0, 0), (0, 31), (31, 0), (31, 31)]:
+        assert proba[corner] == pytest.approx(0.25, abs=1e-3)
+
+
 def test_predict_cli_tta(tiny_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=1, **FAST))

@@ -239,12 +239,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
-    from pixelseg.postprocess import STEPS
     from pixelseg.predict import load, predict_files
+    from pixelseg.video import is_video_file, predict_video
 
     background = parse_background(args.background) if args.background else None
     paths = list_images(args.inputs, exclude=args.out)
+    videos = [p for p in paths if is_video_file(p)]
+    images = [p for p in paths if not is_video_file(p)]
+    image_only = [f"--{name}" for name in ("instances", "uncertainty", "probabilities")
+                  if getattr(args, name)]  # fmt: skip
+    if videos and image_only:
+        raise ValueError(f"{' and '.join(image_only)} apply to images, not to videos ({videos[0]})")
     predictor = load(args.run, args.device)
+    _configure_predictor(predictor, args)
+    written = []
+    if images:
+        written += predict_files(
+            predictor, images, args.out, args.threshold, args.probabilities, args.batch_size,
+            cutouts=args.cutout, background=background, feather=args.feather,
+            uncertainty=args.uncertainty, instances=args.instances,
+        )  # fmt: skip
+    for video in videos:
+        written += predict_video(
+            predictor, video, args.out, args.threshold, cutouts=args.cutout,
+            background=background, feather=args.feather, batch_size=args.batch_size,
+        )  # fmt: skip
+    counts = [f"{len(images)} image(s)"] + [f"{len(videos)} video(s)"] * bool(videos)
+    print(f"wrote {len(written)} outputs for {' and '.join(counts)} to {args.out}")
+    return 0
+
+
+def _configure_predictor(predictor, args: argparse.Namespace) -> None:
+    """Apply ``predict``'s options to a loaded :class:`~pixelseg.predict.Predictor`."""
+    from pixelseg.postprocess import STEPS
+
     if args.no_postprocess:
         predictor.postprocess = []
     chosen = [step for step in STEPS if getattr(args, step)]
@@ -253,14 +281,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if chosen:  # the user's steps replace the run's
         predictor.postprocess = chosen
     predictor.min_area = args.min_area
-    predictor.tta = args.tta
-    written = predict_files(
-        predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size,
-        cutouts=args.cutout, background=background, feather=args.feather,
-        uncertainty=args.uncertainty,
-    )  # fmt: skip
-    print(f"wrote {len(written)} files for {len(paths)} image(s) to {args.out}")
-    return 0
+    if args.tta_rotations and not args.tta:
+        raise ValueError("--tta-rotations extends --tta; give both")
+    predictor.tta, predictor.tta_rotations = args.tta, args.tta_rotations
+    predictor.connectivity = args.connectivity
+    if args.tile is None and (args.overlap is not None or args.scale is not None):
+        raise ValueError("--overlap and --scale apply to tiled prediction; add --tile N")
+    if args.tile is not None:
+        if args.tile < 16:
+            raise ValueError(f"--tile must be at least 16 pixels, got {args.tile}")
+        predictor.tile, predictor.tile_batch, predictor.scale = (
+            args.tile,
+            args.batch_size,
+            args.scale,
+        )
+        if args.overlap is not None:
+            predictor.overlap = args.overlap
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -332,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="write masks and overlays for new images")
     p.add_argument("run", help="run folder")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument(
+        "inputs", nargs="+",
+        help="image files, folders of images, or video files (needs pixelseg[video])",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="override the run's threshold")
     p.add_argument("--no-postprocess", action="store_true", help=NO_POSTPROCESS)
@@ -350,8 +389,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="test-time augmentation: average over flipped copies (4x slower)",
     )  # fmt: skip
     p.add_argument(
+        "--tta-rotations", action="store_true",
+        help="with --tta: also the 90-degree rotations (8 views, 8x slower)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tile", type=int, metavar="N",
+        help="sliding-window prediction in NxN tiles with Gaussian blending, for images "
+        "larger than the training size (memory bounded by --batch-size tiles)",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", type=float, metavar="F",
+        help="with --tile: fraction of a tile that neighbouring tiles share (default 0.25)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale", type=float, metavar="S",
+        help="with --tile: resize images by S first (default: the factor training resized "
+        "its images by; 1 = the image's own resolution)",
+    )  # fmt: skip
+    p.add_argument(
         "--uncertainty", action="store_true",
         help="also write <stem>_uncertainty.png: per-pixel entropy (use with --tta)",
+    )  # fmt: skip
+    p.add_argument(
+        "--instances", action="store_true",
+        help="also write the separate objects (connected components) as <stem>_instances.json "
+        "(COCO results, RLE), <stem>_instances.csv and <stem>_instances.png",
+    )  # fmt: skip
+    p.add_argument(
+        "--connectivity", type=int, choices=(4, 8), default=4,
+        help="instances: 4 (objects touching at a corner are two; default) or 8",
     )  # fmt: skip
     p.add_argument(
         "--cutout", action="store_true",
@@ -366,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--feather", type=float, default=0.0, metavar="PX",
         help="soften the cut-out's edge by a blur of PX pixels (default 0)",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--batch-size", type=int, default=4,
+        help="images (with --tile: tiles) per forward pass (default 4)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

@@ -23,8 +23,11 @@ from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
+from pixelseg.files import write_bytes, write_json
+from pixelseg.instances import Instances, color_instances, find_instances, to_coco, to_csv
 from pixelseg.postprocess import postprocess
 from pixelseg.report import color_mask, overlay, plot_legend, save_png
+from pixelseg.tiling import sliding_window
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -66,6 +69,16 @@ class Predictor:
         self.postprocess: list[str] = list(config.get("postprocess") or [])
         self.min_area = 0  # binary masks: objects smaller than this many pixels are dropped
         self.tta = False  # average over flipped copies of each image (4x the compute)
+        self.tta_rotations = False  # with tta: the 90-degree rotations too (8 views in all)
+        # Sliding-window inference (see pixelseg.tiling): None = whole images at the training
+        # size; else windows of `tile` pixels, overlapping by `overlap`, `tile_batch` at once,
+        # on the image resized by `scale` (None: by the factor that training resized its
+        # images by, so objects look as they did in training).
+        self.tile: int | None = None
+        self.overlap = 0.25
+        self.tile_batch = 4
+        self.scale: float | None = None
+        self.connectivity = 4  # instances: 4 (objects meeting at a corner are two) or 8
         self.transform = BatchTransform(config["mean"], config["std"])  # as in evaluation
 
     @classmethod
@@ -77,30 +90,60 @@ class Predictor:
     @torch.no_grad()
     def logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
         """(C, H, W) logits at each image's original size."""
-        arrays = [as_rgb_array(im) for im in images]
-        channels = int(self.config.get("in_channels", 3))
-        batch = torch.stack(
-            [to_uint8_tensor(resize_image(to_channels(a, channels), self.size)) for a in arrays]
-        )
-        images, _ = self.transform({"image": batch}, self.device)
-        out = self._tta_logits(images) if self.tta else self.model(images).float()
-        out = out.cpu()
+        arrays = [to_channels(as_rgb_array(im), self.in_channels) for im in images]
+        if self.tile is not None:
+            return [self._tiled_logits(a) for a in arrays]
+        batch = torch.stack([to_uint8_tensor(resize_image(a, self.size)) for a in arrays])
+        out = self._forward(batch).cpu()
         return [resize_logits(logit, a.shape[:2]) for logit, a in zip(out, arrays, strict=True)]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config.get("in_channels", 3))
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) uint8 images → (N, K, h, w) float logits on the device."""
+        images, _ = self.transform({"image": batch}, self.device)
+        return self._tta_logits(images) if self.tta else self.model(images).float()
 
     def _tta_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Test-time augmentation: the probabilities of the image and its horizontal,
-        vertical and double flips (each flipped back) averaged, returned as logits so
-        thresholds and argmax work as without it."""
-        views = ((), (-1,), (-2,), (-2, -1))
+        vertical and double flips (with ``tta_rotations``, of all 8 flips and 90-degree
+        rotations), each mapped back, averaged and returned as logits so thresholds and
+        argmax work as without it."""
         proba = None
-        for dims in views:
-            x = images.flip(dims) if dims else images
+        views = tta_views(self.tta_rotations)
+        for rotations, flip in views:
+            x = images.rot90(rotations, (-2, -1)) if rotations else images
+            x = x.flip(-1) if flip else x
             y = self.model(x).float()
-            y = y.flip(dims) if dims else y
+            y = y.flip(-1) if flip else y
+            y = y.rot90(-rotations, (-2, -1)) if rotations else y
             p = logits_to_proba(y)
             proba = p if proba is None else proba + p
         proba = (proba / len(views)).clamp(1e-6, 1 - 1e-6)
         return torch.logit(proba) if self.num_classes == 1 else proba.log()
+
+    def tile_scale(self) -> tuple[float, float]:
+        """(vertical, horizontal) factor an image is resized by before tiling: ``scale``,
+        else the one training applied to its median image (``source_size`` → ``size``)."""
+        if self.scale is not None:
+            if self.scale <= 0:
+                raise ValueError(f"scale must be > 0, got {self.scale}")
+            return self.scale, self.scale
+        source = self.config.get("source_size")
+        if not source:
+            return 1.0, 1.0
+        return self.size[0] / source[0], self.size[1] / source[1]
+
+    def _tiled_logits(self, image: np.ndarray) -> torch.Tensor:
+        height, width = image.shape[:2]
+        sy, sx = self.tile_scale()
+        scaled = resize_image(image, (max(1, round(height * sy)), max(1, round(width * sx))))
+        logits = sliding_window(
+            to_uint8_tensor(scaled), self._forward, self.tile, self.overlap, self.tile_batch
+        )
+        return resize_logits(logits, (height, width))
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """Binary: HxW foreground probability. Multi-class: CxHxW class probabilities."""
@@ -117,6 +160,24 @@ class Predictor:
         t = self.threshold if threshold is None else threshold
         return [self.to_mask(logit, t) for logit in self.logits(images)]
 
+    def predict_instances(self, image: ImageLike, threshold: float | None = None) -> Instances:
+        """The separate objects of the predicted mask (see :mod:`pixelseg.instances`)."""
+        logit = self.logits([image])[0]
+        return self.instances_of(logit, self.to_mask(logit, threshold))
+
+    def instances_of(self, logit: torch.Tensor, mask: np.ndarray) -> Instances:
+        """Connected components of ``mask``, scored by the mean probability of ``logit``."""
+        proba = logits_to_proba(logit).numpy()
+        return find_instances(mask, proba, self.background_class(), self.connectivity)
+
+    def background_class(self) -> int | None:
+        """The class that holds no objects: 0 for binary runs and for multi-class runs whose
+        class 0 is unnamed or named background; else none (CamVid's class 0 is Sky)."""
+        names = self.config.get("class_names")
+        if self.num_classes == 1 or not names or names[0].lower() in ("background", "bg"):
+            return 0
+        return None
+
     def to_mask(self, logit: torch.Tensor, threshold: float | None = None) -> np.ndarray:
         """(C, H, W) logits → HxW uint8 mask, with the run's post-processing (binary)."""
         t = self.threshold if threshold is None else threshold
@@ -124,6 +185,15 @@ class Predictor:
         if self.num_classes > 1:
             return mask
         return postprocess(mask, self.postprocess, self.min_area)
+
+
+def tta_views(rotations: bool = False) -> list[tuple[int, bool]]:
+    """Test-time views as (quarter turns, horizontal flip): the four flips (identity,
+    horizontal, vertical = half turn + horizontal, both = half turn), or with ``rotations``
+    all eight symmetries of a square."""
+    if rotations:
+        return [(k, flip) for k in range(4) for flip in (False, True)]
+    return [(0, False), (0, True), (2, True), (2, False)]
 
 
 def uncertainty_map(logit: torch.Tensor) -> torch.Tensor:
@@ -165,6 +235,7 @@ def predict_files(
     background: Background | None = None,
     feather: float = 0.0,
     uncertainty: bool = False,
+    instances: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
 
@@ -172,6 +243,9 @@ def predict_files(
     foreground as alpha; with a ``background`` (RGB colour or image),
     ``<stem>_composite.png``: the foreground over it.
     With ``uncertainty``, ``<stem>_uncertainty.png``: :func:`uncertainty_map` x 255.
+    With ``instances``, the separate objects (:mod:`pixelseg.instances`) as COCO results in
+    ``<stem>_instances.json``, one CSV row each in ``<stem>_instances.csv`` and coloured in
+    ``<stem>_instances.png``.
 
     Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
     ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
@@ -197,6 +271,10 @@ def predict_files(
             if uncertainty:
                 level = (uncertainty_map(logit).numpy() * 255).round().astype(np.uint8)
                 written.append(save_png(f"{prefix}_uncertainty.png", level))
+            if instances:
+                found = predictor.instances_of(logit, mask)
+                written += _write_instances(prefix, image, found, start + i + 1, paths[start + i],
+                                            predictor.config.get("class_names"))  # fmt: skip
             if cutouts:
                 written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, feather)))
             if background is not None:
@@ -235,3 +313,15 @@ def _write_outputs(
         top = proba[0] if num_classes == 1 else proba.amax(0)  # foreground / winning class
         files.append(save_png(f"{prefix}_prob.png", (top.numpy() * 255).round().astype(np.uint8)))
     return files
+
+
+def _write_instances(
+    prefix: Path, image: np.ndarray, found: Instances, image_id: int, path: Path,
+    class_names: list[str] | None,
+) -> list[Path]:  # fmt: skip
+    """``<prefix>_instances.json`` (COCO results), ``.csv`` and ``.png``."""
+    return [
+        write_json(f"{prefix}_instances.json", to_coco(found, image_id, path.name, class_names)),
+        write_bytes(f"{prefix}_instances.csv", to_csv(found, class_names).encode()),
+        save_png(f"{prefix}_instances.png", color_instances(image, found)),
+    ]

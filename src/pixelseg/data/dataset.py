@@ -82,6 +82,7 @@ class SegmentationDataset(Dataset):
         self.num_classes = num_classes
         self.keep_original = keep_original
         self.original_masks: list[np.ndarray] = []
+        self.original_sizes: list[tuple[int, int]] = []  # (height, width) before resizing
         images, masks, problems = [], [], []
         iterator = self.samples
         if progress:
@@ -102,6 +103,7 @@ class SegmentationDataset(Dataset):
                 continue
             images.append(resize_image(image, self.size))
             masks.append(resize_mask(mask, self.size))
+            self.original_sizes.append(mask.shape)
             if keep_original:
                 self.original_masks.append(mask)
         if problems:
@@ -114,6 +116,11 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.images[index], "mask": self.masks[index], "index": index}
+
+    def median_original_size(self) -> tuple[int, int]:
+        """The median (height, width) of the images before they were resized."""
+        heights, widths = zip(*self.original_sizes, strict=True)
+        return int(np.median(heights)), int(np.median(widths))
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the cached images in [0, 1] (for normalisation)."""

@@ -109,8 +109,15 @@ def prepare_split(
     return split
 
 
-def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channels: int) -> dict:
-    """What ``config.json`` holds: enough to rebuild the model and its preprocessing."""
+def run_config(
+    cfg: TrainConfig, mean: list[float], std: list[float], in_channels: int,
+    source_size: tuple[int, int] | None = None,
+) -> dict:  # fmt: skip
+    """What ``config.json`` holds: enough to rebuild the model and its preprocessing.
+
+    ``source_size``: the training images' median (height, width) before resizing to
+    ``size``, so tiled prediction can look at new images at the scale training did.
+    """
     return {
         "pixelseg_version": pixelseg.__version__,
         "model": cfg.model,
@@ -118,6 +125,7 @@ def run_config(cfg: TrainConfig, mean: list[float], std: list[float], in_channel
         "in_channels": in_channels,
         "num_classes": cfg.num_classes,
         "size": list(cfg.size),
+        "source_size": list(source_size) if source_size else None,
         "mean": mean,
         "std": std,
         "threshold": 0.5 if cfg.threshold is None else cfg.threshold,
@@ -399,7 +407,7 @@ def fit(
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
     train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
     eval_tf = BatchTransform(mean, std)
-    config = run_config(cfg, mean, std, in_channels=train_set.images.shape[1])
+    config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
     weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set, log)
     config["class_weights"] = weights
     loss_fn = build_loss(
