@@ -74,7 +74,7 @@ def test_tta_views_are_mapped_back(rotations: bool) -> None:
 
 
 def test_rotations_add_the_quarter_turned_views() -> None:
-    from pixelseg.predict import tta_views
+    from pixelseg.tta import tta_views
 
     assert len(tta_views()) == 4 and len(set(tta_views(rotations=True))) == 8
     predictor = _predictor()
@@ -112,3 +112,20 @@ def test_uncertainty_is_highest_where_views_disagree(tiny_data: Path, tmp_path: 
     out = tmp_path / "o"
     assert main(["predict", str(run), str(image), "--out", str(out), "--tta", "--uncertainty"]) == 0
     assert Image.open(out / f"{image.stem}_uncertainty.png").size == Image.open(image).size
+
+
+def test_evaluate_scores_the_augmented_predictions(tiny_data: Path, tmp_path: Path) -> None:
+    import pixelseg
+
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=8, **FAST))
+    plain = pixelseg.evaluate(run, tiny_data, split="all", out=tmp_path / "a", progress=False)
+    args = ["evaluate", str(run), str(tiny_data), "--split", "all", "--out", str(tmp_path / "b")]
+    assert main([*args, "--tta", "--tta-rotations"]) == 0
+    import json
+
+    augmented = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert plain["tta"] is None and augmented["tta"] == "flips and rotations"
+    assert augmented["n_images"] == plain["n_images"]
+    assert augmented["dice"] != plain["dice"]  # other predictions, so another score
+    assert main([*args, "--tta-rotations"]) == 2

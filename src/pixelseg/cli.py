@@ -161,6 +161,8 @@ _TRAIN_OPTIONS = [
 
 
 NO_POSTPROCESS = "binary runs: skip the clean-up steps training chose (see config.json)"
+TTA_HELP = "test-time augmentation: average over flipped copies (4x slower)"
+TTA_ROTATIONS_HELP = "with --tta: also the 90-degree rotations (8 views, 8x slower)"
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -227,7 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(
         args.run, args.data, args.split, args.format, args.threshold, args.out, args.device,
-        apply_postprocess=not args.no_postprocess,
+        apply_postprocess=not args.no_postprocess, tta=args.tta, tta_rotations=args.tta_rotations,
     )  # fmt: skip
     out = Path(args.out or args.run)
     print(f"{args.split} split of {args.data}:")
@@ -362,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=_choices()["format"], help="data layout")
     p.add_argument("--threshold", type=float, help="override the run's threshold")
     p.add_argument("--no-postprocess", action="store_true", help=NO_POSTPROCESS)
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    p.add_argument("--tta-rotations", action="store_true", help=TTA_ROTATIONS_HELP)
     p.add_argument("--out", help="folder for the outputs (default: the run folder)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -384,14 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="binary: drop objects smaller than N pixels (default 0: keep all)",
     )  # fmt: skip
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.png")
-    p.add_argument(
-        "--tta", action="store_true",
-        help="test-time augmentation: average over flipped copies (4x slower)",
-    )  # fmt: skip
-    p.add_argument(
-        "--tta-rotations", action="store_true",
-        help="with --tta: also the 90-degree rotations (8 views, 8x slower)",
-    )  # fmt: skip
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    p.add_argument("--tta-rotations", action="store_true", help=TTA_ROTATIONS_HELP)
     p.add_argument(
         "--tile", type=int, metavar="N",
         help="sliding-window prediction in NxN tiles with Gaussian blending, for images "

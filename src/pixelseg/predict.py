@@ -28,6 +28,7 @@ from pixelseg.instances import Instances, color_instances, find_instances, to_co
 from pixelseg.postprocess import postprocess
 from pixelseg.report import color_mask, overlay, plot_legend, save_png
 from pixelseg.tiling import sliding_window
+from pixelseg.tta import TTAModel
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -104,25 +105,8 @@ class Predictor:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) uint8 images → (N, K, h, w) float logits on the device."""
         images, _ = self.transform({"image": batch}, self.device)
-        return self._tta_logits(images) if self.tta else self.model(images).float()
-
-    def _tta_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Test-time augmentation: the probabilities of the image and its horizontal,
-        vertical and double flips (with ``tta_rotations``, of all 8 flips and 90-degree
-        rotations), each mapped back, averaged and returned as logits so thresholds and
-        argmax work as without it."""
-        proba = None
-        views = tta_views(self.tta_rotations)
-        for rotations, flip in views:
-            x = images.rot90(rotations, (-2, -1)) if rotations else images
-            x = x.flip(-1) if flip else x
-            y = self.model(x).float()
-            y = y.flip(-1) if flip else y
-            y = y.rot90(-rotations, (-2, -1)) if rotations else y
-            p = logits_to_proba(y)
-            proba = p if proba is None else proba + p
-        proba = (proba / len(views)).clamp(1e-6, 1 - 1e-6)
-        return torch.logit(proba) if self.num_classes == 1 else proba.log()
+        model = TTAModel(self.model, self.tta_rotations) if self.tta else self.model
+        return model(images).float()
 
     def tile_scale(self) -> tuple[float, float]:
         """(vertical, horizontal) factor an image is resized by before tiling: ``scale``,
@@ -185,15 +169,6 @@ class Predictor:
         if self.num_classes > 1:
             return mask
         return postprocess(mask, self.postprocess, self.min_area)
-
-
-def tta_views(rotations: bool = False) -> list[tuple[int, bool]]:
-    """Test-time views as (quarter turns, horizontal flip): the four flips (identity,
-    horizontal, vertical = half turn + horizontal, both = half turn), or with ``rotations``
-    all eight symmetries of a square."""
-    if rotations:
-        return [(k, flip) for k in range(4) for flip in (False, True)]
-    return [(0, False), (0, True), (2, True), (2, False)]
 
 
 def uncertainty_map(logit: torch.Tensor) -> torch.Tensor:

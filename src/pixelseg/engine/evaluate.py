@@ -191,18 +191,27 @@ def evaluate_run(
     n_worst: int = 6,
     progress: bool = True,
     apply_postprocess: bool = True,
+    tta: bool = False,
+    tta_rotations: bool = False,
 ) -> dict:
     """Score a run on ``data``; write ``metrics.json``, ``per_image.csv`` and ``worst.png``.
 
     ``split`` is ``test``, ``val`` or ``train`` (from the run's own ``split.json``) or ``all``
     (every pair in ``data``, e.g. a separate test set). Files go to ``out`` (default: the
-    run folder). ``apply_postprocess=False`` scores masks without the run's clean-up steps.
+    run folder). ``apply_postprocess=False`` scores masks without the run's clean-up steps;
+    ``tta`` scores the test-time-augmented predictions (:mod:`pixelseg.tta`).
     """
+    from pixelseg.tta import TTAModel  # it builds on this module's logits_to_proba
+
     if split not in ("all", *SPLITS):
         raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
     run = Path(run)
     dev = resolve_device(device)
     model, config = load_model(run, dev)
+    if tta_rotations and not tta:
+        raise ValueError("tta_rotations extends tta; set both")
+    if tta:
+        model = TTAModel(model, tta_rotations)
     _, samples = find_samples(data, format)
     if split != "all":
         split_file = run / "split.json"
@@ -242,7 +251,8 @@ def evaluate_run(
         keep_predictions=True,
         postprocess_steps=steps,
     )
-    metrics = {**metrics, "split": split, "data": str(data)}
+    views = "flips and rotations" if tta_rotations else "flips" if tta else None
+    metrics = {**metrics, "split": split, "data": str(data), "tta": views}
     if config["num_classes"] == 1:
         metrics["threshold"] = t
         metrics["postprocess"] = steps
