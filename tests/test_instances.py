@@ -80,6 +80,38 @@ def test_multiclass_objects_and_scores() -> None:
     assert [i.category for i in with_sky.items].count(0) == 1
 
 
+def test_ids_are_unique_across_classes_and_centroids_are_pixel_means() -> None:
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0:2, 0:2] = 1
+    mask[0:2, 4:6] = 2
+    mask[5:8, 0:3] = 1
+    found = find_instances(mask)
+    assert [i.id for i in found.items] == [1, 2, 3]
+    for item in found.items:  # each id marks exactly its own object's pixels
+        ys, xs = np.nonzero(found.labels == item.id)
+        assert set(mask[ys, xs].tolist()) == {item.category} and len(ys) == item.area
+        assert item.centroid == pytest.approx((xs.mean(), ys.mean()))
+
+
+def test_class_names_of_binary_and_multiclass_runs() -> None:
+    from pixelseg.instances import class_name
+
+    assert class_name(["lesion"], 1) == "lesion"  # a binary run's one name: its foreground
+    assert class_name(["sky", "road"], 1) == "road"
+    assert class_name(None, 3) == "3" and class_name(["a", "b"], 5) == "5"
+    found = find_instances(_hand_made())
+    assert {r["category_name"] for r in to_coco(found, 1, "a.png", ["lesion"])} == {"lesion"}
+    assert "lesion" in to_csv(found, ["lesion"])
+
+
+def test_binary_background_objects_are_scored_by_their_own_probability() -> None:
+    mask = np.array([[0, 1]], np.uint8)
+    proba = np.array([[[0.2, 0.9]]], np.float32)  # foreground probabilities
+    found = find_instances(mask, proba, background=None)
+    scores = {i.category: round(i.score, 4) for i in found.items}
+    assert scores == {0: 0.8, 1: 0.9}
+
+
 def test_rle_round_trips_and_matches_pycocotools() -> None:
     rng = np.random.default_rng(0)
     masks = [rng.random((37, 23)) > p for p in (0.1, 0.5, 0.97)]

@@ -138,7 +138,8 @@ def test_tiling_uses_the_training_scale() -> None:
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
     predictor.scale = 1.0
     assert predictor.tile_scale() == (1.0, 1.0)
-    assert _predictor(source_size=None).tile_scale() == (1.0, 1.0)
+    with pytest.warns(UserWarning, match="--scale"):  # an older run: says what to do
+        assert _predictor(source_size=None).tile_scale() == (1.0, 1.0)
 
 
 def test_predict_cli_tiles_a_large_image(
@@ -158,6 +159,9 @@ def test_predict_cli_tiles_a_large_image(
     assert main([*args, "--tile", "64", "--scale", "1", "--batch-size", "2"]) == 0
     for bad, message in [
         (["--overlap", "0.5"], "add --tile"),
+        (["--tile", "64", "--overlap", "1"], "--overlap must be in [0, 1)"),
+        (["--tile", "64", "--scale", "0"], "--scale must be > 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--tile", "8"], "at least 16"),
         (["--tta-rotations"], "--tta-rotations extends --tta"),
     ]:

@@ -91,3 +91,40 @@ def test_missing_pyav_says_what_to_install(
     monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
     assert main(["predict", str(run), str(clip), "--out", str(tmp_path / "o")]) == 2
     assert "pip install 'pixelseg[video]'" in capsys.readouterr().err
+
+
+def test_a_failure_mid_clip_leaves_no_partial_outputs(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixelseg.predict import Predictor
+    from pixelseg.video import predict_video
+
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, [np.full((32, 32, 3), i * 20, np.uint8) for i in range(6)])
+    predictor = Predictor.from_run(run, "cpu")
+    calls = []
+    original = predictor.to_mask
+
+    def failing(logit, threshold=None):
+        calls.append(1)
+        if len(calls) == 4:  # the second batch of three
+            raise RuntimeError("simulated failure")
+        return original(logit, threshold)
+
+    monkeypatch.setattr(predictor, "to_mask", failing)
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="simulated"):
+        predict_video(predictor, clip, out, batch_size=3, cutouts=True, progress=False)
+    assert list(out.iterdir()) == []  # neither temporary nor finished outputs
+    with pytest.raises(ValueError, match="batch_size"):
+        predict_video(predictor, clip, out, batch_size=0)
+
+
+def test_two_clips_with_one_name_get_their_own_outputs(run: Path, tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _write_clip(tmp_path / folder / "clip.mp4", [np.zeros((16, 16, 3), np.uint8)])
+    out = tmp_path / "o"
+    clips = [str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.mp4")]
+    assert main(["predict", str(run), *clips, "--out", str(out)]) == 0
+    assert (out / "clip_overlay.mp4").is_file() and (out / "clip_2_overlay.mp4").is_file()

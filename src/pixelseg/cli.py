@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pixelseg.errors import PixelsegError
+
+if TYPE_CHECKING:  # the CLI imports torch-using modules only when a command needs them
+    from pixelseg.predict import Predictor
 
 
 def _model_kwargs(pairs: list[str] | None) -> dict:
@@ -241,9 +245,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
-    from pixelseg.predict import load, predict_files
+    from pixelseg.predict import load, predict_files, unique_stems
     from pixelseg.video import is_video_file, predict_video
 
+    _check_predict_options(args)
     background = parse_background(args.background) if args.background else None
     paths = list_images(args.inputs, exclude=args.out)
     videos = [p for p in paths if is_video_file(p)]
@@ -261,18 +266,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
             cutouts=args.cutout, background=background, feather=args.feather,
             uncertainty=args.uncertainty, instances=args.instances,
         )  # fmt: skip
-    for video in videos:
+    stems = unique_stems(images + videos)[len(images) :]  # clip.mp4 and clip.png: clip_2
+    for video, stem in zip(videos, stems, strict=True):
         written += predict_video(
             predictor, video, args.out, args.threshold, cutouts=args.cutout,
-            background=background, feather=args.feather, batch_size=args.batch_size,
+            background=background, feather=args.feather, batch_size=args.batch_size, stem=stem,
         )  # fmt: skip
     counts = [f"{len(images)} image(s)"] + [f"{len(videos)} video(s)"] * bool(videos)
     print(f"wrote {len(written)} outputs for {' and '.join(counts)} to {args.out}")
     return 0
 
 
-def _configure_predictor(predictor, args: argparse.Namespace) -> None:
-    """Apply ``predict``'s options to a loaded :class:`~pixelseg.predict.Predictor`."""
+def _check_predict_options(args: argparse.Namespace) -> None:
+    """Refuse contradictory or out-of-range ``predict`` options before loading anything."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.min_area < 0:
+        raise ValueError(f"--min-area must be >= 0, got {args.min_area}")
+    if args.tta_rotations and not args.tta:
+        raise ValueError("--tta-rotations extends --tta; give both")
+    if args.tile is None and (args.overlap is not None or args.scale is not None):
+        raise ValueError("--overlap and --scale apply to tiled prediction; add --tile N")
+    if args.tile is not None and args.tile < 16:
+        raise ValueError(f"--tile must be at least 16 pixels, got {args.tile}")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.scale is not None and args.scale <= 0:
+        raise ValueError(f"--scale must be > 0, got {args.scale}")
+
+
+def _configure_predictor(predictor: Predictor, args: argparse.Namespace) -> None:
+    """Apply ``predict``'s options (checked by :func:`_check_predict_options`) to a loaded
+    predictor."""
     from pixelseg.postprocess import STEPS
 
     if args.no_postprocess:
@@ -283,15 +308,9 @@ def _configure_predictor(predictor, args: argparse.Namespace) -> None:
     if chosen:  # the user's steps replace the run's
         predictor.postprocess = chosen
     predictor.min_area = args.min_area
-    if args.tta_rotations and not args.tta:
-        raise ValueError("--tta-rotations extends --tta; give both")
     predictor.tta, predictor.tta_rotations = args.tta, args.tta_rotations
     predictor.connectivity = args.connectivity
-    if args.tile is None and (args.overlap is not None or args.scale is not None):
-        raise ValueError("--overlap and --scale apply to tiled prediction; add --tile N")
     if args.tile is not None:
-        if args.tile < 16:
-            raise ValueError(f"--tile must be at least 16 pixels, got {args.tile}")
         predictor.tile, predictor.tile_batch, predictor.scale = (
             args.tile,
             args.batch_size,

@@ -32,7 +32,7 @@ class Instance:
     area: int
     bbox: tuple[int, int, int, int]  # x, y, width, height
     score: float
-    centroid: tuple[float, float]  # x, y
+    centroid: tuple[float, float]  # x, y: the mean column and row index of its pixels
 
 
 @dataclass
@@ -81,7 +81,10 @@ def find_instances(
         if proba is None:
             scores = np.ones(count)
         else:
-            channel = proba[0] if proba.shape[0] == 1 else proba[category]
+            if proba.shape[0] == 1:  # binary: the foreground's probability, or background's
+                channel = proba[0] if category else 1 - proba[0]
+            else:
+                channel = proba[category]
             scores = ndimage.mean(channel, components, ids)
         boxes = ndimage.find_objects(components)
         first = len(items)
@@ -176,17 +179,27 @@ def instance_rle(instances: Instances, instance: Instance) -> dict:
     return {"size": [height, width], "counts": rle_to_string(counts)}
 
 
+def class_name(names: list[str] | None, category: int) -> str:
+    """A class's name: ``names[category]``; a binary run's one name (``--classes lesion``)
+    names its foreground, class 1; the index itself when there is no name."""
+    if names and len(names) == 1 and category == 1:
+        return names[0]
+    if names and 0 <= category < len(names):
+        return names[category]
+    return str(category)
+
+
 def to_coco(
     instances: Instances, image_id: int, file_name: str, class_names: list[str] | None = None
 ) -> list[dict]:
     """The objects as COCO result dicts (extra keys: ``file_name``, ``category_name``)."""
     results = []
     for item in instances.items:
-        name = class_names[item.category] if class_names else str(item.category)
         results.append(
             {
                 "image_id": image_id, "file_name": file_name, "id": item.id,
-                "category_id": item.category, "category_name": name,
+                "category_id": item.category,
+                "category_name": class_name(class_names, item.category),
                 "bbox": list(item.bbox), "area": item.area, "score": round(item.score, 6),
                 "segmentation": instance_rle(instances, item),
             }
@@ -204,7 +217,7 @@ def to_csv(instances: Instances, class_names: list[str] | None = None) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for item in instances.items:
-        name = class_names[item.category] if class_names else str(item.category)
+        name = class_name(class_names, item.category)
         writer.writerow(
             [item.id, item.category, name, item.area, *item.bbox,
              f"{item.centroid[0]:.1f}", f"{item.centroid[1]:.1f}", f"{item.score:.4f}"]

@@ -117,6 +117,12 @@ class Predictor:
             return self.scale, self.scale
         source = self.config.get("source_size")
         if not source:
+            warnings.warn(
+                "this run does not record its training images' size (trained before pixelseg "
+                "stored source_size): tiling at the images' own resolution; set the scale "
+                "(--scale) to match the training images",
+                stacklevel=2,
+            )
             return 1.0, 1.0
         return self.size[0] / source[0], self.size[1] / source[1]
 
@@ -187,7 +193,7 @@ def load(run: str | Path, device: str = "auto") -> Predictor:
     return Predictor.from_run(run, device)
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
+def unique_stems(paths: Sequence[Path]) -> list[str]:
     """File stems, made unique (``a``, ``a_2``…) when two inputs share a name."""
     seen: dict[str, int] = {}
     stems = []
@@ -234,10 +240,12 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     t = predictor.threshold if threshold is None else threshold
     written: list[Path] = []
-    stems = _unique_stems(paths)
+    stems = unique_stems(paths)
     bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=None if progress else True)
-    for start in range(0, len(paths), batch_size):
-        images = [read_image(p) for p in paths[start : start + batch_size]]
+    # Tiled prediction batches tiles, not images: one large image's logits at a time.
+    step = 1 if predictor.tile is not None else batch_size
+    for start in range(0, len(paths), step):
+        images = [read_image(p) for p in paths[start : start + step]]
         logits = predictor.logits(images)
         for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
             mask = predictor.to_mask(logit, t)

@@ -11,18 +11,23 @@ streamed out, so memory does not grow with the clip's length. What is written, f
 - with cut-outs, ``STEM_cutout/000001.png``, ...: RGBA frames (video codecs in MP4 have no
   alpha channel; editors import numbered PNGs as a clip).
 
-Outputs appear only when the clip is done (written under temporary names, then renamed),
-so an interrupted run never leaves a truncated video in place of a finished one. Sound is
+Each output is written under a temporary name and renamed when the clip is done, so an
+interrupted run leaves no truncated video and no partial frame folder (and removes its
+temporary files). Sound is
 not copied. Decoding and encoding use PyAV, FFmpeg's Python binding, an optional extra:
 ``pip install 'pixelseg[video]'``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +36,9 @@ from pixelseg.data.dataset import resize_image
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.report import overlay, save_png
 
+if TYPE_CHECKING:
+    from pixelseg.predict import Predictor
+
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 
@@ -38,7 +46,7 @@ def is_video_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def _import_av():
+def _import_av() -> ModuleType:
     try:
         import av
     except ImportError:
@@ -51,7 +59,7 @@ def _import_av():
 class _VideoOut:
     """An H.264 MP4 written under a temporary name and renamed by :meth:`finish`."""
 
-    def __init__(self, av, path: Path, fps: Fraction, width: int, height: int) -> None:
+    def __init__(self, av: ModuleType, path: Path, fps: Fraction, width: int, height: int) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.stem}.partial.mp4")
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
@@ -64,7 +72,10 @@ class _VideoOut:
     def write(self, rgb: np.ndarray) -> None:
         pad = ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0))
         frame = self.av.VideoFrame.from_ndarray(np.pad(rgb, pad, mode="edge"), format="rgb24")
-        self.container.mux(self.stream.encode(frame))
+        try:
+            self.container.mux(self.stream.encode(frame))
+        except self.av.error.FFmpegError as exc:
+            raise PixelsegError(f"{self.path}: cannot encode the video ({exc})") from None
 
     def finish(self) -> Path:
         self.container.mux(self.stream.encode())  # flush the encoder's delayed frames
@@ -101,7 +112,7 @@ class _FramesOut:
 
 
 def predict_video(
-    predictor,
+    predictor: Predictor,
     path: str | Path,
     out_dir: str | Path,
     threshold: float | None = None,
@@ -115,6 +126,8 @@ def predict_video(
     """Segment every frame of the video at ``path``; returns the outputs written (above)."""
     from tqdm.auto import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     av = _import_av()
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
@@ -123,49 +136,53 @@ def predict_video(
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read this video ({exc})") from None
     outputs: dict[str, _VideoOut | _FramesOut] = {}
+    bar = None
     try:
         if not container.streams.video:
             raise DataError(f"{path}: the file holds no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # decode with FFmpeg's own threads
         fps = stream.average_rate or Fraction(25)
-        out_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=stream.frames or None, desc=path.name, unit="frame",
                    disable=None if progress else True)  # fmt: skip
-        batch: list[np.ndarray] = []
-        frames = _decode(av, container, path)
-        while True:
-            frame = next(frames, None)
-            if frame is not None:
-                batch.append(frame)
-            if batch and (frame is None or len(batch) == batch_size):
-                if not outputs:
-                    height, width = batch[0].shape[:2]
-                    if isinstance(background, np.ndarray):  # resized once, not every frame
-                        background = resize_image(background, (height, width))
-                    outputs = _open_outputs(av, out_dir, stem, fps, width, height,
-                                            cutouts, background is not None)  # fmt: skip
-                for image, logit in zip(batch, predictor.logits(batch), strict=True):
-                    mask = predictor.to_mask(logit, threshold)
-                    _write_frame(outputs, image, mask, predictor.num_classes, background,
-                                 feather)  # fmt: skip
-                bar.update(len(batch))
-                batch = []
-            if frame is None:
-                break
-        bar.close()
+        for batch in _batches(_decode(av, container, path), batch_size):
+            if not outputs:
+                height, width = batch[0].shape[:2]
+                if isinstance(background, np.ndarray):  # resized once, not every frame
+                    background = resize_image(background, (height, width))
+                out_dir.mkdir(parents=True, exist_ok=True)
+                _open_outputs(outputs, av, out_dir / stem, fps, width, height, cutouts,
+                              background is not None)  # fmt: skip
+            for image, logit in zip(batch, predictor.logits(batch), strict=True):
+                mask = predictor.to_mask(logit, threshold)
+                _write_frame(outputs, image, mask, predictor.num_classes, background, feather)
+            bar.update(len(batch))
         if not outputs:
             raise DataError(f"{path}: the video has no frames")
         return [out.finish() for out in outputs.values()]
     except BaseException:
         for out in outputs.values():
-            out.abort()
+            with contextlib.suppress(Exception):  # clean up the rest even if one fails
+                out.abort()
         raise
     finally:
+        if bar is not None:
+            bar.close()
         container.close()
 
 
-def _decode(av, container, path: Path):
+def _batches(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    batch = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _decode(av: ModuleType, container: Any, path: Path) -> Iterator[np.ndarray]:
     """The video's frames as HxWx3 uint8 RGB arrays; a damaged stream names the file."""
     try:
         for frame in container.decode(video=0):
@@ -175,18 +192,16 @@ def _decode(av, container, path: Path):
 
 
 def _open_outputs(
-    av, out_dir: Path, stem: str, fps: Fraction, width: int, height: int, cutouts: bool,
-    composites: bool,
-) -> dict:  # fmt: skip
-    outputs = {
-        "overlay": _VideoOut(av, out_dir / f"{stem}_overlay.mp4", fps, width, height),
-        "masks": _FramesOut(out_dir / f"{stem}_masks"),
-    }
+    outputs: dict, av: ModuleType, prefix: Path, fps: Fraction, width: int, height: int,
+    cutouts: bool, composites: bool,
+) -> None:  # fmt: skip
+    """Open the outputs into ``outputs`` one by one, so a failure can abort those opened."""
+    outputs["overlay"] = _VideoOut(av, Path(f"{prefix}_overlay.mp4"), fps, width, height)
+    outputs["masks"] = _FramesOut(Path(f"{prefix}_masks"))
     if composites:
-        outputs["composite"] = _VideoOut(av, out_dir / f"{stem}_composite.mp4", fps, width, height)
+        outputs["composite"] = _VideoOut(av, Path(f"{prefix}_composite.mp4"), fps, width, height)
     if cutouts:
-        outputs["cutout"] = _FramesOut(out_dir / f"{stem}_cutout")
-    return outputs
+        outputs["cutout"] = _FramesOut(Path(f"{prefix}_cutout"))
 
 
 def _write_frame(
