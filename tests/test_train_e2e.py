@@ -85,7 +85,7 @@ def test_resume_continues_to_the_same_weights(tiny_data: Path, tmp_path: Path) -
 
 
 def test_refuses_to_overwrite_a_run(trained_run: Path, tiny_data: Path) -> None:
-    with pytest.raises(pixelseg.PixelsegError, match="already holds a run"):
+    with pytest.raises(pixelseg.PixelsegError, match="already holds a finished run"):
         fit(TrainConfig(data=str(tiny_data), out=str(trained_run), epochs=1, **FAST))
 
 

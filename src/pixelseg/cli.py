@@ -150,6 +150,12 @@ _TRAIN_OPTIONS = [
     ),
     ("workers", int, "data loader processes"),
     (
+        "save_every",
+        int,
+        "also save a resumable checkpoint every N training steps (default 0: after each "
+        "epoch only)",
+    ),
+    (
         "threshold",
         float,
         "binary decision threshold on the foreground probability (default: "
@@ -466,9 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pixelseg.engine.interrupt import TrainingInterrupted
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as exc:  # a checkpoint was saved; the usual signal exit code
+        print(f"pixelseg {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except (PixelsegError, ValueError) as exc:
         print(f"pixelseg {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -60,6 +60,7 @@ class TrainConfig:
     patience: int | None = None
     augment: bool = True
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
+    save_every: int = 0  # also checkpoint every N training steps (0: after each epoch only)
     threshold: float | None = None  # binary: foreground above it; None = calibrate on val
     postprocess: str = "auto"  # binary: auto (clean-up steps that help on val) | none
     ignore_index: int | None = None  # mask value that counts in no loss and no metric
@@ -97,6 +98,7 @@ class TrainConfig:
                 "val_fraction and test_fraction must be in [0, 1) and sum to less than 1",
             ),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.save_every >= 0, "save_every must be >= 0"),
             (self.postprocess in POSTPROCESS, f"postprocess must be one of {POSTPROCESS}"),
             (self.in_channels in (None, 1, 3), "in_channels must be 1 or 3"),
             (self.warmup_epochs >= 0 and self.patience >= 0, "warmup_epochs/patience must be >= 0"),

@@ -12,7 +12,7 @@ from pixelseg.config import TrainConfig
 from pixelseg.engine.schedule import Schedule
 
 if TYPE_CHECKING:
-    from pixelseg.engine.train import TrainingState
+    from pixelseg.engine.state import TrainingState
 
 END_SECONDS = 3.0  # kept from a time budget for what follows the last epoch
 EPOCH_STEPS = 50  # the fewest training steps in an epoch under a time budget

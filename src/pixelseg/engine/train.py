@@ -7,14 +7,15 @@ validation score (Dice for binary, mIoU for multi-class), with early stopping.
 
 from __future__ import annotations
 
+import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import pixelseg
@@ -42,7 +43,10 @@ from pixelseg.engine.configure import (
 )
 from pixelseg.engine.device import resolve_device, seed_everything
 from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, evaluate_model
+from pixelseg.engine.interrupt import StopSignals, TrainingInterrupted
+from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
+from pixelseg.engine.state import Progress, TrainingState
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
@@ -68,10 +72,17 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     bar: tqdm | None = None,
+    progress: Progress | None = None,
+    after_step: Callable[[Progress], None] | None = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean training loss."""
+    """One pass over ``loader``; returns the mean training loss of the epoch.
+
+    ``progress`` holds the steps and loss of the part of the epoch done before (a run
+    resumed mid-epoch) and is updated in place; ``after_step(progress)`` runs after every
+    step (mid-epoch checkpoints, stop requests).
+    """
     model.train()
-    total, count = 0.0, 0
+    progress = progress if progress is not None else Progress()
     for batch in loader:
         images, masks = transform(batch, device)
         loss = loss_fn(model(images), masks)
@@ -79,12 +90,15 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(images)
-        count += len(images)
+        progress.step += 1
+        progress.loss_sum += loss.item() * len(images)
+        progress.count += len(images)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-    return total / max(count, 1)
+            bar.set_postfix(loss=f"{progress.loss_sum / progress.count:.4f}", refresh=False)
+        if after_step is not None:
+            after_step(progress)
+    return progress.loss_sum / max(progress.count, 1)
 
 
 def prepare_split(
@@ -197,7 +211,9 @@ def build_datasets(
     return train_set, val_set, cfg
 
 
-RESUME_OVERRIDES = ("data", "epochs", "patience", "workers", "device", "progress", "postprocess")
+RESUME_OVERRIDES = (
+    "data", "epochs", "patience", "workers", "device", "progress", "postprocess", "save_every",
+)  # fmt: skip
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
@@ -227,21 +243,27 @@ def _saved_state(run_dir: str | Path) -> dict:
     return state
 
 
-def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict | None]:
+def _open_run(
+    cfg: TrainConfig, resuming: bool, log: Callable[[str], None]
+) -> tuple[TrainConfig, Path, dict | None]:
     """Check the run folder: a new run must not overwrite one, a resumed run must match.
 
-    Returns the settings to use: for a resumed run the saved ones, with what may change
-    (``RESUME_OVERRIDES``) taken from ``cfg``; settings left to the data (None) are kept.
+    A folder holding an unfinished run (killed, crashed, pre-empted, or restarted by
+    torchrun) is resumed without asking when the settings match. Returns the settings to
+    use: for a resumed run the saved ones, with what may change (``RESUME_OVERRIDES``) taken
+    from ``cfg``; settings left to the data (None) are kept.
     """
     run_dir = Path(cfg.out)
-    if not resuming:
-        if (run_dir / checkpoint.STATE_FILE).exists():
-            raise PixelsegError(
-                f"{run_dir} already holds a run; use --resume to continue it or choose another "
-                "--out"
-            )
+    state = _saved_state(run_dir) if resuming else checkpoint.load_state(run_dir)
+    if state is None:
         return cfg, run_dir, None
-    state = _saved_state(run_dir)
+    if not resuming:
+        if state.get("finished", True):
+            raise PixelsegError(
+                f"{run_dir} already holds a finished run; use --resume (with more --epochs) to "
+                "continue it or choose another --out"
+            )
+        log(f"{run_dir} holds an unfinished run: resuming it")
     saved, now = state["config"], cfg.to_dict()
     changed = sorted(
         k
@@ -252,6 +274,7 @@ def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict
         raise ValueError(
             f"cannot change {', '.join(changed)} when resuming {run_dir}; a resumed run may "
             f"only change {', '.join(RESUME_OVERRIDES)}"
+            + ("" if resuming else " (or choose another --out for a new run)")
         )
     merged = {**saved, **{k: now[k] for k in RESUME_OVERRIDES}, "out": str(run_dir)}
     return TrainConfig.from_dict(merged), run_dir, state
@@ -294,20 +317,6 @@ def _check_settings(cfg: TrainConfig) -> int:
     return int(getattr(model, "stride", 1))
 
 
-def _random_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "loader": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_random_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
     """A fresh warm-up + cosine, the saved one, or a continuation to a new epoch count."""
     if state is None:
@@ -319,66 +328,54 @@ def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
     return Schedule(cfg.epochs * steps, begin=done, start=saved(done))  # the rate reached
 
 
-@dataclass
-class TrainingState:
-    """Everything that changes while training and is saved in ``last.pt`` to resume."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    schedule: Schedule
-    generator: torch.Generator  # the shuffling order
-    history: list[dict]
-    class_weights: list[float] | None = None
-    best_score: float = -1.0
-    best_epoch: int = 0
-
-    def state(self, epoch: int, cfg: TrainConfig, mean: list[float], std: list[float]) -> dict:
-        return {
-            "epoch": epoch, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "schedule": asdict(self.schedule), "random": _random_state(self.generator),
-            "history": self.history, "best_score": self.best_score,
-            "best_epoch": self.best_epoch, "mean": mean, "std": std, "config": cfg.to_dict(),
-            "class_weights": self.class_weights,
-        }  # fmt: skip
-
-    def restore(self, state: dict) -> int:
-        """Load a saved state; returns the first epoch still to train."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        # LambdaLR would also restore the saved Schedule's fields over the one chosen for
-        # this session (which differs when the run was given more epochs): drop them.
-        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
-        _restore_random_state(state["random"], self.generator)
-        self.history = state["history"]
-        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
-        return state["epoch"] + 1
-
-
 def _setup(
     cfg: TrainConfig, train_set: SegmentationDataset, device: torch.device, state: dict | None
-) -> tuple[TrainingState, DataLoader]:
+) -> tuple[TrainingState, DataLoader, EpochSampler]:
     model = create_model(
         cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
         **cfg.model_kwargs,
     ).to(device)  # fmt: skip
-    generator = torch.Generator().manual_seed(cfg.seed)
     # Under a time budget an epoch is at least EPOCH_STEPS steps (several passes over a
     # small data set), so validating and saving after each one stays a small part of it.
     passes = len(train_set)
     if cfg.time_budget is not None:
         passes = max(passes, EPOCH_STEPS * cfg.batch_size)
-    sampler = RandomSampler(train_set, num_samples=passes, generator=generator)
+    sampler = EpochSampler(len(train_set), num_samples=passes, seed=cfg.seed)
+    # The loader gets a generator of its own: starting an iteration draws a worker seed from
+    # it, which from the global one would shift the augmentation of a run resumed mid-epoch.
     loader = DataLoader(
         train_set, batch_size=cfg.batch_size, sampler=sampler,
         drop_last=passes > cfg.batch_size, num_workers=cfg.workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _schedule(cfg, len(loader), state)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return TrainingState(model, optimizer, scheduler, schedule, generator, history=[]), loader
+    return TrainingState(model, optimizer, scheduler, schedule, history=[]), loader, sampler
+
+
+@dataclass
+class _Session:
+    """One training session's fixed parts, so the epoch loop reads as a loop."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    config: dict  # what config.json holds
+    mean: list[float]
+    std: list[float]
+    t: TrainingState
+    loader: DataLoader
+    sampler: EpochSampler
+    train_tf: BatchTransform
+    eval_tf: BatchTransform
+    loss_fn: torch.nn.Module
+    val_set: SegmentationDataset
+    device: torch.device
+    log: Callable[[str], None]
+
+    def save(self, epoch: int, progress: Progress | None = None, finished: bool = False) -> None:
+        state = self.t.state(epoch, self.cfg, self.mean, self.std, progress, finished)
+        checkpoint.save_state(self.run_dir, state)
 
 
 def fit(
@@ -386,14 +383,15 @@ def fit(
 ) -> TrainResult:
     """Train a model as ``cfg`` says and write the run folder ``cfg.out``.
 
-    With ``resume``, continue from the run folder's ``last.pt`` (same split, model,
-    optimizer, scheduler and random state) up to ``cfg.epochs``; use :func:`resume` to load
-    the saved settings. ``on_epoch_end`` is called with each epoch's history row after its
-    checkpoint is written (raise to stop).
+    With ``resume`` (or when ``cfg.out`` holds an unfinished run with the same settings),
+    continue from the run folder's ``last.pt`` exactly where it stopped, up to
+    ``cfg.epochs``; use :func:`resume` to load the saved settings. ``on_epoch_end`` is called
+    with each epoch's history row after its checkpoint is written (raise to stop). SIGINT or
+    SIGTERM saves a checkpoint at the current step and raises :class:`TrainingInterrupted`.
     """
     started = time.perf_counter()
     log = tqdm.write if cfg.progress else (lambda *_: None)
-    cfg, run_dir, state = _open_run(cfg, resume)
+    cfg, run_dir, state = _open_run(cfg, resume, log)
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
     stride = _check_settings(cfg)
     seed_everything(cfg.seed)
@@ -401,12 +399,12 @@ def fit(
 
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None
-    train_set, val_set, cfg = build_datasets(cfg, run_dir, resume, stride, log, deadline, device)
+    train_set, val_set, cfg = build_datasets(
+        cfg, run_dir, state is not None, stride, log, deadline, device
+    )
     cfg = choose_batch_size(cfg, len(train_set), train_set.images.shape[1], device, log)
     # Normalise with the training images' own statistics (kept from the first session).
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
-    train_tf = BatchTransform(mean, std, Augment() if cfg.augment else None)
-    eval_tf = BatchTransform(mean, std)
     config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
     weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set, log)
     config["class_weights"] = weights
@@ -414,13 +412,14 @@ def fit(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     ).to(device)  # fmt: skip
-    # A time budget plans the number of epochs from the time the first epochs take (a
-    # resumed run keeps the plan it saved).
-    t, loader = _setup(cfg, train_set, device, state)
+    t, loader, sampler = _setup(cfg, train_set, device, state)
     t.class_weights = weights
-    start_epoch = t.restore(state) if state is not None else 1
-
-    name = cfg.score_name
+    start_epoch, progress = t.restore(state) if state is not None else (1, None)
+    run = _Session(
+        cfg, run_dir, config, mean, std, t, loader, sampler,
+        BatchTransform(mean, std, Augment() if cfg.augment else None), BatchTransform(mean, std),
+        loss_fn, val_set, device, log,
+    )  # fmt: skip
     length = (
         f"up to {cfg.time_budget}" if budget else f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
     )
@@ -429,57 +428,104 @@ def fit(
         f"{len(train_set)} train / {len(val_set)} val images at {cfg.size[0]}x{cfg.size[1]}; "
         f"loss {cfg.loss}; {length}"
     )
+    # A time budget plans the number of epochs from the time the first epochs take (a
+    # resumed run keeps the plan it saved).
     clock = Clock(budget, started, ceiling=cfg.epochs) if budget else None
+    with StopSignals() as stop:
+        epoch = _train_epochs(run, start_epoch, progress, clock, stop, on_epoch_end)
+    cfg = run.cfg  # a time budget may have re-planned the epochs
+    if cfg.num_classes == 1 and t.best_epoch:
+        _calibrate(cfg, run_dir, val_set, run.eval_tf, device, log)
+    run.save(epoch, finished=True)
+    plot_curves(t.history, run_dir / "curves.png", cfg.score_name)
+    return TrainResult(run_dir, t.best_epoch, t.best_score, cfg.score_name, t.history)
+
+
+def _train_epochs(
+    run: _Session, start_epoch: int, progress: Progress | None, clock: Clock | None,
+    stop: StopSignals, on_epoch_end: Callable[[dict], None] | None,
+) -> int:  # fmt: skip
+    """Train from ``start_epoch`` (``progress`` steps into it) until the epochs, the time
+    budget or the patience run out; returns the last epoch finished."""
+    t, log = run.t, run.log
     epoch = start_epoch - 1
-    while epoch < cfg.epochs:
-        epoch += 1
+    while epoch < run.cfg.epochs:
         if clock is not None:
             clock.tops.append(time.perf_counter())
-            if epoch > 1 and not clock.room_for_an_epoch():
-                log(f"time budget {cfg.time_budget} reached after {epoch - 1} epochs")
+            if epoch > 0 and not clock.room_for_an_epoch():
+                log(f"time budget {run.cfg.time_budget} reached after {epoch} epochs")
                 break
-            if clock.replan(epoch, cfg.epochs):
-                cfg = plan_epochs(cfg, clock, t, len(loader), log)
-                config["train"] = cfg.to_dict()
-        t0 = time.perf_counter()
-        last = f" (last val_{name} {t.history[-1][f'val_{name}']:.3f})" if t.history else ""
-        with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}{last}", unit="batch",
-                  leave=False, disable=None if cfg.progress else True) as bar:  # fmt: skip
-            train_loss = train_one_epoch(
-                t.model, loader, train_tf, loss_fn, t.optimizer, t.scheduler, device, bar
-            )
-        metrics, _, _ = evaluate_model(
-            t.model, val_set, eval_tf, device, cfg.threshold or 0.5, cfg.ignore_index,
-            cfg.class_names, cfg.batch_size, loss_fn=loss_fn,
-        )  # fmt: skip
-        score = metrics[name]
-        row = {
-            "epoch": epoch, "train_loss": round(train_loss, 6),
-            "val_loss": round(metrics["loss"], 6), f"val_{name}": round(score, 6),
-            "lr": t.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2),
-        }  # fmt: skip
-        t.history.append(row)
-        improved = score > t.best_score
-        if improved:  # the best weights so far: these are what predict/evaluate use
-            t.best_score, t.best_epoch = score, epoch
-            checkpoint.save_weights(run_dir, t.model)
-            write_json(
-                run_dir / checkpoint.CONFIG_FILE, {**config, "best": {"epoch": epoch, name: score}}
-            )
-        checkpoint.save_state(run_dir, t.state(epoch, cfg, mean, std))
-        write_csv(run_dir / "history.csv", t.history)
-        log(
-            f"epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
-            f"val_loss {metrics['loss']:.4f}  val_{name} {score:.4f}"
-            + ("  *best*" if improved else "")
-        )
+            if clock.replan(epoch + 1, run.cfg.epochs):
+                run.cfg = plan_epochs(run.cfg, clock, t, len(run.loader), log)
+                run.config["train"] = run.cfg.to_dict()
+        row = _one_epoch(run, epoch + 1, progress or Progress(), stop)
+        progress, epoch = None, epoch + 1
         if on_epoch_end is not None:
             on_epoch_end(row)
+        if stop.requested is not None:  # arrived during validation: the epoch is saved
+            raise _interrupted(run, stop.requested, epoch, Progress())
         # Patience counts from the last improvement, or from the start of this session.
-        if cfg.patience and epoch - max(t.best_epoch, start_epoch - 1) >= cfg.patience:
-            log(f"early stopping: no better val_{name} for {cfg.patience} epochs")
+        patience = run.cfg.patience
+        if patience and epoch - max(t.best_epoch, start_epoch - 1) >= patience:
+            log(f"early stopping: no better val_{run.cfg.score_name} for {patience} epochs")
             break
-    if cfg.num_classes == 1 and t.best_epoch:
-        _calibrate(cfg, run_dir, val_set, eval_tf, device, log)
-    plot_curves(t.history, run_dir / "curves.png", name)
-    return TrainResult(run_dir, t.best_epoch, t.best_score, name, t.history)
+    return epoch
+
+
+def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals) -> dict:
+    """Train epoch ``epoch`` from ``progress``, validate, save; returns its history row."""
+    cfg, t, name = run.cfg, run.t, run.cfg.score_name
+    t0 = time.perf_counter()
+    run.sampler.set_epoch(epoch, start=progress.step * cfg.batch_size)
+
+    steps = progress.step + len(run.loader)
+
+    def after_step(p: Progress) -> None:
+        # every save_every steps, but not at the epoch's end: its own checkpoint follows
+        every = cfg.save_every and p.step % cfg.save_every == 0 and p.step < steps
+        if stop.requested is not None or every:
+            run.save(epoch - 1, p)
+        if stop.requested is not None:
+            raise _interrupted(run, stop.requested, epoch - 1, p)
+
+    last = f" (last val_{name} {t.history[-1][f'val_{name}']:.3f})" if t.history else ""
+    with tqdm(total=steps, initial=progress.step, unit="batch",
+              desc=f"epoch {epoch}/{cfg.epochs}{last}", leave=False,
+              disable=None if cfg.progress else True) as bar:  # fmt: skip
+        train_loss = train_one_epoch(
+            t.model, run.loader, run.train_tf, run.loss_fn, t.optimizer, t.scheduler,
+            run.device, bar, progress, after_step,
+        )  # fmt: skip
+    metrics, _, _ = evaluate_model(
+        t.model, run.val_set, run.eval_tf, run.device, cfg.threshold or 0.5, cfg.ignore_index,
+        cfg.class_names, cfg.batch_size, loss_fn=run.loss_fn,
+    )  # fmt: skip
+    score = metrics[name]
+    row = {
+        "epoch": epoch, "train_loss": round(train_loss, 6),
+        "val_loss": round(metrics["loss"], 6), f"val_{name}": round(score, 6),
+        "lr": t.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2),
+    }  # fmt: skip
+    t.history.append(row)
+    improved = score > t.best_score
+    if improved:  # the best weights so far: these are what predict/evaluate use
+        t.best_score, t.best_epoch = score, epoch
+        checkpoint.save_weights(run.run_dir, t.model)
+        best = {"best": {"epoch": epoch, name: score}}
+        write_json(run.run_dir / checkpoint.CONFIG_FILE, {**run.config, **best})
+    run.save(epoch)
+    write_csv(run.run_dir / "history.csv", t.history)
+    run.log(
+        f"epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
+        f"val_loss {metrics['loss']:.4f}  val_{name} {score:.4f}" + "  *best*" * improved
+    )
+    return row
+
+
+def _interrupted(run: _Session, signum: int, epoch: int, p: Progress) -> TrainingInterrupted:
+    where = f"epoch {epoch}" + (f" and {p.step} steps of epoch {epoch + 1}" if p.step else "")
+    return TrainingInterrupted(
+        f"stopped by {signal.Signals(signum).name}; checkpoint saved after {where}: continue "
+        f"with pixelseg train --resume {run.run_dir}",
+        signum,
+    )

@@ -1,0 +1,88 @@
+"""What changes while training, and what ``last.pt`` keeps of it to resume exactly.
+
+A checkpoint is written after every epoch and, with ``save_every``, every N steps inside
+one. It holds the model, optimizer, scheduler and learning-rate schedule, the random
+generators' states, the history and best score, and the position in the data: the epoch
+and, mid-epoch, the step and the running loss. The order of the samples is a function of
+(seed, epoch) alone (:class:`~pixelseg.engine.sampling.EpochSampler`), so the position is
+all it takes to see exactly the batches that were left. There is no gradient scaler to
+save: training runs in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from pixelseg.config import TrainConfig
+from pixelseg.engine.schedule import Schedule
+
+
+@dataclass
+class Progress:
+    """How far training got inside an epoch: steps done and their summed loss."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    count: int = 0
+
+
+def random_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel (whose state_dict keys carry ``module.``)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+@dataclass
+class TrainingState:
+    """Everything that changes while training and is saved in ``last.pt`` to resume."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: Schedule
+    history: list[dict]
+    class_weights: list[float] | None = None
+    best_score: float = -1.0
+    best_epoch: int = 0
+
+    def state(
+        self, epoch: int, cfg: TrainConfig, mean: list[float], std: list[float],
+        progress: Progress | None = None, finished: bool = False,
+    ) -> dict:  # fmt: skip
+        """``epoch``: the last finished epoch; ``progress``: the steps done after it."""
+        return {
+            "epoch": epoch, "progress": asdict(progress) if progress else None,
+            "finished": finished, "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "schedule": asdict(self.schedule), "random": random_state(),
+            "history": self.history, "best_score": self.best_score,
+            "best_epoch": self.best_epoch, "mean": mean, "std": std, "config": cfg.to_dict(),
+            "class_weights": self.class_weights,
+        }  # fmt: skip
+
+    def restore(self, state: dict) -> tuple[int, Progress | None]:
+        """Load a saved state; returns the epoch to continue and the progress inside it."""
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        # LambdaLR would also restore the saved Schedule's fields over the one chosen for
+        # this session (which differs when the run was given more epochs): drop them.
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+        restore_random_state(state["random"])
+        self.history = state["history"]
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        progress = state.get("progress")
+        return state["epoch"] + 1, Progress(**progress) if progress else None
