@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,6 +199,7 @@ def _default(field: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from pixelseg.config import TrainConfig
     from pixelseg.data.classes import parse_class_names
+    from pixelseg.engine.distributed import world_from_env
     from pixelseg.engine.train import fit, resume
 
     given = {k: getattr(args, k) for k, _, _ in _TRAIN_OPTIONS if getattr(args, k) is not None}
@@ -207,6 +209,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["augment"] = False
     if args.classes:
         given["class_names"] = list(parse_class_names(args.classes))
+    if args.sync_batchnorm:
+        given["sync_batchnorm"] = True
+    if args.nproc is not None:
+        return _launch_torchrun(args.nproc, args.argv)
     if args.resume:
         out = given.pop("out", args.resume)
         if Path(out).resolve() != Path(args.resume).resolve():
@@ -216,11 +222,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PixelsegError("train needs a DATA folder (or --resume RUN)")
     else:
         result = fit(TrainConfig(data=args.data, **given))
-    print(
-        f"best val_{result.score_name} {result.best_score:.4f} at epoch {result.best_epoch}; "
-        f"run folder: {result.run_dir}"
-    )
+    if world_from_env().is_main:
+        print(
+            f"best val_{result.score_name} {result.best_score:.4f} at epoch "
+            f"{result.best_epoch}; run folder: {result.run_dir}"
+        )
     return 0
+
+
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """``pixelseg train --nproc N ...``: the same command under ``torchrun --standalone
+    --nproc-per-node N`` (PyTorch's launcher, one machine; see docs/distributed.md)."""
+    from pixelseg.engine.distributed import world_from_env
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if world_from_env().distributed:
+        raise ValueError("--nproc starts torchrun; under torchrun leave it out")
+    rest, skip = [], False
+    for arg in argv:  # the command without --nproc N / --nproc=N
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "pixelseg", *rest]  # fmt: skip
+    return subprocess.call(command)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -235,23 +264,26 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pixelseg.engine.distributed import world_from_env
     from pixelseg.engine.evaluate import evaluate_run
 
     metrics = evaluate_run(
         args.run, args.data, args.split, args.format, args.threshold, args.out, args.device,
         apply_postprocess=not args.no_postprocess, tta=args.tta, tta_rotations=args.tta_rotations,
     )  # fmt: skip
-    out = Path(args.out or args.run)
-    print(f"{args.split} split of {args.data}:")
-    _print_metrics(metrics)
-    print(f"wrote {out / 'metrics.json'}, {out / 'per_image.csv'}, {out / 'worst.png'}")
+    if world_from_env().is_main:  # under torchrun every process has the same metrics
+        out = Path(args.out or args.run)
+        print(f"{args.split} split of {args.data}:")
+        _print_metrics(metrics)
+        print(f"wrote {out / 'metrics.json'}, {out / 'per_image.csv'}, {out / 'worst.png'}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
-    from pixelseg.predict import load, predict_files, unique_stems
+    from pixelseg.engine import distributed
+    from pixelseg.predict import Predictor, predict_files, unique_stems
     from pixelseg.video import is_video_file, predict_video
 
     _check_predict_options(args)
@@ -263,23 +295,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   if getattr(args, name)]  # fmt: skip
     if videos and image_only:
         raise ValueError(f"{' and '.join(image_only)} apply to images, not to videos ({videos[0]})")
-    predictor = load(args.run, args.device)
-    _configure_predictor(predictor, args)
-    written = []
-    if images:
-        written += predict_files(
-            predictor, images, args.out, args.threshold, args.probabilities, args.batch_size,
-            cutouts=args.cutout, background=background, feather=args.feather,
-            uncertainty=args.uncertainty, instances=args.instances,
-        )  # fmt: skip
-    stems = unique_stems(images + videos)[len(images) :]  # clip.mp4 and clip.png: clip_2
-    for video, stem in zip(videos, stems, strict=True):
-        written += predict_video(
-            predictor, video, args.out, args.threshold, cutouts=args.cutout,
-            background=background, feather=args.feather, batch_size=args.batch_size, stem=stem,
-        )  # fmt: skip
-    counts = [f"{len(images)} image(s)"] + [f"{len(videos)} video(s)"] * bool(videos)
-    print(f"wrote {len(written)} outputs for {' and '.join(counts)} to {args.out}")
+    # Under torchrun each process predicts a consecutive share of the inputs, under the
+    # names and ids one process would give them.
+    world, device, joined = distributed.start(args.device)
+    try:
+        predictor = Predictor.from_run(args.run, str(device))
+        _configure_predictor(predictor, args)
+        stems = unique_stems(images + videos)  # clip.mp4 and clip.png: clip_2
+        lo, hi = world.share(len(images))
+        written = []
+        if hi > lo:
+            written += predict_files(
+                predictor, images[lo:hi], args.out, args.threshold, args.probabilities,
+                args.batch_size, progress=world.is_main, cutouts=args.cutout,
+                background=background, feather=args.feather, uncertainty=args.uncertainty,
+                instances=args.instances, stems=stems[lo:hi], first_id=lo + 1,
+                legend=world.is_main,
+            )  # fmt: skip
+        lo, hi = world.share(len(videos))
+        for video, stem in zip(videos[lo:hi], stems[len(images) + lo :], strict=False):
+            written += predict_video(
+                predictor, video, args.out, args.threshold, cutouts=args.cutout,
+                background=background, feather=args.feather, batch_size=args.batch_size,
+                stem=stem, progress=world.is_main,
+            )  # fmt: skip
+        total = sum(world.gather(len(written)))
+    finally:
+        distributed.stop(joined)
+    if world.is_main:
+        counts = [f"{len(images)} image(s)"] + [f"{len(videos)} video(s)"] * bool(videos)
+        print(f"wrote {total} outputs for {' and '.join(counts)} to {args.out}")
     return 0
 
 
@@ -378,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.add_argument("--classes", help="class names: a,b,c or a classes.json/classes.csv file")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument(
+        "--nproc", type=int, metavar="N",
+        help="train with N processes on this machine (torchrun; one per GPU, or CPU processes "
+        "with gloo); see docs/distributed.md",
+    )  # fmt: skip
+    p.add_argument(
+        "--sync-batchnorm", action="store_true",
+        help="with several processes: batch-norm statistics over all of their batches",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -472,13 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pixelseg.engine.distributed import world_from_env
     from pixelseg.engine.interrupt import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc's relaunch
     try:
         return args.func(args)
     except TrainingInterrupted as exc:  # a checkpoint was saved; the usual signal exit code
-        print(f"pixelseg {args.command}: {exc}", file=sys.stderr)
+        if world_from_env().is_main:
+            print(f"pixelseg {args.command}: {exc}", file=sys.stderr)
         return 128 + exc.signum
     except (PixelsegError, ValueError) as exc:
         print(f"pixelseg {args.command}: error: {exc}", file=sys.stderr)

@@ -61,6 +61,7 @@ class TrainConfig:
     augment: bool = True
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
     save_every: int = 0  # also checkpoint every N training steps (0: after each epoch only)
+    sync_batchnorm: bool = False  # torchrun: batch-norm statistics over all processes' batches
     threshold: float | None = None  # binary: foreground above it; None = calibrate on val
     postprocess: str = "auto"  # binary: auto (clean-up steps that help on val) | none
     ignore_index: int | None = None  # mask value that counts in no loss and no metric

@@ -106,9 +106,17 @@ class BinaryMetrics:
             ValueError: bad shapes or values (see :func:`binary_counts`), or no valid pixel.
         """
         tp, fp, fn, tn = binary_counts(pred, target, valid)
-        n_valid = tp + fp + fn + tn
-        if n_valid == 0:
+        if tp + fp + fn + tn == 0:
             raise ValueError("the valid mask excludes every pixel of this image")
+        return self.add_counts(tp, fp, fn, tn)
+
+    def add_counts(self, tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+        """Add one image given its pixel counts (what :meth:`update` returns in its row).
+
+        Replaying the rows of several processes in the images' order gives exactly the
+        scores one process would have computed (the sums are taken in the same order).
+        """
+        n_valid = tp + fp + fn + tn
         dice, iou = _dice_iou(tp, fp, fn)
         self.counts += np.array([tp, fp, fn, tn], dtype=np.int64)
         self.n_images += 1
@@ -189,6 +197,11 @@ class MulticlassMetrics:
         """Forget everything accumulated so far."""
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         self.n_images = 0
+
+    def merge(self, other: MulticlassMetrics) -> None:
+        """Add what ``other`` accumulated (another process's share of the images)."""
+        self.confusion += other.confusion
+        self.n_images += other.n_images
 
     def update(self, pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
         """Add one image and return its ``{"pixel_accuracy", "miou"}``.

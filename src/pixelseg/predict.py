@@ -217,6 +217,9 @@ def predict_files(
     feather: float = 0.0,
     uncertainty: bool = False,
     instances: bool = False,
+    stems: Sequence[str] | None = None,
+    first_id: int = 1,
+    legend: bool = True,
 ) -> list[Path]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
 
@@ -226,7 +229,11 @@ def predict_files(
     With ``uncertainty``, ``<stem>_uncertainty.png``: :func:`uncertainty_map` x 255.
     With ``instances``, the separate objects (:mod:`pixelseg.instances`) as COCO results in
     ``<stem>_instances.json``, one CSV row each in ``<stem>_instances.csv`` and coloured in
-    ``<stem>_instances.png``.
+    ``<stem>_instances.png``; the images' COCO ids count from ``first_id``.
+
+    ``stems`` names the outputs (default: the inputs' stems, made unique); a process of a
+    distributed run passes its share of the whole list's, and only one writes the
+    ``legend``.
 
     Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
     ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
@@ -240,7 +247,9 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     t = predictor.threshold if threshold is None else threshold
     written: list[Path] = []
-    stems = unique_stems(paths)
+    stems = list(stems) if stems is not None else unique_stems(paths)
+    if len(stems) != len(paths):
+        raise ValueError(f"{len(stems)} stems for {len(paths)} images")
     bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=None if progress else True)
     # Tiled prediction batches tiles, not images: one large image's logits at a time.
     step = 1 if predictor.tile is not None else batch_size
@@ -256,7 +265,8 @@ def predict_files(
                 written.append(save_png(f"{prefix}_uncertainty.png", level))
             if instances:
                 found = predictor.instances_of(logit, mask)
-                written += _write_instances(prefix, image, found, start + i + 1, paths[start + i],
+                image_id = first_id + start + i
+                written += _write_instances(prefix, image, found, image_id, paths[start + i],
                                             predictor.config.get("class_names"))  # fmt: skip
             if cutouts:
                 written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, feather)))
@@ -265,7 +275,7 @@ def predict_files(
                 written.append(save_png(f"{prefix}_composite.png", picture))
             bar.update(1)
     bar.close()
-    if predictor.num_classes > 1:  # what the colours of the <stem>_color.png masks mean
+    if legend and predictor.num_classes > 1:  # what the colours of <stem>_color.png mean
         names = predictor.config.get("class_names") or [
             str(i) for i in range(predictor.num_classes)
         ]

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.io import read_image
 from pixelseg.data.layouts import find_samples
 from pixelseg.data.split import SPLITS, load_split, select
 from pixelseg.data.transforms import BatchTransform
+from pixelseg.engine import distributed
 from pixelseg.engine.checkpoint import load_model
-from pixelseg.engine.device import resolve_device
+from pixelseg.engine.distributed import World
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_json
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
@@ -65,6 +66,7 @@ def evaluate_model(
     keep_predictions: bool = False,
     loss_fn: torch.nn.Module | None = None,
     postprocess_steps: Sequence[str] = (),
+    world: World | None = None,
 ) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
     """Score ``model`` on ``dataset`` (built with ``keep_original=True``).
 
@@ -73,19 +75,18 @@ def evaluate_model(
     Returns ``(metrics, per_image_rows, predictions)``; ``predictions`` maps item index to its
     original-size mask and is only filled with ``keep_predictions``. With ``loss_fn``,
     ``metrics["loss"]`` is its mean over the set at the training size (the same pass
-    serves both, so validation runs the model once).
+    serves both, so validation runs the model once). In a distributed ``world`` each process
+    scores every ``world.size``-th image and the results are gathered: every process returns
+    the metrics and rows of the whole set, equal to those of one process.
     """
     if not dataset.keep_original:
         raise ValueError("evaluate_model() needs a dataset built with keep_original=True")
-    num_classes = dataset.num_classes
-    metrics = (
-        BinaryMetrics()
-        if num_classes == 1
-        else MulticlassMetrics(num_classes, ignore_index=ignore_index, class_names=class_names)
-    )
+    world = world or World()
+    metrics = _new_metrics(dataset.num_classes, ignore_index, class_names)
     model.eval()
     rows, predictions, total_loss = [], {}, 0.0
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    share = Subset(dataset, range(world.rank, len(dataset), world.size))
+    for batch in DataLoader(share, batch_size=batch_size):
         images, masks = transform(batch, device)
         logits = model(images)
         if loss_fn is not None:
@@ -93,16 +94,49 @@ def evaluate_model(
         for index, logit in zip(batch["index"].tolist(), logits.float().cpu(), strict=True):
             truth = dataset.original_masks[index]
             pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
-            if num_classes == 1 and postprocess_steps:
+            if dataset.num_classes == 1 and postprocess_steps:
                 pred = postprocess(pred, postprocess_steps)
             row = metrics.update(pred, truth)
-            rows.append({"stem": dataset.samples[index].stem, **row})
+            rows.append({"index": index, "stem": dataset.samples[index].stem, **row})
             if keep_predictions:
                 predictions[index] = pred
+    if world.distributed:
+        metrics, rows, predictions, total_loss = _gather(
+            world, metrics, rows, predictions, total_loss, dataset.num_classes, ignore_index,
+            class_names,
+        )  # fmt: skip
     result = metrics.compute()
     if loss_fn is not None:
         result["loss"] = total_loss / len(dataset)
-    return result, rows, predictions
+    return result, [{k: v for k, v in r.items() if k != "index"} for r in rows], predictions
+
+
+def _new_metrics(
+    num_classes: int, ignore_index: int | None, class_names: list[str] | None
+) -> BinaryMetrics | MulticlassMetrics:
+    if num_classes == 1:
+        return BinaryMetrics()
+    return MulticlassMetrics(num_classes, ignore_index=ignore_index, class_names=class_names)
+
+
+def _gather(
+    world: World, metrics: BinaryMetrics | MulticlassMetrics, rows: list[dict],
+    predictions: dict, total_loss: float, num_classes: int, ignore_index: int | None,
+    class_names: list[str] | None,
+) -> tuple[BinaryMetrics | MulticlassMetrics, list[dict], dict, float]:  # fmt: skip
+    """Every process's share put together, as one process would have computed it."""
+    parts = world.gather((metrics, rows, predictions, total_loss))
+    rows = sorted((r for part in parts for r in part[1]), key=lambda r: r["index"])
+    predictions = {k: v for part in parts for k, v in part[2].items()}
+    total_loss = sum(part[3] for part in parts)
+    merged = _new_metrics(num_classes, ignore_index, class_names)
+    if isinstance(merged, BinaryMetrics):
+        for r in rows:  # the per-image sums again, in the images' order
+            merged.add_counts(r["tp"], r["fp"], r["fn"], r["tn"])
+    else:
+        for part in parts:
+            merged.merge(part[0])
+    return merged, rows, predictions, total_loss
 
 
 def _original_size_logits(
@@ -199,17 +233,31 @@ def evaluate_run(
     ``split`` is ``test``, ``val`` or ``train`` (from the run's own ``split.json``) or ``all``
     (every pair in ``data``, e.g. a separate test set). Files go to ``out`` (default: the
     run folder). ``apply_postprocess=False`` scores masks without the run's clean-up steps;
-    ``tta`` scores the test-time-augmented predictions (:mod:`pixelseg.tta`).
+    ``tta`` scores the test-time-augmented predictions (:mod:`pixelseg.tta`). Launched by
+    torchrun, the processes share the images and rank 0 writes the (identical) results.
     """
-    from pixelseg.tta import TTAModel  # it builds on this module's logits_to_proba
-
     if split not in ("all", *SPLITS):
         raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
-    run = Path(run)
-    dev = resolve_device(device)
-    model, config = load_model(run, dev)
     if tta_rotations and not tta:
         raise ValueError("tta_rotations extends tta; set both")
+    world, dev, joined = distributed.start(device)
+    try:
+        return _evaluate_run(
+            Path(run), data, split, format, threshold, out, dev, batch_size, n_worst,
+            progress and world.is_main, apply_postprocess, tta, tta_rotations, world,
+        )  # fmt: skip
+    finally:
+        distributed.stop(joined)
+
+
+def _evaluate_run(
+    run: Path, data: str | Path, split: str, format: str, threshold: float | None,
+    out: str | Path | None, dev: torch.device, batch_size: int, n_worst: int, progress: bool,
+    apply_postprocess: bool, tta: bool, tta_rotations: bool, world: World,
+) -> dict:  # fmt: skip
+    from pixelseg.tta import TTAModel  # it builds on this module's logits_to_proba
+
+    model, config = load_model(run, dev)
     if tta:
         model = TTAModel(model, tta_rotations)
     _, samples = find_samples(data, format)
@@ -250,13 +298,24 @@ def evaluate_run(
         batch_size,
         keep_predictions=True,
         postprocess_steps=steps,
+        world=world,
     )
     views = "flips and rotations" if tta_rotations else "flips" if tta else None
     metrics = {**metrics, "split": split, "data": str(data), "tta": views}
     if config["num_classes"] == 1:
         metrics["threshold"] = t
         metrics["postprocess"] = steps
-    out_dir = Path(out) if out is not None else run
+    if world.is_main:
+        _write_report(metrics, rows, preds, config, samples, dataset, out or run, n_worst)
+    return metrics
+
+
+def _write_report(
+    metrics: dict, rows: list[dict], preds: dict[int, np.ndarray], config: dict,
+    samples: list, dataset: SegmentationDataset, out: str | Path, n_worst: int,
+) -> None:  # fmt: skip
+    """``metrics.json``, ``per_image.csv``, ``worst.png`` (and ``confusion.png``)."""
+    out_dir = Path(out)
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_image.csv", rows)
     if config["num_classes"] > 1:
@@ -270,4 +329,3 @@ def evaluate_run(
         out_dir / "worst.png",
         [f"{rows[i]['stem']}  {key} {rows[i][key]:.3f}" for i in worst],
     )
-    return metrics

@@ -74,14 +74,21 @@ class TrainingState:
             "class_weights": self.class_weights,
         }  # fmt: skip
 
-    def restore(self, state: dict) -> tuple[int, Progress | None]:
-        """Load a saved state; returns the epoch to continue and the progress inside it."""
+    def restore(
+        self, state: dict, rank: int = 0, world_size: int = 1
+    ) -> tuple[int, Progress | None]:
+        """Load a saved state; returns the epoch to continue and the progress inside it.
+
+        Each process of a distributed run takes back its own random state when the run
+        resumes with as many processes as it had (otherwise all start from rank 0's).
+        """
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         # LambdaLR would also restore the saved Schedule's fields over the one chosen for
         # this session (which differs when the run was given more epochs): drop them.
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
-        restore_random_state(state["random"])
+        randoms = state.get("random_ranks") or [state["random"]]
+        restore_random_state(randoms[rank] if len(randoms) == world_size else randoms[0])
         self.history = state["history"]
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         progress = state.get("progress")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -32,7 +33,7 @@ from pixelseg.data.split import (
     select,
 )
 from pixelseg.data.transforms import Augment, BatchTransform
-from pixelseg.engine import checkpoint
+from pixelseg.engine import checkpoint, distributed
 from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs
 from pixelseg.engine.configure import (
     choose_batch_size,
@@ -41,12 +42,13 @@ from pixelseg.engine.configure import (
     choose_size,
     resolve_class_settings,
 )
-from pixelseg.engine.device import resolve_device, seed_everything
+from pixelseg.engine.device import seed_everything
+from pixelseg.engine.distributed import World
 from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, evaluate_model
 from pixelseg.engine.interrupt import StopSignals, TrainingInterrupted
 from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
-from pixelseg.engine.state import Progress, TrainingState
+from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
@@ -102,15 +104,18 @@ def train_one_epoch(
 
 
 def prepare_split(
-    cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path, resuming: bool
-) -> dict[str, list[str]]:
-    """Reuse the run's ``split.json`` when resuming, else make (and save) a stratified split."""
+    cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path,
+    resuming: bool, write: bool = True,
+) -> dict[str, list[str]]:  # fmt: skip
+    """Reuse the run's ``split.json`` when resuming, else make (and, with ``write``, save) a
+    stratified split; it depends on the seed alone, so every process draws the same one."""
     path = run_dir / "split.json"
     if resuming:
         return load_split(path)
     if all(s.subset is not None for s in samples):  # keep the data set's own split (CamVid)
         split = {k: sorted(s.stem for s in samples if s.subset == k) for k in SPLITS}
-        save_split(path, split)
+        if write:
+            save_split(path, split)
         return split
     if all(s.group is not None for s in samples):
         strata = [s.group for s in samples]  # e.g. PH2's diagnosis
@@ -119,7 +124,8 @@ def prepare_split(
     split = make_split(
         [s.stem for s in samples], cfg.val_fraction, cfg.test_fraction, cfg.seed, strata
     )
-    save_split(path, split)
+    if write:
+        save_split(path, split)
     return split
 
 
@@ -159,6 +165,7 @@ def build_datasets(
     log: Callable[[str], None],
     deadline: float | None = None,
     device: torch.device | None = None,
+    write: bool = True,
 ) -> tuple[SegmentationDataset, SegmentationDataset, TrainConfig]:
     """Check the data, split it (or reuse the run's split) and cache train/val.
 
@@ -166,7 +173,8 @@ def build_datasets(
     channels (1 when every image is greyscale, such as EM slices or X-rays, else 3) and the
     training size (see :func:`choose_size`); with a ``deadline`` (a ``time.perf_counter()``
     value: a time budget's end) the size and the default U-Net's width are fitted to the
-    time left (see :func:`choose_for_budget`).
+    time left (see :func:`choose_for_budget`). Only with ``write`` is ``split.json`` saved
+    (in a distributed run, by rank 0).
     """
     fmt, samples = find_samples(cfg.data, cfg.format)
     report = check_samples(
@@ -174,7 +182,7 @@ def build_datasets(
     )
     report.raise_if_problems()  # refuse to train on a broken data set
     fractions = [info.foreground for info in report.infos]
-    split = prepare_split(cfg, samples, fractions, run_dir, resuming)
+    split = prepare_split(cfg, samples, fractions, run_dir, resuming, write)
     missing = sorted(set().union(*split.values()) - {s.stem for s in samples})
     if resuming and missing:
         raise DataError(
@@ -329,23 +337,31 @@ def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
 
 
 def _setup(
-    cfg: TrainConfig, train_set: SegmentationDataset, device: torch.device, state: dict | None
-) -> tuple[TrainingState, DataLoader, EpochSampler]:
+    cfg: TrainConfig, train_set: SegmentationDataset, device: torch.device, state: dict | None,
+    world: World,
+) -> tuple[TrainingState, DataLoader, EpochSampler]:  # fmt: skip
     model = create_model(
         cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
         **cfg.model_kwargs,
     ).to(device)  # fmt: skip
+    if world.distributed:
+        if cfg.sync_batchnorm:  # batch statistics over all processes' batches
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # averages the gradients over the processes; starts from rank 0's weights
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     # Under a time budget an epoch is at least EPOCH_STEPS steps (several passes over a
     # small data set), so validating and saving after each one stays a small part of it.
     passes = len(train_set)
     if cfg.time_budget is not None:
-        passes = max(passes, EPOCH_STEPS * cfg.batch_size)
-    sampler = EpochSampler(len(train_set), num_samples=passes, seed=cfg.seed)
+        passes = max(passes, EPOCH_STEPS * cfg.batch_size * world.size)
+    sampler = EpochSampler(len(train_set), passes, cfg.seed, world.rank, world.size)
     # The loader gets a generator of its own: starting an iteration draws a worker seed from
     # it, which from the global one would shift the augmentation of a run resumed mid-epoch.
     loader = DataLoader(
         train_set, batch_size=cfg.batch_size, sampler=sampler,
-        drop_last=passes > cfg.batch_size, num_workers=cfg.workers,
+        drop_last=sampler.per_rank > cfg.batch_size, num_workers=cfg.workers,
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -372,10 +388,15 @@ class _Session:
     val_set: SegmentationDataset
     device: torch.device
     log: Callable[[str], None]
+    world: World
 
     def save(self, epoch: int, progress: Progress | None = None, finished: bool = False) -> None:
-        state = self.t.state(epoch, self.cfg, self.mean, self.std, progress, finished)
-        checkpoint.save_state(self.run_dir, state)
+        """Write ``last.pt`` (rank 0; every process must call it: their random states are
+        gathered, so each one resumes with its own)."""
+        randoms = self.world.gather(random_state())
+        if self.world.is_main:
+            state = self.t.state(epoch, self.cfg, self.mean, self.std, progress, finished)
+            checkpoint.save_state(self.run_dir, {**state, "random_ranks": randoms})
 
 
 def fit(
@@ -388,21 +409,51 @@ def fit(
     ``cfg.epochs``; use :func:`resume` to load the saved settings. ``on_epoch_end`` is called
     with each epoch's history row after its checkpoint is written (raise to stop). SIGINT or
     SIGTERM saves a checkpoint at the current step and raises :class:`TrainingInterrupted`.
+    Launched by torchrun, each process trains its share (:mod:`pixelseg.engine.distributed`).
     """
     started = time.perf_counter()
-    log = tqdm.write if cfg.progress else (lambda *_: None)
+    world, device, joined = distributed.start(cfg.device)
+    try:
+        run, start_epoch, progress, clock = _prepare(cfg, resume, world, device, started)
+        with StopSignals() as stop:
+            epoch = _train_epochs(run, start_epoch, progress, clock, stop, on_epoch_end)
+        cfg, t = run.cfg, run.t  # a time budget may have re-planned the epochs
+        if world.is_main:
+            if cfg.num_classes == 1 and t.best_epoch:
+                _calibrate(cfg, run.run_dir, run.val_set, run.eval_tf, device, run.log)
+            plot_curves(t.history, run.run_dir / "curves.png", cfg.score_name)
+        run.save(epoch, finished=True)
+        world.barrier()  # the files are complete before any process returns
+        return TrainResult(run.run_dir, t.best_epoch, t.best_score, cfg.score_name, t.history)
+    finally:
+        distributed.stop(joined)
+
+
+def _prepare(
+    cfg: TrainConfig, resume: bool, world: World, device: torch.device, started: float
+) -> tuple[_Session, int, Progress | None, Clock | None]:
+    """Everything before the first step: the run folder, the data, the settings left to
+    pixelseg, the model, and the saved state of a resumed run."""
+    log = tqdm.write if cfg.progress and world.is_main else (lambda *_: None)
+    if not world.is_main:
+        cfg = replace(cfg, progress=False)  # one progress bar, rank 0's
     cfg, run_dir, state = _open_run(cfg, resume, log)
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
     stride = _check_settings(cfg)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-
+    seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None
-    train_set, val_set, cfg = build_datasets(
-        cfg, run_dir, state is not None, stride, log, deadline, device
+    resuming = state is not None
+    train_set, val_set, mine = build_datasets(
+        cfg, run_dir, resuming, stride, log, deadline, device, write=world.is_main
     )
-    cfg = choose_batch_size(cfg, len(train_set), train_set.images.shape[1], device, log)
+    mine = choose_batch_size(mine, len(train_set), train_set.images.shape[1], device, log)
+    # Settings chosen from measurements (memory, step times) can differ between processes:
+    # rank 0's hold for all.
+    agreed = replace(world.broadcast(mine), progress=mine.progress)
+    if (agreed.size, agreed.in_channels) != (mine.size, mine.in_channels):
+        train_set, val_set, _ = build_datasets(agreed, run_dir, True, stride, log, None, device)
+    cfg = agreed
     # Normalise with the training images' own statistics (kept from the first session).
     mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
     config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
@@ -412,33 +463,26 @@ def fit(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     ).to(device)  # fmt: skip
-    t, loader, sampler = _setup(cfg, train_set, device, state)
+    t, loader, sampler = _setup(cfg, train_set, device, state, world)
     t.class_weights = weights
-    start_epoch, progress = t.restore(state) if state is not None else (1, None)
+    start_epoch, progress = t.restore(state, world.rank, world.size) if state else (1, None)
     run = _Session(
         cfg, run_dir, config, mean, std, t, loader, sampler,
         BatchTransform(mean, std, Augment() if cfg.augment else None), BatchTransform(mean, std),
-        loss_fn, val_set, device, log,
+        loss_fn, val_set, device, log, world,
     )  # fmt: skip
-    length = (
-        f"up to {cfg.time_budget}" if budget else f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
-    )
+    epochs = f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
+    processes = f" x {world.size} processes" if world.distributed else ""
     log(
-        f"pixelseg: {cfg.model} ({count_parameters(t.model):,} parameters) on {device}; "
-        f"{len(train_set)} train / {len(val_set)} val images at {cfg.size[0]}x{cfg.size[1]}; "
-        f"loss {cfg.loss}; {length}"
+        f"pixelseg: {cfg.model} ({count_parameters(t.model):,} parameters) on {device}"
+        f"{processes}; {len(train_set)} train / {len(val_set)} val images at "
+        f"{cfg.size[0]}x{cfg.size[1]}; loss {cfg.loss}; "
+        f"{f'up to {cfg.time_budget}' if budget else epochs}"
     )
     # A time budget plans the number of epochs from the time the first epochs take (a
     # resumed run keeps the plan it saved).
     clock = Clock(budget, started, ceiling=cfg.epochs) if budget else None
-    with StopSignals() as stop:
-        epoch = _train_epochs(run, start_epoch, progress, clock, stop, on_epoch_end)
-    cfg = run.cfg  # a time budget may have re-planned the epochs
-    if cfg.num_classes == 1 and t.best_epoch:
-        _calibrate(cfg, run_dir, val_set, run.eval_tf, device, log)
-    run.save(epoch, finished=True)
-    plot_curves(t.history, run_dir / "curves.png", cfg.score_name)
-    return TrainResult(run_dir, t.best_epoch, t.best_score, cfg.score_name, t.history)
+    return run, start_epoch, progress, clock
 
 
 def _train_epochs(
@@ -452,6 +496,7 @@ def _train_epochs(
     while epoch < run.cfg.epochs:
         if clock is not None:
             clock.tops.append(time.perf_counter())
+            clock = run.world.broadcast(clock)  # every process follows rank 0's clock
             if epoch > 0 and not clock.room_for_an_epoch():
                 log(f"time budget {run.cfg.time_budget} reached after {epoch} epochs")
                 break
@@ -462,7 +507,7 @@ def _train_epochs(
         progress, epoch = None, epoch + 1
         if on_epoch_end is not None:
             on_epoch_end(row)
-        if stop.requested is not None:  # arrived during validation: the epoch is saved
+        if run.world.any(stop.requested is not None):  # arrived during validation
             raise _interrupted(run, stop.requested, epoch, Progress())
         # Patience counts from the last improvement, or from the start of this session.
         patience = run.cfg.patience
@@ -474,31 +519,33 @@ def _train_epochs(
 
 def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals) -> dict:
     """Train epoch ``epoch`` from ``progress``, validate, save; returns its history row."""
-    cfg, t, name = run.cfg, run.t, run.cfg.score_name
+    cfg, t, name, world = run.cfg, run.t, run.cfg.score_name, run.world
     t0 = time.perf_counter()
     run.sampler.set_epoch(epoch, start=progress.step * cfg.batch_size)
-
     steps = progress.step + len(run.loader)
 
     def after_step(p: Progress) -> None:
+        stopping = world.any(stop.requested is not None)  # all processes stop at one step
         # every save_every steps, but not at the epoch's end: its own checkpoint follows
         every = cfg.save_every and p.step % cfg.save_every == 0 and p.step < steps
-        if stop.requested is not None or every:
+        if stopping or every:
             run.save(epoch - 1, p)
-        if stop.requested is not None:
+        if stopping:
             raise _interrupted(run, stop.requested, epoch - 1, p)
 
     last = f" (last val_{name} {t.history[-1][f'val_{name}']:.3f})" if t.history else ""
     with tqdm(total=steps, initial=progress.step, unit="batch",
               desc=f"epoch {epoch}/{cfg.epochs}{last}", leave=False,
               disable=None if cfg.progress else True) as bar:  # fmt: skip
-        train_loss = train_one_epoch(
+        train_one_epoch(
             t.model, run.loader, run.train_tf, run.loss_fn, t.optimizer, t.scheduler,
             run.device, bar, progress, after_step,
         )  # fmt: skip
+    parts = world.gather((progress.loss_sum, progress.count))  # the loss over all processes
+    train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
     metrics, _, _ = evaluate_model(
         t.model, run.val_set, run.eval_tf, run.device, cfg.threshold or 0.5, cfg.ignore_index,
-        cfg.class_names, cfg.batch_size, loss_fn=run.loss_fn,
+        cfg.class_names, cfg.batch_size, loss_fn=run.loss_fn, world=world,
     )  # fmt: skip
     score = metrics[name]
     row = {
@@ -510,11 +557,13 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
     improved = score > t.best_score
     if improved:  # the best weights so far: these are what predict/evaluate use
         t.best_score, t.best_epoch = score, epoch
-        checkpoint.save_weights(run.run_dir, t.model)
-        best = {"best": {"epoch": epoch, name: score}}
-        write_json(run.run_dir / checkpoint.CONFIG_FILE, {**run.config, **best})
+        if world.is_main:
+            checkpoint.save_weights(run.run_dir, unwrap(t.model))
+            best = {"best": {"epoch": epoch, name: score}}
+            write_json(run.run_dir / checkpoint.CONFIG_FILE, {**run.config, **best})
     run.save(epoch)
-    write_csv(run.run_dir / "history.csv", t.history)
+    if world.is_main:
+        write_csv(run.run_dir / "history.csv", t.history)
     run.log(
         f"epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
         f"val_loss {metrics['loss']:.4f}  val_{name} {score:.4f}" + "  *best*" * improved
@@ -522,7 +571,8 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
     return row
 
 
-def _interrupted(run: _Session, signum: int, epoch: int, p: Progress) -> TrainingInterrupted:
+def _interrupted(run: _Session, signum: int | None, epoch: int, p: Progress) -> TrainingInterrupted:
+    signum = signum or signal.SIGTERM  # another process got it: torchrun sends SIGTERM
     where = f"epoch {epoch}" + (f" and {p.step} steps of epoch {epoch + 1}" if p.step else "")
     return TrainingInterrupted(
         f"stopped by {signal.Signals(signum).name}; checkpoint saved after {where}: continue "

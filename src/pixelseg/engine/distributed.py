@@ -1,0 +1,139 @@
+"""Several processes, one job: PyTorch's own distributed engine, launched by ``torchrun``.
+
+``torchrun --nproc-per-node N -m pixelseg train ...`` starts N copies of the command and
+tells each its place through the environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``);
+``pixelseg train --nproc N`` runs exactly that. Each process then joins the process group
+(NCCL between GPUs, gloo on CPUs), trains its own share of every epoch's batches inside
+``DistributedDataParallel`` (which averages the gradients), and takes part in evaluation,
+whose per-image results are gathered so the metrics are those of one process, exactly.
+Only rank 0 writes files and prints. Without torchrun's variables everything here is a
+no-op for a world of one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+# torch is imported inside the functions that use it: the CLI asks ``world_from_env()``
+# before every command, and commands that need no torch should not pay for importing it.
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the job's processes."""
+
+    rank: int = 0
+    local_rank: int = 0  # the process's index on its own machine (picks its GPU)
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (any picklable object)."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        boxes: list[Any] = [None] * self.size
+        dist.all_gather_object(boxes, obj)
+        return boxes
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is true on any (e.g. a stop signal seen by one)."""
+        if not self.distributed:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)], device=_collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def share(self, count: int) -> tuple[int, int]:
+        """This process's consecutive share ``[lo, hi)`` of ``count`` items."""
+        return count * self.rank // self.size, count * (self.rank + 1) // self.size
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def world_from_env() -> World:
+    """The world torchrun describes in the environment (one process without it)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), size)
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for a collective must live: NCCL works on GPU tensors only."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def start(device: str = "auto") -> tuple[World, torch.device, bool]:
+    """Join the process group when launched by torchrun; returns (world, this process's
+    device, whether this call started the group and so should :func:`stop` it).
+
+    On GPUs each process takes the GPU of its local rank and talks over NCCL; on CPUs they
+    talk over gloo.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from pixelseg.engine.device import resolve_device
+
+    world = world_from_env()
+    if not world.distributed:
+        return world, resolve_device(device), False
+    wants_cuda = device == "auto" or device.startswith("cuda")
+    if wants_cuda and torch.cuda.is_available():
+        dev = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    elif device.startswith("cuda"):
+        raise ValueError(f"device {device} was asked for but CUDA is not available")
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if dist.is_initialized():
+        return world, dev, False
+    dist.init_process_group(backend)
+    return world, dev, True
+
+
+def stop(started: bool) -> None:
+    """Leave the process group if :func:`start` joined it."""
+    import torch.distributed as dist
+
+    if started and dist.is_initialized():
+        dist.destroy_process_group()
