@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from pixelseg.config import TrainConfig
-from pixelseg.engine.budget import Clock, plan_epochs
+from pixelseg.engine.budget import Clock, plan_epochs, planned_epochs
 from pixelseg.engine.schedule import Schedule
 
 
@@ -27,7 +27,9 @@ def test_a_new_plan_continues_from_the_rate_reached(seconds_left: float) -> None
     t = SimpleNamespace(history=[{}] * done, schedule=old,
                         scheduler=SimpleNamespace(lr_lambdas=[old]))  # fmt: skip
     cfg = TrainConfig(data="unused", num_classes=1, time_budget="1h", warmup_epochs=1)
-    planned = plan_epochs(cfg, clock, t, steps, lambda _: None).epochs
+    epochs = planned_epochs(clock, done)
+    planned = plan_epochs(cfg, epochs, t, steps, clock.per_epoch, lambda _: None).epochs
+    assert planned == epochs
     assert planned != 40
     new = t.scheduler.lr_lambdas[0]
     assert new is t.schedule

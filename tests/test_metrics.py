@@ -315,3 +315,15 @@ def test_multiclass_constructor_errors():
         MulticlassMetrics(3, class_names=["a", "b"])
     with pytest.raises(ValueError, match="distinct"):
         MulticlassMetrics(2, class_names=["a", "a"])
+
+
+def test_multiclass_metrics_merged_from_shares_equal_one_pass() -> None:
+    """What two processes of a distributed evaluation accumulate, merged, is one pass."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, 3, (9, 7)), rng.integers(0, 4, (9, 7))) for _ in range(6)]
+    whole, a, b = (MulticlassMetrics(3, ignore_index=3) for _ in range(3))
+    for i, (pred, target) in enumerate(pairs):
+        whole.update(pred, target)
+        (a if i % 2 == 0 else b).update(pred, target)
+    a.merge(b)
+    assert a.compute() == whole.compute()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,35 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert checkpoint.load_state(run)["epoch"] == 1  # loads, and continues
     assert resume(run, epochs=2).history[-1]["epoch"] == 2
+
+
+def test_a_rerun_time_budget_run_keeps_what_is_left_of_its_budget(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    cfg = {"data": str(tiny_data), "out": str(run), **FAST, "time_budget": "6s"}
+
+    def crash_after_epoch_2(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        fit(TrainConfig(**cfg), on_epoch_end=crash_after_epoch_2)
+    state = torch.load(run / checkpoint.STATE_FILE, weights_only=True)
+    planned, used = state["config"]["epochs"], state["clock"]["elapsed"]
+    assert planned < 1000 and 0 < used < 6  # the plan made after epoch 2, and the time used
+    start = time.perf_counter()
+    result = fit(TrainConfig(**cfg))  # the same command: resumes, within the budget left
+    assert time.perf_counter() - start < 6 - used + 10  # (start-up and calibration on top)
+    assert 2 < len(result.history) <= planned
+
+
+def test_resuming_with_another_number_of_processes_is_refused(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), **{**SETTINGS, "epochs": 1}))
+    state = torch.load(run / checkpoint.STATE_FILE, weights_only=True)
+    checkpoint.save_state(run, {**state, "world_size": 2})
+    with pytest.raises(ValueError, match="trained with 2 process"):
+        resume(run, epochs=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -249,7 +250,16 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
             rest.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "pixelseg", *rest]  # fmt: skip
-    return subprocess.call(command)
+    # torchrun runs in its own session, so a Ctrl-C reaches it once, from here: it then
+    # stops its processes, which save a checkpoint first.
+    child = subprocess.Popen(command, start_new_session=True)
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -283,7 +293,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
     from pixelseg.engine import distributed
-    from pixelseg.predict import Predictor, predict_files, unique_stems
+    from pixelseg.predict import Predictor, predict_files, unique_stems, write_legend
     from pixelseg.video import is_video_file, predict_video
 
     _check_predict_options(args)
@@ -309,8 +319,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 predictor, images[lo:hi], args.out, args.threshold, args.probabilities,
                 args.batch_size, progress=world.is_main, cutouts=args.cutout,
                 background=background, feather=args.feather, uncertainty=args.uncertainty,
-                instances=args.instances, stems=stems[lo:hi], first_id=lo + 1,
-                legend=world.is_main,
+                instances=args.instances, stems=stems[lo:hi], first_id=lo + 1, legend=False,
             )  # fmt: skip
         lo, hi = world.share(len(videos))
         for video, stem in zip(videos[lo:hi], stems[len(images) + lo :], strict=False):
@@ -319,6 +328,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 background=background, feather=args.feather, batch_size=args.batch_size,
                 stem=stem, progress=world.is_main,
             )  # fmt: skip
+        if world.is_main and images and predictor.num_classes > 1:
+            written.append(write_legend(predictor, args.out))
         total = sum(world.gather(len(written)))
     finally:
         distributed.stop(joined)

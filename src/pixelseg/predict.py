@@ -275,13 +275,15 @@ def predict_files(
                 written.append(save_png(f"{prefix}_composite.png", picture))
             bar.update(1)
     bar.close()
-    if legend and predictor.num_classes > 1:  # what the colours of <stem>_color.png mean
-        names = predictor.config.get("class_names") or [
-            str(i) for i in range(predictor.num_classes)
-        ]
-        colors = predictor.config.get("class_colors")
-        written.append(plot_legend(names, out_dir / "legend.png", colors))
+    if legend and predictor.num_classes > 1:
+        written.append(write_legend(predictor, out_dir))
     return written
+
+
+def write_legend(predictor: Predictor, out_dir: str | Path) -> Path:
+    """``legend.png``: what the colours of the ``<stem>_color.png`` masks mean."""
+    names = predictor.config.get("class_names") or [str(i) for i in range(predictor.num_classes)]
+    return plot_legend(names, Path(out_dir) / "legend.png", predictor.config.get("class_colors"))
 
 
 def _write_outputs(

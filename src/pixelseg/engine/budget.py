@@ -44,17 +44,36 @@ class Clock:
     def seconds_left(self) -> float:
         return self.budget - (time.perf_counter() - self.started) - END_SECONDS
 
+    def to_state(self) -> dict:
+        """For ``last.pt``: the time used so far and the epochs' start times, relative to the
+        run's start, so a resumed run gets what is left of its budget (the time between a
+        kill and the restart does not count)."""
+        now = time.perf_counter()
+        return {"budget": self.budget, "elapsed": now - self.started, "ceiling": self.ceiling,
+                "tops": [t - self.started for t in self.tops]}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict) -> Clock:
+        started = time.perf_counter() - state["elapsed"]
+        tops = [started + t for t in state["tops"]]
+        return cls(state["budget"], started, state["ceiling"], tops)
+
     def room_for_an_epoch(self) -> bool:
         # a tenth of an epoch in reserve, for the noise of a shared machine
         return self.seconds_left() >= 1.1 * self.per_epoch
 
 
+def planned_epochs(clock: Clock, done: int) -> int:
+    """How many epochs fit in what is left of the budget, ``done`` being finished."""
+    return min(clock.ceiling, done + max(1, int(clock.seconds_left() // (1.1 * clock.per_epoch))))
+
+
 def plan_epochs(
-    cfg: TrainConfig, clock: Clock, t: TrainingState, steps: int, log: Callable[[str], None]
-) -> TrainConfig:
-    """Fit the epoch count (and the cosine schedule) to what is left of the time budget."""
+    cfg: TrainConfig, epochs: int, t: TrainingState, steps: int, per_epoch: float,
+    log: Callable[[str], None],
+) -> TrainConfig:  # fmt: skip
+    """Fit the cosine schedule to ``epochs`` (from :func:`planned_epochs`)."""
     done = len(t.history)
-    epochs = min(clock.ceiling, done + max(1, int(clock.seconds_left() // (1.1 * clock.per_epoch))))
     step = done * steps
     if step < cfg.warmup_epochs * steps:  # still warming up: a fresh schedule
         t.schedule = Schedule(epochs * steps, cfg.warmup_epochs * steps)
@@ -62,7 +81,7 @@ def plan_epochs(
         t.schedule = Schedule(epochs * steps, begin=step, start=t.schedule(step))
     t.scheduler.lr_lambdas[0] = t.schedule
     log(
-        f"time budget {cfg.time_budget}: an epoch takes {clock.per_epoch:.2f} s, planning "
+        f"time budget {cfg.time_budget}: an epoch takes {per_epoch:.2f} s, planning "
         f"{epochs} epoch{'s' * (epochs > 1)}"
     )
     return replace(cfg, epochs=epochs)

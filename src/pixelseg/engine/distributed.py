@@ -12,14 +12,18 @@ no-op for a world of one process.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from pixelseg.errors import PixelsegError
 
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
+GROUP_TIMEOUT_MINUTES = 30  # how long a collective may wait for a slow process
 
 # torch is imported inside the functions that use it: the CLI asks ``world_from_env()``
 # before every command, and commands that need no torch should not pay for importing it.
@@ -61,6 +65,27 @@ class World:
         dist.all_gather_object(boxes, obj)
         return boxes
 
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on rank 0 (None elsewhere): for large things
+        only rank 0 needs, such as predictions to draw."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        boxes: list[Any] | None = [None] * self.size if self.is_main else None
+        dist.gather_object(obj, boxes, dst=0)
+        return boxes
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's buffers (batch-norm running statistics, which each
+        process updates from its own batches) before evaluating."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
     def any(self, flag: bool) -> bool:
         """True on every rank if it is true on any (e.g. a stop signal seen by one)."""
         if not self.distributed:
@@ -88,6 +113,11 @@ def world_from_env() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    if "RANK" not in os.environ:
+        raise PixelsegError(
+            f"WORLD_SIZE={size} is set but RANK is not: start several processes with torchrun "
+            "(pixelseg train --nproc N), or unset WORLD_SIZE"
+        )
     return World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), size)
 
 
@@ -127,7 +157,8 @@ def start(device: str = "auto") -> tuple[World, torch.device, bool]:
         dev, backend = torch.device("cpu"), "gloo"
     if dist.is_initialized():
         return world, dev, False
-    dist.init_process_group(backend)
+    # 30 minutes, not NCCL's 10: the other processes wait while rank 0 calibrates alone
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=GROUP_TIMEOUT_MINUTES))
     return world, dev, True
 
 

@@ -77,7 +77,8 @@ def evaluate_model(
     ``metrics["loss"]`` is its mean over the set at the training size (the same pass
     serves both, so validation runs the model once). In a distributed ``world`` each process
     scores every ``world.size``-th image and the results are gathered: every process returns
-    the metrics and rows of the whole set, equal to those of one process.
+    the metrics and rows of the whole set (rank 0 also the predictions), which on a CPU equal
+    those of one process exactly.
     """
     if not dataset.keep_original:
         raise ValueError("evaluate_model() needs a dataset built with keep_original=True")
@@ -125,10 +126,11 @@ def _gather(
     class_names: list[str] | None,
 ) -> tuple[BinaryMetrics | MulticlassMetrics, list[dict], dict, float]:  # fmt: skip
     """Every process's share put together, as one process would have computed it."""
-    parts = world.gather((metrics, rows, predictions, total_loss))
+    parts = world.gather((metrics, rows, total_loss))
     rows = sorted((r for part in parts for r in part[1]), key=lambda r: r["index"])
-    predictions = {k: v for part in parts for k, v in part[2].items()}
-    total_loss = sum(part[3] for part in parts)
+    total_loss = sum(part[2] for part in parts)
+    shared = world.gather_to_main(predictions)  # full-size masks: only rank 0 draws them
+    predictions = {k: v for part in shared or [] for k, v in part.items()}
     merged = _new_metrics(num_classes, ignore_index, class_names)
     if isinstance(merged, BinaryMetrics):
         for r in rows:  # the per-image sums again, in the images' order

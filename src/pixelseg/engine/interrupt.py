@@ -46,5 +46,6 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # None: a handler installed from C; the default is the closest Python can restore
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()

@@ -58,6 +58,7 @@ class TrainingState:
     class_weights: list[float] | None = None
     best_score: float = -1.0
     best_epoch: int = 0
+    patience_start: int = 0  # early stopping counts epochs from max(this, best_epoch)
 
     def state(
         self, epoch: int, cfg: TrainConfig, mean: list[float], std: list[float],
@@ -71,7 +72,7 @@ class TrainingState:
             "schedule": asdict(self.schedule), "random": random_state(),
             "history": self.history, "best_score": self.best_score,
             "best_epoch": self.best_epoch, "mean": mean, "std": std, "config": cfg.to_dict(),
-            "class_weights": self.class_weights,
+            "class_weights": self.class_weights, "patience_start": self.patience_start,
         }  # fmt: skip
 
     def restore(
@@ -79,8 +80,8 @@ class TrainingState:
     ) -> tuple[int, Progress | None]:
         """Load a saved state; returns the epoch to continue and the progress inside it.
 
-        Each process of a distributed run takes back its own random state when the run
-        resumes with as many processes as it had (otherwise all start from rank 0's).
+        Each process of a distributed run takes back its own random state and progress
+        (the run must resume with as many processes as it had; see ``fit``).
         """
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -88,8 +89,11 @@ class TrainingState:
         # this session (which differs when the run was given more epochs): drop them.
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         randoms = state.get("random_ranks") or [state["random"]]
-        restore_random_state(randoms[rank] if len(randoms) == world_size else randoms[0])
+        progresses = state.get("progress_ranks") or [state.get("progress")]
+        mine = rank if len(randoms) == world_size else 0
+        restore_random_state(randoms[mine])
         self.history = state["history"]
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
-        progress = state.get("progress")
+        self.patience_start = state.get("patience_start", 0)
+        progress = progresses[mine] if mine < len(progresses) else None
         return state["epoch"] + 1, Progress(**progress) if progress else None

@@ -11,7 +11,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from pixelseg.data.split import (
 )
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint, distributed
-from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs
+from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs, planned_epochs
 from pixelseg.engine.configure import (
     choose_batch_size,
     choose_class_weights,
@@ -222,6 +222,7 @@ def build_datasets(
 RESUME_OVERRIDES = (
     "data", "epochs", "patience", "workers", "device", "progress", "postprocess", "save_every",
 )  # fmt: skip
+AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every")
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
@@ -273,18 +274,22 @@ def _open_run(
             )
         log(f"{run_dir} holds an unfinished run: resuming it")
     saved, now = state["config"], cfg.to_dict()
+    # Asked to resume, the run may change RESUME_OVERRIDES; picked up by rerunning the same
+    # command, it continues as it was (a time budget's planned epochs included).
+    free = RESUME_OVERRIDES if resuming else AUTO_RESUME_OVERRIDES
+    planned = ("epochs", "patience") if saved.get("time_budget") and not resuming else ()
     changed = sorted(
         k
         for k in saved
-        if k not in RESUME_OVERRIDES + ("out",) and now[k] is not None and saved[k] != now[k]
+        if k not in (*free, *planned, "out") and now[k] is not None and saved[k] != now[k]
     )
     if changed:
         raise ValueError(
             f"cannot change {', '.join(changed)} when resuming {run_dir}; a resumed run may "
-            f"only change {', '.join(RESUME_OVERRIDES)}"
+            f"only change {', '.join(free)}"
             + ("" if resuming else " (or choose another --out for a new run)")
         )
-    merged = {**saved, **{k: now[k] for k in RESUME_OVERRIDES}, "out": str(run_dir)}
+    merged = {**saved, **{k: now[k] for k in free}, "out": str(run_dir)}
     return TrainConfig.from_dict(merged), run_dir, state
 
 
@@ -344,6 +349,8 @@ def _setup(
         cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
         **cfg.model_kwargs,
     ).to(device)  # fmt: skip
+    if cfg.sync_batchnorm and device.type != "cuda":
+        raise ValueError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
     if world.distributed:
         if cfg.sync_batchnorm:  # batch statistics over all processes' batches
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -389,14 +396,21 @@ class _Session:
     device: torch.device
     log: Callable[[str], None]
     world: World
+    steps: int  # training steps per epoch in each process
+    clock: Clock | None = None  # a time budget's
 
     def save(self, epoch: int, progress: Progress | None = None, finished: bool = False) -> None:
-        """Write ``last.pt`` (rank 0; every process must call it: their random states are
-        gathered, so each one resumes with its own)."""
-        randoms = self.world.gather(random_state())
+        """Write ``last.pt`` (rank 0). Every process must call it: their random states and
+        progress are gathered, so each one resumes with its own. A finished run's last save
+        is rank 0's alone (nothing is resumed from it but the weights)."""
+        mine = (random_state(), asdict(progress) if progress else None)
+        parts = [mine] if finished else self.world.gather(mine)
         if self.world.is_main:
             state = self.t.state(epoch, self.cfg, self.mean, self.std, progress, finished)
-            checkpoint.save_state(self.run_dir, {**state, "random_ranks": randoms})
+            ranks = {"random_ranks": [r for r, _ in parts], "progress_ranks": [p for _, p in parts],
+                     "world_size": self.world.size}  # fmt: skip
+            clock = {"clock": self.clock.to_state() if self.clock else None}
+            checkpoint.save_state(self.run_dir, {**state, **ranks, **clock})
 
 
 def fit(
@@ -409,7 +423,8 @@ def fit(
     ``cfg.epochs``; use :func:`resume` to load the saved settings. ``on_epoch_end`` is called
     with each epoch's history row after its checkpoint is written (raise to stop). SIGINT or
     SIGTERM saves a checkpoint at the current step and raises :class:`TrainingInterrupted`.
-    Launched by torchrun, each process trains its share (:mod:`pixelseg.engine.distributed`).
+    Launched by torchrun, each process trains its share (:mod:`pixelseg.engine.distributed`);
+    ``on_epoch_end`` then runs in every process (let one raise, and all must).
     """
     started = time.perf_counter()
     world, device, joined = distributed.start(cfg.device)
@@ -418,12 +433,14 @@ def fit(
         with StopSignals() as stop:
             epoch = _train_epochs(run, start_epoch, progress, clock, stop, on_epoch_end)
         cfg, t = run.cfg, run.t  # a time budget may have re-planned the epochs
-        if world.is_main:
+        if world.is_main:  # rank 0 finishes alone; the others wait for it below
             if cfg.num_classes == 1 and t.best_epoch:
                 _calibrate(cfg, run.run_dir, run.val_set, run.eval_tf, device, run.log)
             plot_curves(t.history, run.run_dir / "curves.png", cfg.score_name)
-        run.save(epoch, finished=True)
-        world.barrier()  # the files are complete before any process returns
+            run.save(epoch, finished=True)
+        # No process leaves (and tears down its connections) while another still works: an
+        # early exit has crashed gloo's peers. The group's timeout allows a long calibration.
+        world.barrier()
         return TrainResult(run.run_dir, t.best_epoch, t.best_score, cfg.score_name, t.history)
     finally:
         distributed.stop(joined)
@@ -463,13 +480,22 @@ def _prepare(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     ).to(device)  # fmt: skip
+    if state is not None and state.get("world_size", 1) != world.size:
+        n = state.get("world_size", 1)
+        raise ValueError(
+            f"{run_dir} was trained with {n} process(es) and must resume with as many "
+            f"(pixelseg train --nproc {n}, or torchrun --nproc-per-node {n}): its learning-rate "
+            "schedule, data order and random states are per process"
+        )
     t, loader, sampler = _setup(cfg, train_set, device, state, world)
     t.class_weights = weights
     start_epoch, progress = t.restore(state, world.rank, world.size) if state else (1, None)
+    if state is not None and cfg.epochs != state["config"]["epochs"]:
+        t.patience_start = start_epoch - 1  # more epochs: patience counts from here
     run = _Session(
         cfg, run_dir, config, mean, std, t, loader, sampler,
         BatchTransform(mean, std, Augment() if cfg.augment else None), BatchTransform(mean, std),
-        loss_fn, val_set, device, log, world,
+        loss_fn, val_set, device, log, world, len(loader),
     )  # fmt: skip
     epochs = f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
     processes = f" x {world.size} processes" if world.distributed else ""
@@ -479,10 +505,13 @@ def _prepare(
         f"{cfg.size[0]}x{cfg.size[1]}; loss {cfg.loss}; "
         f"{f'up to {cfg.time_budget}' if budget else epochs}"
     )
-    # A time budget plans the number of epochs from the time the first epochs take (a
-    # resumed run keeps the plan it saved).
-    clock = Clock(budget, started, ceiling=cfg.epochs) if budget else None
-    return run, start_epoch, progress, clock
+    # A time budget plans the number of epochs from the time the first epochs take; a
+    # resumed run gets what is left of it (an older last.pt without a clock: no budget).
+    if budget:
+        run.clock = Clock(budget, started, ceiling=cfg.epochs)
+    elif state is not None and state.get("clock") and cfg.time_budget:
+        run.clock = Clock.from_state(state["clock"])
+    return run, start_epoch, progress, run.clock
 
 
 def _train_epochs(
@@ -494,14 +523,14 @@ def _train_epochs(
     t, log = run.t, run.log
     epoch = start_epoch - 1
     while epoch < run.cfg.epochs:
-        if clock is not None:
-            clock.tops.append(time.perf_counter())
-            clock = run.world.broadcast(clock)  # every process follows rank 0's clock
-            if epoch > 0 and not clock.room_for_an_epoch():
+        if clock is not None and progress is None:  # (a resumed epoch was begun already)
+            # rank 0's clock decides for every process (their clocks need not agree)
+            stop_now, plan = run.world.broadcast(_budget_decision(clock, epoch, run.cfg.epochs))
+            if stop_now:
                 log(f"time budget {run.cfg.time_budget} reached after {epoch} epochs")
                 break
-            if clock.replan(epoch + 1, run.cfg.epochs):
-                run.cfg = plan_epochs(run.cfg, clock, t, len(run.loader), log)
+            if plan is not None:
+                run.cfg = plan_epochs(run.cfg, plan[0], t, run.steps, plan[1], log)
                 run.config["train"] = run.cfg.to_dict()
         row = _one_epoch(run, epoch + 1, progress or Progress(), stop)
         progress, epoch = None, epoch + 1
@@ -509,19 +538,31 @@ def _train_epochs(
             on_epoch_end(row)
         if run.world.any(stop.requested is not None):  # arrived during validation
             raise _interrupted(run, stop.requested, epoch, Progress())
-        # Patience counts from the last improvement, or from the start of this session.
+        # Patience counts from the last improvement (or from where more epochs were given).
         patience = run.cfg.patience
-        if patience and epoch - max(t.best_epoch, start_epoch - 1) >= patience:
+        if patience and epoch - max(t.best_epoch, t.patience_start) >= patience:
             log(f"early stopping: no better val_{run.cfg.score_name} for {patience} epochs")
             break
     return epoch
+
+
+def _budget_decision(
+    clock: Clock, done: int, planned: int
+) -> tuple[bool, tuple[int, float] | None]:
+    """(stop now, (epochs, seconds per epoch) of a new plan or None) after ``done`` epochs."""
+    clock.tops.append(time.perf_counter())
+    if done > 0 and not clock.room_for_an_epoch():
+        return True, None
+    if clock.replan(done + 1, planned):
+        return False, (planned_epochs(clock, done), clock.per_epoch)
+    return False, None
 
 
 def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals) -> dict:
     """Train epoch ``epoch`` from ``progress``, validate, save; returns its history row."""
     cfg, t, name, world = run.cfg, run.t, run.cfg.score_name, run.world
     t0 = time.perf_counter()
-    run.sampler.set_epoch(epoch, start=progress.step * cfg.batch_size)
+    run.sampler.set_epoch(epoch, start=min(progress.step * cfg.batch_size, run.sampler.per_rank))
     steps = progress.step + len(run.loader)
 
     def after_step(p: Progress) -> None:
@@ -543,9 +584,12 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
         )  # fmt: skip
     parts = world.gather((progress.loss_sum, progress.count))  # the loss over all processes
     train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
+    # every process evaluates rank 0's model (the one saved), outside DDP: a process with no
+    # validation image of its own must not be waited for inside a forward pass
+    world.broadcast_buffers(unwrap(t.model))
     metrics, _, _ = evaluate_model(
-        t.model, run.val_set, run.eval_tf, run.device, cfg.threshold or 0.5, cfg.ignore_index,
-        cfg.class_names, cfg.batch_size, loss_fn=run.loss_fn, world=world,
+        unwrap(t.model), run.val_set, run.eval_tf, run.device, cfg.threshold or 0.5,
+        cfg.ignore_index, cfg.class_names, cfg.batch_size, loss_fn=run.loss_fn, world=world,
     )  # fmt: skip
     score = metrics[name]
     row = {
