@@ -161,7 +161,8 @@ def test_a_rerun_time_budget_run_keeps_what_is_left_of_its_budget(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    cfg = {"data": str(tiny_data), "out": str(run), **FAST, "time_budget": "6s"}
+    budget = 15.0  # seconds: room for two short epochs even on a busy machine
+    cfg = {"data": str(tiny_data), "out": str(run), **FAST, "time_budget": f"{budget:g}s"}
 
     def crash_after_epoch_2(row: dict) -> None:
         if row["epoch"] == 2:
@@ -171,11 +172,11 @@ def test_a_rerun_time_budget_run_keeps_what_is_left_of_its_budget(
         fit(TrainConfig(**cfg), on_epoch_end=crash_after_epoch_2)
     state = torch.load(run / checkpoint.STATE_FILE, weights_only=True)
     planned, used = state["config"]["epochs"], state["clock"]["elapsed"]
-    assert planned < 1000 and 0 < used < 6  # the plan made after epoch 2, and the time used
+    assert planned < 1000 and 0 < used < budget  # the plan made after epoch 2, and time used
     start = time.perf_counter()
     result = fit(TrainConfig(**cfg))  # the same command: resumes, within the budget left
-    assert time.perf_counter() - start < 6 - used + 10  # (start-up and calibration on top)
-    assert 2 < len(result.history) <= planned
+    assert time.perf_counter() - start < budget - used + 10  # (start-up, calibration on top)
+    assert len(result.history) > 2  # (later plans may change the count, within the budget)
 
 
 def test_resuming_with_another_number_of_processes_is_refused(

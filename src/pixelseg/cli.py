@@ -382,6 +382,38 @@ def _configure_predictor(predictor: Predictor, args: argparse.Namespace) -> None
             predictor.overlap = args.overlap
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from pixelseg.serve.app import ServeSettings, create_app, settings_to_env
+    except ImportError as exc:
+        raise PixelsegError(
+            f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
+            "pip install 'pixelseg[serve]'"
+        ) from None
+    settings = ServeSettings(
+        run=str(args.run), device=args.device, engine=args.engine,
+        max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+        max_queue=args.max_queue, batch_size=args.batch_size, api_key=args.api_key,
+    )  # fmt: skip
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine can use the "
+            "model" + ("" if args.api_key else "; consider --api-key"),
+            file=sys.stderr,
+        )
+    # a stop (Ctrl-C, SIGTERM) waits at most this long for requests in progress
+    options = {"host": args.host, "port": args.port, "timeout_graceful_shutdown": 10}
+    if args.workers > 1:  # each worker process loads the model from the settings
+        settings_to_env(settings)
+        uvicorn.run("pixelseg.serve.app:create_app_from_env", factory=True,
+                    workers=args.workers, **options)  # fmt: skip
+    else:
+        uvicorn.run(create_app(settings), **options)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pixelseg.demo import run_demo
 
@@ -389,20 +421,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pixelseg",
-        description="Segment images: train on a folder of images and masks, "
-        "evaluate honestly, predict masks for new images.",
-    )
-    from pixelseg import __version__
-
-    parser.add_argument("--version", action="version", version=f"pixelseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the available models with parameter counts")
     p.set_defaults(func=cmd_models)
 
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check a data set and report every bad file")
     p.add_argument("data", help="data folder (PH2 layout, images/+masks/) or a CSV of pairs")
     p.add_argument("--format", default="auto", choices=_choices()["format"], help="data layout")
@@ -413,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=cmd_check)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model; writes a run folder")
     p.add_argument("data", nargs="?", help="data folder or CSV of pairs")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
@@ -445,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="score a run; writes metrics.json, per_image.csv, worst.png"
     )
@@ -460,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write masks and overlays for new images")
     p.add_argument("run", help="run folder")
     p.add_argument(
@@ -527,12 +557,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train and evaluate on built-in synthetic data (offline)")
     p.add_argument("--out", default="pixelseg-demo", help="output folder (default pixelseg-demo)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
     p.add_argument("--images", type=int, default=None, help="override the number of images")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a run over HTTP, with a web page (pixelseg[serve])")
+    p.add_argument("run", help="run folder")
+    p.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens the "
+        "service to the network, see docs/serve.md)",
+    )  # fmt: skip
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with the model")
+    p.add_argument("--engine", default="torch", choices=["torch"], help="inference engine")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--api-key", help="require this key in the X-API-Key header")
+    p.add_argument("--max-mb", type=float, default=20.0, help="largest upload in MB (20)")
+    p.add_argument(
+        "--max-megapixels", type=float, default=25.0, help="largest image in megapixels (25)"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=64,
+        help="requests in progress (being read, waiting for the model, answered) before "
+        "more get 503 with Retry-After (64)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+    p.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixelseg",
+        description="Segment images: train on a folder of images and masks, "
+        "evaluate honestly, predict masks for new images.",
+    )
+    from pixelseg import __version__
+
+    parser.add_argument("--version", action="version", version=f"pixelseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_models(sub)
+    _add_check(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_serve(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -1,0 +1,281 @@
+"""The FastAPI application behind ``pixelseg serve``.
+
+The model is loaded once per worker process, at start-up. ``POST /predict`` takes an image
+as the multipart form field ``file`` or as the raw body (with an image content type) and
+answers, by ``?output=``, a PNG (``mask``, ``overlay``, ``cutout``, ``probabilities``) or
+JSON (class areas and the separate objects, COCO-style). Every problem with a request is
+a 4xx JSON body ``{"error": "..."}``. At most ``max_queue`` requests are in progress at a
+time (read, decoded, waiting for the model or answered), which bounds memory; beyond that
+the server answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+import pixelseg
+from pixelseg.serve.batcher import Batcher, Overloaded
+from pixelseg.serve.uploads import ApiError, Limits, check_content_length, decode_image
+
+STATIC = Path(__file__).parent / "static"
+SETTINGS_ENV = "PIXELSEG_SERVE_SETTINGS"  # how worker processes get their settings
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    run: str
+    device: str = "auto"
+    engine: str = "torch"
+    max_bytes: int = 20 * 2**20
+    max_pixels: int = 25_000_000
+    max_queue: int = 64
+    batch_size: int = 4
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine != "torch":
+            raise ValueError(f"engine {self.engine!r} is not available; use torch")
+        if min(self.max_bytes, self.max_pixels, self.max_queue, self.batch_size) < 1:
+            raise ValueError("max_bytes, max_pixels, max_queue and batch_size must be >= 1")
+
+
+class Output(str, Enum):
+    mask = "mask"
+    overlay = "overlay"
+    cutout = "cutout"
+    probabilities = "probabilities"
+    json = "json"
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The application for one run; loads the model now (once per process)."""
+    from pixelseg.predict import load
+
+    predictor = load(settings.run, settings.device)
+    batcher = Batcher(predictor.logits, settings.batch_size, settings.max_queue)
+    limits = Limits(settings.max_bytes, settings.max_pixels)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()  # stop the model's thread when the server stops
+
+    app = FastAPI(
+        title="pixelseg", version=pixelseg.__version__, docs_url=None, redoc_url=None,
+        description=f"Segmentation with the run in {Path(settings.run).name}.",
+        lifespan=lifespan,
+    )  # fmt: skip
+    app.state.predictor, app.state.batcher, app.state.limits = predictor, batcher, limits
+    app.state.settings, app.state.in_flight = settings, 0
+    _add_error_handlers(app)
+    _add_routes(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_docs(app)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory`` worker processes: settings from the environment."""
+    return create_app(ServeSettings(**json.loads(os.environ[SETTINGS_ENV])))
+
+
+def settings_to_env(settings: ServeSettings) -> None:
+    os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        message = "the server is busy: too many images are waiting; retry in a second"
+        return JSONResponse({"error": message}, 503, headers={"Retry-After": "1"})
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+            for e in exc.errors()
+        )
+        return JSONResponse({"error": f"invalid request: {problems}"}, 422)
+
+
+def _check_key(request: Request) -> None:
+    key = request.app.state.settings.api_key
+    if key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), key):
+        raise ApiError(401, "missing or wrong API key (send it in the X-API-Key header)")
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health", summary="Liveness: the service is up")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/model", summary="The model: classes, input size, threshold, version")
+    async def model(request: Request) -> dict:
+        _check_key(request)
+        p = request.app.state.predictor
+        return {
+            "name": p.config["model"], "num_classes": p.num_classes, "classes": _names(p),
+            "input_size": list(p.size), "threshold": p.threshold,
+            "postprocess": p.postprocess, "version": pixelseg.__version__,
+            "trained_with": p.config.get("pixelseg_version"),
+        }  # fmt: skip
+
+    @app.post(
+        "/predict",
+        summary="Segment one image",
+        description="Send the image as the multipart form field `file`, or as the raw body "
+        "with an image content type. `output` picks a PNG (mask, overlay, cutout, "
+        "probabilities) or JSON (class areas and objects).",
+        responses={200: {"content": {"image/png": {}, "application/json": {}}}},
+    )
+    async def predict(
+        request: Request,
+        output: Output = Output.mask,
+        threshold: float | None = Query(None, ge=0, le=1, description="binary runs"),
+        opacity: float = Query(0.45, ge=0, le=1, description="overlay tint"),
+        feather: float = Query(0.0, ge=0, le=50, description="cut-out edge blur, pixels"),
+    ) -> Response:
+        _check_key(request)
+        state = request.app.state
+        if state.in_flight >= state.settings.max_queue:  # full: refuse before holding more
+            async for _ in request.stream():  # read the upload away, keeping nothing, so
+                pass  # the client gets its answer on a connection still in order
+            raise Overloaded
+        state.in_flight += 1  # (only the event loop's thread counts: no lock needed)
+        try:
+            data = await _read_upload(request, state.limits)
+            image = await run_in_threadpool(decode_image, data, state.limits)
+            logit = await state.batcher.submit(image)
+            return await run_in_threadpool(
+                _render, state.predictor, image, logit, output, threshold, opacity, feather
+            )
+        finally:
+            state.in_flight -= 1
+
+
+async def _read_upload(request: Request, limits: Limits) -> bytes:
+    """The image bytes of a multipart ``file`` field or of a raw image body."""
+    check_content_length(request.headers.get("content-length"), limits)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=10)
+        except Exception as exc:  # a malformed multipart body
+            raise ApiError(400, f"cannot read the multipart form: {exc}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "missing form field 'file' (the image to segment)")
+        data = await upload.read(limits.max_bytes + 1)
+    elif kind.startswith("image/") or kind == "application/octet-stream":
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_bytes:
+                raise ApiError(413, f"upload is over the {limits.max_bytes / 2**20:g} MB limit")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    else:
+        raise ApiError(
+            415,
+            f"unsupported content type {kind or '(none)'!r}: send multipart/form-data with "
+            "a 'file' field, or the image bytes with an image/* content type",
+        )
+    if len(data) > limits.max_bytes:
+        raise ApiError(413, f"upload is over the {limits.max_bytes / 2**20:g} MB limit")
+    if not data:
+        raise ApiError(400, "empty upload: no image was sent")
+    return data
+
+
+def _render(
+    predictor, image: np.ndarray, logit, output: Output, threshold: float | None,
+    opacity: float, feather: float,
+) -> Response:  # fmt: skip
+    from pixelseg.cutout import cutout
+    from pixelseg.engine.evaluate import logits_to_proba
+    from pixelseg.report import overlay
+
+    mask = predictor.to_mask(logit, threshold)
+    if output is Output.json:
+        return JSONResponse(_summary(predictor, image, logit, mask, threshold))
+    if output is Output.mask:
+        array = mask * 255 if predictor.num_classes == 1 else mask
+    elif output is Output.overlay:
+        array = overlay(image, mask, alpha=opacity)
+    elif output is Output.cutout:
+        array = cutout(image, mask, feather)
+    else:
+        proba = logits_to_proba(logit)
+        top = proba[0] if predictor.num_classes == 1 else proba.amax(0)
+        array = (top.numpy() * 255).round()
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return Response(buffer.getvalue(), media_type="image/png")
+
+
+def _names(predictor) -> list[str]:
+    """Every class's name, background included (binary runs: background, foreground)."""
+    names = predictor.config.get("class_names")
+    if predictor.num_classes == 1:
+        return ["background", names[-1]] if names else ["background", "foreground"]
+    return names or [str(i) for i in range(predictor.num_classes)]
+
+
+def _summary(predictor, image: np.ndarray, logit, mask: np.ndarray, threshold) -> dict:
+    from pixelseg.instances import class_name, to_coco
+
+    names = _names(predictor)
+    counts = np.bincount(mask.ravel(), minlength=len(names))
+    found = predictor.instances_of(logit, mask)
+    return {
+        "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "threshold": predictor.threshold if threshold is None else threshold,
+        "classes": [
+            {"id": c, "name": class_name(names, c), "pixels": int(n),
+             "fraction": round(float(n) / mask.size, 6)}
+            for c, n in enumerate(counts.tolist())
+        ],
+        "instances": to_coco(found, 1, "upload", names),
+    }  # fmt: skip
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI from the swagger-ui-bundle package: ``/docs`` works offline."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="pixelseg API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )  # fmt: skip

@@ -1,0 +1,95 @@
+"""What a client may send to ``/predict``, and a clear 4xx for everything else.
+
+Checks happen before any pixel is decoded: the declared and actual byte count, the format
+(PNG, JPEG, BMP, TIFF, WebP), and the pixel count from the image header, so a small file
+that claims 30000x30000 pixels (a decompression bomb) is refused without allocating them.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+MIN_SIDE = 8  # pixels: anything smaller is no picture to segment
+
+
+class ApiError(Exception):
+    """A problem with the request, answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 20 * 2**20
+    max_pixels: int = 25_000_000
+
+
+def check_content_length(header: str | None, limits: Limits) -> None:
+    if header is None:
+        return
+    try:
+        length = int(header)
+    except ValueError:
+        raise ApiError(400, f"invalid Content-Length {header!r}") from None
+    if length > limits.max_bytes + 64 * 1024:  # room for a multipart envelope
+        raise ApiError(413, _too_many_bytes(length, limits))
+
+
+def check_size(data: bytes, limits: Limits) -> None:
+    if not data:
+        raise ApiError(400, "empty body: no image was sent")
+    if len(data) > limits.max_bytes:
+        raise ApiError(413, _too_many_bytes(len(data), limits))
+
+
+def _too_many_bytes(n: int, limits: Limits) -> str:
+    return f"upload of {n / 2**20:.1f} MB is over the {limits.max_bytes / 2**20:g} MB limit"
+
+
+def decode_image(data: bytes, limits: Limits) -> np.ndarray:
+    """Upload bytes → HxWx3 uint8 RGB, or :class:`ApiError` naming the problem."""
+    check_size(data, limits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bomb warnings (our limit decides), dropped alpha
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise ApiError(413, f"image refused as a decompression bomb: {exc}") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise ApiError(415, f"not an image in a format pixelseg reads ({_formats()})") from None
+        if image.format not in FORMATS:
+            raise ApiError(415, f"unsupported image format {image.format}; send {_formats()}")
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise ApiError(
+                413,
+                f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
+                f"{limits.max_pixels / 1e6:g} MP limit",
+            )
+        if min(width, height) < MIN_SIDE:
+            raise ApiError(422, f"image is {width}x{height}; it must be at least 8x8 pixels")
+        try:
+            image.load()
+            rgb = _to_rgb(image)
+        except Exception as exc:  # truncated or corrupt data: Pillow raises many kinds
+            raise ApiError(400, f"cannot decode the {image.format} image: {exc}") from None
+    return rgb
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any mode (greyscale, 16-bit, palette, alpha, CMYK) → HxWx3 uint8, as files are read."""
+    from pixelseg.data.io import to_rgb
+
+    return to_rgb(image, "upload")
+
+
+def _formats() -> str:
+    return ", ".join(FORMATS[:-1]) + " or " + FORMATS[-1]

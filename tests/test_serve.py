@@ -1,0 +1,297 @@
+"""pixelseg serve: every endpoint, every kind of bad input (a clear 4xx, never a 5xx),
+overload (503 with Retry-After), the API key, and a fuzz test."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from pixelseg.config import TrainConfig
+from pixelseg.engine.train import fit
+from settings import FAST
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pixelseg.serve.app import ServeSettings, create_app  # noqa: E402
+from pixelseg.serve.batcher import Batcher, Overloaded  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serve") / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(out), epochs=3, **FAST))
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(run: Path):
+    with TestClient(create_app(ServeSettings(run=str(run), device="cpu"))) as c:
+        yield c
+
+
+def _png(size=(48, 40), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    channels = {"RGB": 3, "L": 1}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8).squeeze()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _encoded(fmt: str, size=(40, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), 120, np.uint8)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG file that claims ``width`` x ``height`` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def _image(response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_health_model_page_and_docs(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    model = client.get("/model").json()
+    assert model["classes"] == ["background", "foreground"] and model["input_size"] == [32, 32]
+    assert 0 < model["threshold"] < 1 and model["version"]
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert "cdn" not in page.text.lower() and "http" not in page.text  # all assets local
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("upload", ["multipart", "raw"])
+def test_predict_every_output(client: TestClient, tiny_data: Path, upload: str) -> None:
+    path = sorted((tiny_data / "images").iterdir())[0]
+    data, size = path.read_bytes(), Image.open(path).size
+
+    def post(**params):
+        if upload == "multipart":
+            return client.post("/predict", params=params, files={"file": (path.name, data)})
+        return client.post("/predict", params=params, content=data,
+                           headers={"content-type": "image/png"})  # fmt: skip
+
+    mask = _image(post())
+    assert mask.size == size and mask.mode == "L" and set(np.unique(mask)) <= {0, 255}
+    assert _image(post(output="overlay", opacity=0.8)).mode == "RGB"
+    cut = _image(post(output="cutout", feather=2))
+    assert cut.mode == "RGBA" and cut.size == size
+    assert _image(post(output="probabilities")).size == size
+    summary = post(output="json").json()
+    assert (summary["width"], summary["height"]) == size
+    assert sum(c["pixels"] for c in summary["classes"]) == size[0] * size[1]
+    foreground = summary["classes"][1]["pixels"]
+    assert sum(i["area"] for i in summary["instances"]) == foreground
+    everything = np.asarray(_image(post(threshold=0.0)))
+    assert (everything == 255).mean() >= (np.asarray(mask) == 255).mean()
+
+
+BAD = {
+    "not an image": (b"hello, world" * 10, "image/png", 415, "not an image"),
+    "empty body": (b"", "image/png", 400, "empty"),
+    "text content type": (b"abc", "text/plain", 415, "unsupported content type"),
+    "no content type": (b"abc", "", 415, "unsupported content type"),
+    "1x1 GIF": (None, "image/gif", 415, "unsupported image format GIF"),
+    "tiny PNG": (None, "image/png", 422, "at least 8x8"),
+    "30000x30000 header": (_png_header_only(30000, 30000), "image/png", 413, "bomb"),
+    "6000x5000 header": (_png_header_only(6000, 5000), "image/png", 413, "over the 25 MP"),
+    "truncated PNG": (_png()[:300], "image/png", 400, "cannot decode"),
+    "truncated JPEG": (None, "image/jpeg", 400, "cannot decode"),
+    "JPEG header, then junk": (None, "image/jpeg", 415, "not an image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_clear_4xx(client: TestClient, case: str) -> None:
+    body, kind, status, message = BAD[case]
+    if case == "1x1 GIF":
+        buffer = io.BytesIO()
+        Image.new("RGB", (1, 1)).save(buffer, "GIF")
+        body = buffer.getvalue()
+    if case == "tiny PNG":
+        body = _png((4, 4))
+    if case == "truncated JPEG":
+        noisy = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noisy).save(buffer, "JPEG")
+        body = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    if case == "JPEG header, then junk":
+        body = _encoded("JPEG")[:40] + b"\x00" * 400
+    response = client.post("/predict", content=body, headers={"content-type": kind})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_missing_field_bad_query_and_byte_limit(run: Path, client: TestClient) -> None:
+    response = client.post("/predict", files={"image": ("a.png", _png())})
+    assert response.status_code == 422 and "'file'" in response.json()["error"]
+    response = client.post("/predict", params={"output": "svg"}, content=_png(),
+                           headers={"content-type": "image/png"})  # fmt: skip
+    assert response.status_code == 422 and "output" in response.json()["error"]
+    small = ServeSettings(run=str(run), device="cpu", max_bytes=1000)
+    with TestClient(create_app(small)) as limited:
+        response = limited.post("/predict", content=_png((64, 64)),
+                                headers={"content-type": "image/png"})  # fmt: skip
+        assert response.status_code == 413 and "MB limit" in response.json()["error"]
+
+
+def test_api_key(run: Path) -> None:
+    keyed = ServeSettings(run=str(run), device="cpu", api_key="s3cret")
+    with TestClient(create_app(keyed)) as c:
+        assert c.get("/health").status_code == 200  # liveness stays open
+        assert c.get("/model").status_code == 401
+        assert c.get("/model", headers={"x-api-key": "wrong"}).status_code == 401
+        ok = c.post("/predict", content=_png(), headers={"content-type": "image/png",
+                                                         "x-api-key": "s3cret"})  # fmt: skip
+        assert ok.status_code == 200
+
+
+def test_batcher_batches_and_refuses_when_full() -> None:
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def slow(items):
+        gate.wait(5)
+        seen.append(len(items))
+        return [x * 2 for x in items]
+
+    batcher = Batcher(slow, batch_size=4, max_queue=2, max_wait=0.05)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(1))  # taken by the worker, which waits
+        await asyncio.sleep(0.2)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded):
+            await batcher.submit(4)  # the queue (2) is full
+        gate.set()
+        return [await first] + [await q for q in queued]
+
+    assert asyncio.run(scenario()) == [2, 4, 6]
+    assert seen == [1, 2]  # the two waiting requests ran as one batch
+    batcher.close()
+
+
+def test_overload_answers_503_with_retry_after(run: Path, monkeypatch) -> None:
+    app = create_app(ServeSettings(run=str(run), device="cpu", max_queue=1, batch_size=1))
+    predictor = app.state.predictor
+    real = predictor.logits
+
+    def slow(images):
+        time.sleep(0.5)
+        return real(images)
+
+    app.state.batcher.run_batch = slow
+    statuses, headers = [], []
+
+    with TestClient(app) as c:
+
+        def post():
+            r = c.post("/predict", content=_png(), headers={"content-type": "image/png"})
+            statuses.append(r.status_code)
+            headers.append(r.headers.get("retry-after"))
+
+        threads = [threading.Thread(target=post) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
+    assert all(h == "1" for s, h in zip(statuses, headers, strict=True) if s == 503)
+
+
+SEEDS = [_png(), _encoded("JPEG"), _encoded("BMP"), _png(mode="L")]
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.sampled_from(SEEDS),
+    cut=st.integers(0, 4000),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8),
+    noise=st.binary(max_size=200),
+    kind=st.sampled_from(["image/png", "image/jpeg", "application/octet-stream", "multipart"]),
+)
+def test_fuzz_never_a_server_error(client: TestClient, seed, cut, flips, noise, kind) -> None:
+    data = bytearray(seed[: max(cut, 1)] if cut < len(seed) else seed)
+    for position, value in flips:
+        if data:
+            data[position % len(data)] = value
+    data = bytes(data) + noise
+    if kind == "multipart":
+        response = client.post("/predict", files={"file": ("x", data)})
+    else:
+        response = client.post("/predict", content=data, headers={"content-type": kind})
+    assert response.status_code < 500, response.text
+    if response.status_code != 200:
+        assert response.json()["error"]
+
+
+def test_pixelseg_serve_command_end_to_end(run: Path, real_data: Path) -> None:
+    """``pixelseg serve`` as a user starts it: a PH2 image in, a mask of its size out; then
+    SIGTERM stops it promptly."""
+    import http.client
+    import socket
+    import subprocess
+    import sys
+
+    from pixelseg.data.layouts import find_samples
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pixelseg", "serve", str(run), "--port", str(port),
+         "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        image = find_samples(real_data / "ph2")[1][0].image
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/predict", body=image.read_bytes(),
+                     headers={"content-type": "image/bmp"})  # fmt: skip
+        response = conn.getresponse()
+        assert response.status == 200
+        mask = Image.open(io.BytesIO(response.read()))
+        assert mask.size == Image.open(image).size
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=20)[0]
+    # uvicorn shuts down cleanly, then re-raises the signal: the usual exit for a SIGTERM
+    assert server.returncode in (0, -15) and "Finished server process" in output, output[-2000:]
