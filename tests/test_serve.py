@@ -295,3 +295,31 @@ def test_pixelseg_serve_command_end_to_end(run: Path, real_data: Path) -> None:
         output = server.communicate(timeout=20)[0]
     # uvicorn shuts down cleanly, then re-raises the signal: the usual exit for a SIGTERM
     assert server.returncode in (0, -15) and "Finished server process" in output, output[-2000:]
+
+
+def test_odd_keys_unknown_routes_and_a_failing_model(run: Path) -> None:
+    keyed = ServeSettings(run=str(run), device="cpu", api_key="s3cret")
+    with TestClient(create_app(keyed)) as c:
+        odd = c.get("/model", headers={"x-api-key": "clé".encode("latin-1")})
+        assert odd.status_code == 401  # not a 500 from comparing non-ASCII text
+        missing = c.get("/no-such-page")
+        assert missing.status_code == 404 and "error" in missing.json()
+    app = create_app(ServeSettings(run=str(run), device="cpu"))
+    real = app.state.batcher.run_batch
+
+    def fails_on_dark(images):
+        if any(image.mean() < 10 for image in images):
+            raise RuntimeError("the model failed")
+        return real(images)
+
+    app.state.batcher.run_batch = fails_on_dark
+    # (Starlette re-raises after answering, so servers log it; the test client must not)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(buffer, "PNG")
+        png = {"content-type": "image/png"}
+        failed = c.post("/predict", content=buffer.getvalue(), headers=png)
+        assert failed.status_code == 500 and "the model failed" in failed.json()["error"]
+        ok = c.post("/predict", content=_png(), headers=png)
+        assert ok.status_code == 200  # the service goes on
+        assert c.get("/health").json() == {"status": "ok"} and app.state.in_flight == 0

@@ -178,9 +178,8 @@ TTA_ROTATIONS_HELP = "with --tta: also the 90-degree rotations (8 views, 8x slow
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from pixelseg.config import CLASS_WEIGHTS, POSTPROCESS
+    from pixelseg.config import CLASS_WEIGHTS, LOSS_NAMES, POSTPROCESS
     from pixelseg.data.layouts import FORMATS
-    from pixelseg.losses import LOSS_NAMES
 
     return {
         "format": FORMATS,

@@ -7,6 +7,7 @@ from typing import Any
 
 POSTPROCESS = ("auto", "none")
 CLASS_WEIGHTS = ("none", "median-frequency", "auto")
+LOSS_NAMES: tuple[str, ...] = ("bce", "dice", "bce+dice", "ce", "ce+dice")  # see losses.py
 MAX_BUDGET_EPOCHS = 1000
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import ImageColor
 from scipy import ndimage
 
-from pixelseg.data.dataset import resize_image
+from pixelseg.data.imageops import resize_image
 from pixelseg.data.io import read_image
 
 Background = tuple[int, int, int] | np.ndarray

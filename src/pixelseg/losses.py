@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSS_NAMES: tuple[str, ...] = ("bce", "dice", "bce+dice", "ce", "ce+dice")
+from pixelseg.config import LOSS_NAMES  # defined with the settings, so the CLI needs no torch
 
 # Which name to suggest when a loss is asked for in the wrong mode.
 _MULTICLASS_EQUIVALENT = {"bce": "ce", "bce+dice": "ce+dice"}

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pixelseg.cutout import Background, composite, cutout
-from pixelseg.data.dataset import resize_image
+from pixelseg.data.imageops import resize_image
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.report import overlay, save_png
 

@@ -27,7 +27,9 @@ def pad_to_multiple(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[i
     pad_h = -height % stride
     pad_w = -width % stride
     padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-    if pad_h == 0 and pad_w == 0:
+    # While exporting, always pad: a branch on this input's size would be frozen into the
+    # graph, and an exported graph with dynamic sizes must pad whatever size comes.
+    if pad_h == 0 and pad_w == 0 and not torch.onnx.is_in_onnx_export():
         return x, padding
     return F.pad(x, padding, mode="constant", value=0.0), padding
 

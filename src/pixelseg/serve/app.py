@@ -16,6 +16,7 @@ import io
 import json
 import os
 import secrets
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -28,6 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 import pixelseg
 from pixelseg.serve.batcher import Batcher, Overloaded
@@ -67,6 +69,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The application for one run; loads the model now (once per process)."""
     from pixelseg.predict import load
 
+    # Pillow's bomb warning (pixelseg's own limit decides) and dropped alpha channels are
+    # not worth a log line per request; set once here, not per request (not thread-safe).
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", message="upload: alpha channel dropped")
     predictor = load(settings.run, settings.device)
     batcher = Batcher(predictor.logits, settings.batch_size, settings.max_queue)
     limits = Limits(settings.max_bytes, settings.max_pixels)
@@ -110,6 +116,22 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": message}, 503, headers={"Retry-After": "1"})
 
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(request: Request, exc: MemoryError) -> JSONResponse:
+        message = "the server ran out of memory on this image; retry later or send a smaller one"
+        return JSONResponse({"error": message}, 503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # not the client's fault: a bug or a failing model, reported as JSON all the same
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        return JSONResponse({"error": message}, 500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -122,7 +144,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _check_key(request: Request) -> None:
     key = request.app.state.settings.api_key
-    if key is not None and not secrets.compare_digest(request.headers.get("x-api-key", ""), key):
+    given = request.headers.get("x-api-key", "").encode("latin-1")  # as HTTP decoded it
+    if key is not None and not secrets.compare_digest(given, key.encode()):
         raise ApiError(401, "missing or wrong API key (send it in the X-API-Key header)")
 
 
@@ -131,9 +154,11 @@ def _add_routes(app: FastAPI) -> None:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/health", summary="Liveness: the service is up")
-    async def health() -> dict:
-        return {"status": "ok"}
+    @app.get("/health", summary="Liveness: the service is up and its model thread runs")
+    async def health(request: Request) -> JSONResponse:
+        if not request.app.state.batcher.alive:
+            return JSONResponse({"status": "error", "error": "the model thread stopped"}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/model", summary="The model: classes, input size, threshold, version")
     async def model(request: Request) -> dict:
@@ -164,8 +189,7 @@ def _add_routes(app: FastAPI) -> None:
         _check_key(request)
         state = request.app.state
         if state.in_flight >= state.settings.max_queue:  # full: refuse before holding more
-            async for _ in request.stream():  # read the upload away, keeping nothing, so
-                pass  # the client gets its answer on a connection still in order
+            await _drain(request, state.limits)
             raise Overloaded
         state.in_flight += 1  # (only the event loop's thread counts: no lock needed)
         try:
@@ -179,26 +203,50 @@ def _add_routes(app: FastAPI) -> None:
             state.in_flight -= 1
 
 
+async def _drain(request: Request, limits: Limits) -> None:
+    """Read a refused upload away, keeping nothing, so the client gets its answer on a
+    connection still in order; stop (and close the connection) past the byte limit."""
+    check_content_length(request.headers.get("content-length"), limits)
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_bytes + 64 * 1024:
+                raise Overloaded
+    except ClientDisconnect:
+        raise ApiError(400, "the client went away during the upload") from None
+
+
 async def _read_upload(request: Request, limits: Limits) -> bytes:
     """The image bytes of a multipart ``file`` field or of a raw image body."""
     check_content_length(request.headers.get("content-length"), limits)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
+        if request.headers.get("content-length") is None:  # else the form could grow unseen
+            raise ApiError(411, "a multipart upload needs a Content-Length header")
         try:
             form = await request.form(max_files=1, max_fields=10)
+        except ClientDisconnect:
+            raise ApiError(400, "the client went away during the upload") from None
         except Exception as exc:  # a malformed multipart body
             raise ApiError(400, f"cannot read the multipart form: {exc}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(422, "missing form field 'file' (the image to segment)")
-        data = await upload.read(limits.max_bytes + 1)
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(422, "missing form field 'file' (the image to segment)")
+            data = await upload.read(limits.max_bytes + 1)
+        finally:
+            await form.close()
     elif kind.startswith("image/") or kind == "application/octet-stream":
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_bytes:
-                raise ApiError(413, f"upload is over the {limits.max_bytes / 2**20:g} MB limit")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise ApiError(413, f"upload is over the {limits.max_bytes / 2**20:g} MB limit")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ApiError(400, "the client went away during the upload") from None
         data = b"".join(chunks)
     else:
         raise ApiError(

@@ -10,6 +10,7 @@ answers 503 at once instead of holding ever more images in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -60,14 +61,23 @@ class Batcher:
                     batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-            try:
-                results = list(self.run_batch([item for item, _, _ in batch]))
-            except Exception as exc:  # handed to every waiting request
-                for _, future, loop in batch:
-                    loop.call_soon_threadsafe(_settle, future, None, exc)
-                continue
-            for (_, future, loop), result in zip(batch, results, strict=True):
-                loop.call_soon_threadsafe(_settle, future, result, None)
+            for (_, future, loop), (result, error) in zip(batch, self._run(batch), strict=True):
+                with contextlib.suppress(RuntimeError):  # that request's loop has closed
+                    loop.call_soon_threadsafe(_settle, future, result, error)
+
+    def _run(self, batch: list) -> list[tuple[Any, BaseException | None]]:
+        """Each item's (result, error): a failing batch is retried one item at a time, so
+        one bad image fails alone."""
+        try:
+            return [(r, None) for r in self.run_batch([item for item, _, _ in batch])]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(None, exc)]
+        return [self._run([entry])[0] for entry in batch]
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -8,7 +8,6 @@ that claims 30000x30000 pixels (a decompression bomb) is refused without allocat
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,30 +56,28 @@ def _too_many_bytes(n: int, limits: Limits) -> str:
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     """Upload bytes → HxWx3 uint8 RGB, or :class:`ApiError` naming the problem."""
     check_size(data, limits)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # bomb warnings (our limit decides), dropped alpha
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ApiError(413, f"image refused as a decompression bomb: {exc}") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            raise ApiError(415, f"not an image in a format pixelseg reads ({_formats()})") from None
-        if image.format not in FORMATS:
-            raise ApiError(415, f"unsupported image format {image.format}; send {_formats()}")
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise ApiError(
-                413,
-                f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
-                f"{limits.max_pixels / 1e6:g} MP limit",
-            )
-        if min(width, height) < MIN_SIDE:
-            raise ApiError(422, f"image is {width}x{height}; it must be at least 8x8 pixels")
-        try:
-            image.load()
-            rgb = _to_rgb(image)
-        except Exception as exc:  # truncated or corrupt data: Pillow raises many kinds
-            raise ApiError(400, f"cannot decode the {image.format} image: {exc}") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, f"image refused as a decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ApiError(415, f"not an image in a format pixelseg reads ({_formats()})") from None
+    if image.format not in FORMATS:
+        raise ApiError(415, f"unsupported image format {image.format}; send {_formats()}")
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ApiError(
+            413,
+            f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
+            f"{limits.max_pixels / 1e6:g} MP limit",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ApiError(422, f"image is {width}x{height}; it must be at least 8x8 pixels")
+    try:
+        image.load()
+        rgb = _to_rgb(image)
+    except Exception as exc:  # truncated or corrupt data: Pillow raises many kinds
+        raise ApiError(400, f"cannot decode the {image.format} image: {exc}") from None
     return rgb
 
 

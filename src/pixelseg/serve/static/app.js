@@ -5,6 +5,8 @@ let file = null;      // the image being shown
 let pending = null;   // timer of a debounced refresh
 let resultUrl = null;
 let maskUrl = null;
+let originalUrl = null;
+let latest = 0;       // the newest refresh: older answers are dropped when they arrive
 
 function headers() {
   const key = $("key").value;
@@ -12,10 +14,20 @@ function headers() {
 }
 
 async function loadModel() {
-  const response = await fetch("/model", { headers: headers() });
+  let response;
+  try {
+    response = await fetch("/model", { headers: headers() });
+  } catch (error) {
+    $("model").textContent = "the server cannot be reached";
+    return;
+  }
   if (response.status === 401) {
     $("key-row").hidden = false;
     $("model").textContent = "this server needs an API key";
+    return;
+  }
+  if (!response.ok) {
+    $("model").textContent = `the server answered ${response.status}`;
     return;
   }
   const model = await response.json();
@@ -42,7 +54,7 @@ async function ask(output) {
   });
   if (!response.ok) {
     let message = `error ${response.status}`;
-    try { message = (await response.json()).error; } catch (e) { /* not JSON */ }
+    try { message = (await response.json()).error ?? message; } catch (e) { /* not JSON */ }
     throw new Error(message);
   }
   return response.blob();
@@ -51,9 +63,11 @@ async function ask(output) {
 async function refresh() {
   if (!file) return;
   const output = $("cutout").checked ? "cutout" : "overlay";
-  $("status").textContent = "";
+  const mine = ++latest;
+  $("status").textContent = "working…";
   try {
     const [picture, mask] = await Promise.all([ask(output), ask("mask")]);
+    if (mine !== latest) return;  // a newer refresh (another file or setting) is on its way
     if (resultUrl) URL.revokeObjectURL(resultUrl);
     if (maskUrl) URL.revokeObjectURL(maskUrl);
     resultUrl = URL.createObjectURL(picture);
@@ -62,8 +76,10 @@ async function refresh() {
     $("result-caption").textContent = output;
     $("download").href = maskUrl;
     $("download").download = (file.name.replace(/\.[^.]+$/, "") || "image") + "_mask.png";
+    $("download").hidden = false;
+    $("status").textContent = "";
   } catch (error) {
-    $("status").textContent = error.message;
+    if (mine === latest) $("status").textContent = error.message;
   }
 }
 
@@ -76,7 +92,11 @@ function later() {
 function choose(chosen) {
   if (!chosen) return;
   file = chosen;
-  $("original").src = URL.createObjectURL(file);
+  if (originalUrl) URL.revokeObjectURL(originalUrl);
+  originalUrl = URL.createObjectURL(file);
+  $("original").src = originalUrl;
+  $("original").alt = `the image ${file.name}`;
+  $("result").alt = `the prediction for ${file.name}`;
   $("controls").hidden = false;
   refresh();
 }

@@ -1,0 +1,92 @@
+"""``pixelseg export RUN --format onnx``: the run's model as an ONNX graph.
+
+The graph takes the normalised image, (N, C, H, W) float32, named ``image``, and returns
+``logits`` (N, K, H, W); preprocessing (resize to the training size, the run's mean/std)
+and postprocessing stay in ``config.json``, which ``pixelseg predict --engine onnx`` reads
+as the torch path does. With ``dynamic`` the batch, height and width may vary; without,
+the graph is fixed at batch 1 and the training size. After writing, the graph is run by
+ONNX Runtime on random inputs and compared with PyTorch, and the largest difference is
+reported (float32 kernels differ in the last bits).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixelseg.engine.checkpoint import load_model
+from pixelseg.errors import PixelsegError
+from pixelseg.files import write_bytes
+
+ONNX_FILE = "model.onnx"
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_abs_diff: float  # between ONNX Runtime and PyTorch logits on random inputs
+    max_abs_logit: float  # the largest logit seen, for scale
+    shapes: list[tuple[int, ...]]  # the input shapes compared
+
+
+def export_onnx(
+    run: str | Path, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
+    dynamic: bool = False, check: bool = True,
+) -> ExportResult:  # fmt: skip
+    """Write ``run/model.onnx`` (or ``out``) and compare it with the PyTorch model."""
+    run = Path(run)
+    model, config = load_model(run, "cpu")
+    channels, (height, width) = int(config["in_channels"]), config["size"]
+    example = torch.randn(1, channels, height, width)
+    axes = {"image": {0: "batch", 2: "height", 3: "width"},
+            "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None  # fmt: skip
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (example,), buffer, input_names=["image"], output_names=["logits"],
+            dynamic_axes=axes, opset_version=opset, dynamo=False,
+        )  # fmt: skip
+    path = write_bytes(Path(out) if out else run / ONNX_FILE, buffer.getvalue())
+    result = ExportResult(path, float("nan"), float("nan"), [])
+    if check:
+        shapes = [(1, channels, height, width)]
+        if dynamic:  # another batch size, and a size that is no multiple of the stride
+            shapes.append((2, channels, height + 8, width - 8))
+            shapes.append((1, channels, 67, 93))
+        result = compare(model, path, shapes)
+    return result
+
+
+def compare(model: torch.nn.Module, path: Path, shapes: list[tuple[int, ...]]) -> ExportResult:
+    """Largest |ONNX Runtime - PyTorch| over random inputs of ``shapes``."""
+    session = open_session(path)
+    generator = torch.Generator().manual_seed(0)
+    diff = peak = 0.0
+    for shape in shapes:
+        x = torch.randn(*shape, generator=generator)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise PixelsegError(f"{path}: ONNX output {got.shape} differs from {expected.shape}")
+        diff = max(diff, float(np.abs(got - expected).max()))
+        peak = max(peak, float(np.abs(expected).max()))
+    return ExportResult(path, diff, peak, shapes)
+
+
+def open_session(path: str | Path):
+    """An ONNX Runtime session on the CPU (the ``onnx`` extra)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PixelsegError(
+            "running ONNX models needs onnxruntime: pip install 'pixelseg[onnx]'"
+        ) from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers are noise here
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
