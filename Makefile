@@ -15,7 +15,7 @@ STAMP := $(VENV)/.pixelseg-installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,video,serve]"
+	$(PY) -m pip install --quiet -e ".[dev,video,serve,onnx]"
 	touch $(STAMP)
 
 install: $(STAMP)

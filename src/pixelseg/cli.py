@@ -289,13 +289,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_predict_options(args)
+    if args.engine == "onnx":
+        return _predict_onnx(args)
     from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
     from pixelseg.engine import distributed
     from pixelseg.predict import Predictor, predict_files, unique_stems, write_legend
     from pixelseg.video import is_video_file, predict_video
 
-    _check_predict_options(args)
     background = parse_background(args.background) if args.background else None
     paths = list_images(args.inputs, exclude=args.out)
     videos = [p for p in paths if is_video_file(p)]
@@ -335,6 +337,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if world.is_main:
         counts = [f"{len(images)} image(s)"] + [f"{len(videos)} video(s)"] * bool(videos)
         print(f"wrote {total} outputs for {' and '.join(counts)} to {args.out}")
+    return 0
+
+
+ONNX_UNSUPPORTED = ("tta", "tile", "instances", "uncertainty")
+
+
+def _predict_onnx(args: argparse.Namespace) -> int:
+    """``predict --engine onnx``: whole images through ONNX Runtime; torch is never imported."""
+    from pixelseg.cutout import composite, cutout, parse_background
+    from pixelseg.data.io import read_image
+    from pixelseg.data.layouts import list_images
+    from pixelseg.onnx_engine import OnnxPredictor, logits_to_proba
+    from pixelseg.outputs import unique_stems, write_mask_outputs
+    from pixelseg.postprocess import STEPS
+    from pixelseg.report import save_png
+
+    given = [f"--{o}" for o in ONNX_UNSUPPORTED if getattr(args, o) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} not available with --engine onnx; use torch")
+    background = parse_background(args.background) if args.background else None
+    paths = list_images(args.inputs, exclude=args.out)
+    predictor = OnnxPredictor.from_run(args.run)
+    if args.no_postprocess:
+        predictor.postprocess = []
+    chosen = [step for step in STEPS if getattr(args, step)]
+    predictor.postprocess = chosen or predictor.postprocess
+    predictor.min_area = args.min_area
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start : start + args.batch_size]
+        images = [read_image(p) for p in chunk]
+        stems = unique_stems(paths)[start : start + len(chunk)]
+        for image, logit, stem in zip(images, predictor.logits(images), stems, strict=True):
+            mask, prefix = predictor.to_mask(logit, args.threshold), out / stem
+            proba = logits_to_proba(logit) if args.probabilities else None
+            top = None if proba is None else (proba[0] if len(proba) == 1 else proba.max(0))
+            written += write_mask_outputs(prefix, image, mask, predictor.config, top)
+            if args.cutout:
+                written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, args.feather)))
+            if background is not None:
+                picture = composite(image, mask, background, args.feather)
+                written.append(save_png(f"{prefix}_composite.png", picture))
+    print(f"wrote {len(written)} outputs for {len(paths)} image(s) to {args.out} (onnx)")
     return 0
 
 
@@ -410,6 +457,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     workers=args.workers, **options)  # fmt: skip
     else:
         uvicorn.run(create_app(settings), **options)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pixelseg.export import export_onnx
+
+    result = export_onnx(args.run, args.out, args.opset, args.dynamic)
+    shapes = ", ".join("x".join(map(str, s)) for s in result.shapes)
+    print(
+        f"wrote {result.path}; ONNX Runtime vs PyTorch on random inputs ({shapes}): largest "
+        f"difference {result.max_abs_diff:.2e} (logits up to {result.max_abs_logit:.1f})"
+    )
     return 0
 
 
@@ -553,6 +612,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=4,
         help="images (with --tile: tiles) per forward pass (default 4)",
     )  # fmt: skip
+    p.add_argument(
+        "--engine", default="torch", choices=["torch", "onnx"],
+        help="torch, or onnx: the run's model.onnx (pixelseg export) with ONNX Runtime, "
+        "without loading PyTorch (whole images; no --tta, --tile, --instances)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
@@ -564,6 +628,19 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=None, help="override the number of images")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run's model (ONNX), checked against PyTorch")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="file to write (default RUN/model.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
+    p.add_argument(
+        "--dynamic", action="store_true",
+        help="let batch, height and width vary (default: batch 1 at the training size)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_export)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -607,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_export(sub)
     _add_serve(sub)
     _add_demo(sub)
     return parser

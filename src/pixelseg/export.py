@@ -12,6 +12,7 @@ reported (float32 kernels differ in the last bits).
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import torch
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_bytes
+from pixelseg.onnx_engine import ONNX_FILE, open_session
 
-ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17
 
 
@@ -46,7 +47,12 @@ def export_onnx(
     axes = {"image": {0: "batch", 2: "height", 3: "width"},
             "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None  # fmt: skip
     buffer = io.BytesIO()
-    with torch.no_grad():
+    # The TorchScript-based exporter (dynamo=False): it records the models' size-dependent
+    # padding as graph operations under dynamic axes. torch deprecates it in favour of the
+    # torch.export-based one, which pixelseg has not adopted yet; the warning says so.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the exporter's own
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             model, (example,), buffer, input_names=["image"], output_names=["logits"],
             dynamic_axes=axes, opset_version=opset, dynamo=False,
@@ -77,16 +83,3 @@ def compare(model: torch.nn.Module, path: Path, shapes: list[tuple[int, ...]]) -
         diff = max(diff, float(np.abs(got - expected).max()))
         peak = max(peak, float(np.abs(expected).max()))
     return ExportResult(path, diff, peak, shapes)
-
-
-def open_session(path: str | Path):
-    """An ONNX Runtime session on the CPU (the ``onnx`` extra)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise PixelsegError(
-            "running ONNX models needs onnxruntime: pip install 'pixelseg[onnx]'"
-        ) from None
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # warnings about unused initialisers are noise here
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

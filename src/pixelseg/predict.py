@@ -25,8 +25,9 @@ from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
 from pixelseg.files import write_bytes, write_json
 from pixelseg.instances import Instances, color_instances, find_instances, to_coco, to_csv
+from pixelseg.outputs import unique_stems, write_mask_outputs
 from pixelseg.postprocess import postprocess
-from pixelseg.report import color_mask, overlay, plot_legend, save_png
+from pixelseg.report import plot_legend, save_png
 from pixelseg.tiling import sliding_window
 from pixelseg.tta import TTAModel
 
@@ -193,17 +194,6 @@ def load(run: str | Path, device: str = "auto") -> Predictor:
     return Predictor.from_run(run, device)
 
 
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """File stems, made unique (``a``, ``a_2``…) when two inputs share a name."""
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        stems.append(p.stem if n == 1 else f"{p.stem}_{n}")
-    return stems
-
-
 def predict_files(
     predictor: Predictor,
     paths: Sequence[Path],
@@ -259,7 +249,11 @@ def predict_files(
         for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
             mask = predictor.to_mask(logit, t)
             prefix = out_dir / stems[start + i]
-            written += _write_outputs(prefix, image, logit, mask, predictor.config, probabilities)
+            top = None
+            if probabilities:  # the foreground's (binary) or the winning class's probability
+                proba = logits_to_proba(logit)
+                top = (proba[0] if predictor.num_classes == 1 else proba.amax(0)).numpy()
+            written += write_mask_outputs(prefix, image, mask, predictor.config, top)
             if uncertainty:
                 level = (uncertainty_map(logit).numpy() * 255).round().astype(np.uint8)
                 written.append(save_png(f"{prefix}_uncertainty.png", level))
@@ -284,30 +278,6 @@ def write_legend(predictor: Predictor, out_dir: str | Path) -> Path:
     """``legend.png``: what the colours of the ``<stem>_color.png`` masks mean."""
     names = predictor.config.get("class_names") or [str(i) for i in range(predictor.num_classes)]
     return plot_legend(names, Path(out_dir) / "legend.png", predictor.config.get("class_colors"))
-
-
-def _write_outputs(
-    prefix: Path,
-    image: np.ndarray,
-    logit: torch.Tensor,
-    mask: np.ndarray,
-    config: dict,
-    probabilities: bool,
-) -> list[Path]:
-    """``<prefix>_mask.png``, ``<prefix>_overlay.png`` and optionally ``<prefix>_prob.png``."""
-    num_classes = int(config["num_classes"])
-    saved = mask * 255 if num_classes == 1 else mask  # binary masks as 0/255, visible as is
-    files = [
-        save_png(f"{prefix}_mask.png", saved.astype(np.uint8)),
-        save_png(f"{prefix}_overlay.png", overlay(image, mask)),
-    ]
-    if num_classes > 1:
-        files.append(save_png(f"{prefix}_color.png", color_mask(mask, config.get("class_colors"))))
-    if probabilities:
-        proba = logits_to_proba(logit)
-        top = proba[0] if num_classes == 1 else proba.amax(0)  # foreground / winning class
-        files.append(save_png(f"{prefix}_prob.png", (top.numpy() * 255).round().astype(np.uint8)))
-    return files
 
 
 def _write_instances(

@@ -1,0 +1,123 @@
+"""``pixelseg predict --engine onnx``: masks from ONNX Runtime, without importing torch.
+
+It reads the run folder's ``config.json`` (training size, normalisation, threshold,
+post-processing) and ``model.onnx`` (written by ``pixelseg export RUN --format onnx``) and
+repeats the torch path's steps in numpy: resize to the training size (Pillow, as in
+training), normalise, run, resize the logits back to the image's size (bilinear with
+half-pixel centres, as ``torch.nn.functional.interpolate(align_corners=False)``), then the
+threshold or arg-max and the run's clean-up steps. A process that predicts this way starts
+without loading PyTorch, which is most of a one-image command's time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pixelseg.data.imageops import resize_image, to_channels
+from pixelseg.data.io import read_image
+from pixelseg.errors import PixelsegError
+from pixelseg.postprocess import postprocess
+
+ONNX_FILE = "model.onnx"
+
+
+def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) → (C, H, W), bilinear with half-pixel centres (torch's align_corners=False,
+    without antialiasing)."""
+    _, h, w = logits.shape
+    height, width = size
+    if (h, w) == (height, width):
+        return logits
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        return low, np.minimum(low + 1, n_in - 1), (src - low).astype(np.float32)
+
+    y0, y1, wy = axis(height, h)
+    x0, x1, wx = axis(width, w)
+    top = logits[:, y0][:, :, x0] * (1 - wx) + logits[:, y0][:, :, x1] * wx
+    bottom = logits[:, y1][:, :, x0] * (1 - wx) + logits[:, y1][:, :, x1] * wx
+    return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # never overflows, unlike 1 / (1 + exp(-x))
+
+
+def logits_to_proba(logits: np.ndarray) -> np.ndarray:
+    if logits.shape[0] == 1:
+        return sigmoid(logits)
+    shifted = np.exp(logits - logits.max(0, keepdims=True))
+    return shifted / shifted.sum(0, keepdims=True)
+
+
+def open_session(path: str | Path):
+    """An ONNX Runtime session on the CPU (the ``onnx`` extra)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PixelsegError(
+            "running ONNX models needs onnxruntime: pip install 'pixelseg[onnx]'"
+        ) from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers are noise here
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxPredictor:
+    """The torch-free counterpart of :class:`pixelseg.predict.Predictor` (whole images,
+    post-processing; no TTA or tiling)."""
+
+    def __init__(self, session, config: dict) -> None:
+        self.session, self.config = session, config
+        self.size = tuple(config["size"])
+        self.num_classes = int(config["num_classes"])
+        self.threshold = float(config.get("threshold", 0.5))
+        self.postprocess: list[str] = list(config.get("postprocess") or [])
+        self.min_area = 0
+        self.mean = np.asarray(config["mean"], np.float32)[:, None, None]
+        self.std = np.asarray(config["std"], np.float32)[:, None, None]
+        self.batch_dim = session.get_inputs()[0].shape[0]  # "batch" if exported --dynamic
+
+    @classmethod
+    def from_run(cls, run: str | Path) -> OnnxPredictor:
+        run = Path(run)
+        onnx_path = run / ONNX_FILE
+        if not onnx_path.is_file():
+            raise PixelsegError(
+                f"{run}: no {ONNX_FILE}; make it with pixelseg export {run} --format onnx"
+            )
+        try:
+            config = json.loads((run / "config.json").read_text())
+        except FileNotFoundError:
+            raise PixelsegError(f"{run}: not a pixelseg run folder (no config.json)") from None
+        return cls(open_session(onnx_path), config)
+
+    def logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """(C, H, W) float32 logits at each HxWx3 uint8 image's own size."""
+        channels = int(self.config.get("in_channels", 3))
+        arrays = [to_channels(image, channels) for image in images]
+        batch = np.stack([resize_image(a, self.size) for a in arrays]).transpose(0, 3, 1, 2)
+        batch = (batch.astype(np.float32) / 255.0 - self.mean) / self.std
+        if isinstance(self.batch_dim, int):  # a graph exported for one batch size
+            outs = [self.session.run(None, {"image": x[None]})[0][0] for x in batch]
+        else:
+            outs = list(self.session.run(None, {"image": batch})[0])
+        return [resize_logits(o, a.shape[:2]) for o, a in zip(outs, arrays, strict=True)]
+
+    def to_mask(self, logit: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        t = self.threshold if threshold is None else threshold
+        if self.num_classes > 1:
+            return logit.argmax(0).astype(np.uint8)
+        mask = (sigmoid(logit[0]) > t).astype(np.uint8)
+        return postprocess(mask, self.postprocess, self.min_area)
+
+    def predict(self, image: str | Path | np.ndarray, threshold: float | None = None):
+        """HxW uint8 mask of an image path or HxWx3 uint8 array."""
+        array = read_image(image) if isinstance(image, (str, Path)) else image
+        return self.to_mask(self.logits([array])[0], threshold)

@@ -1,0 +1,86 @@
+"""ONNX export (checked against PyTorch) and ``predict --engine onnx`` without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pixelseg.cli import main
+from pixelseg.config import TrainConfig
+from pixelseg.engine.train import fit
+from settings import FAST
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+
+from pixelseg.export import export_onnx  # noqa: E402
+from pixelseg.onnx_engine import resize_logits  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(out), epochs=3, **FAST))
+    return out
+
+
+@pytest.mark.parametrize("size", [(5, 7), (40, 33), (3, 64)])
+def test_numpy_resize_matches_torch(size: tuple[int, int]) -> None:
+    logits = np.random.default_rng(0).normal(size=(2, 16, 12)).astype(np.float32)
+    expected = F.interpolate(torch.from_numpy(logits)[None], size=size, mode="bilinear",
+                             align_corners=False)[0].numpy()  # fmt: skip
+    np.testing.assert_allclose(resize_logits(logits, size), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_export_matches_pytorch(run: Path, tmp_path: Path, dynamic: bool) -> None:
+    result = export_onnx(run, tmp_path / "m.onnx", dynamic=dynamic)
+    assert result.path.is_file() and result.max_abs_diff < 1e-4
+    assert len(result.shapes) == (3 if dynamic else 1)  # dynamic: other batch and odd sizes
+    assert (1, 3, 67, 93) in result.shapes or not dynamic
+
+
+def test_predict_with_onnx_runtime_equals_torch_and_loads_no_torch(
+    run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    assert main(["export", str(run), "--dynamic"]) == 0
+    images = str(tiny_data / "images")
+    assert main(["predict", str(run), images, "--out", str(tmp_path / "t"), "--probabilities",
+                 "--cutout"]) == 0  # fmt: skip
+    script = (
+        "import sys; from pixelseg.cli import main; "
+        f"code = main(['predict', {str(run)!r}, {images!r}, '--out', {str(tmp_path / 'o')!r}, "
+        "'--probabilities', '--cutout', '--engine', 'onnx']); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "t").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "o").iterdir()) and len(names) == 48
+    for name in names:
+        a = np.asarray(Image.open(tmp_path / "t" / name)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "o" / name)).astype(int)
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1, name  # a probability may round the other way
+
+
+def test_onnx_engine_says_what_it_lacks(
+    run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = str(next((tiny_data / "images").iterdir()))
+    args = ["predict", str(run), image, "--out", str(tmp_path / "o"), "--engine", "onnx"]
+    assert main([*args, "--tta"]) == 2
+    assert "--tta not available with --engine onnx" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps({"size": [8, 8]}))
+    assert main(["predict", str(empty), image, "--out", str(tmp_path / "p"), "--engine",
+                 "onnx"]) == 2  # fmt: skip
+    assert "pixelseg export" in capsys.readouterr().err
