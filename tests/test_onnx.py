@@ -84,3 +84,23 @@ def test_onnx_engine_says_what_it_lacks(
     assert main(["predict", str(empty), image, "--out", str(tmp_path / "p"), "--engine",
                  "onnx"]) == 2  # fmt: skip
     assert "pixelseg export" in capsys.readouterr().err
+
+
+def test_serve_with_the_onnx_engine(run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from pixelseg.serve.app import ServeSettings, create_app
+
+    export_onnx(run, dynamic=True)
+    image = next((tiny_data / "images").iterdir()).read_bytes()
+    answers = {}
+    for engine in ("torch", "onnx"):
+        with TestClient(create_app(ServeSettings(run=str(run), engine=engine))) as c:
+            png = {"content-type": "image/png"}
+            answers[engine] = c.post("/predict", content=image, headers=png).content
+            summary = c.post("/predict?output=json", content=image, headers=png).json()
+            assert summary["width"] > 0 and "instances" in summary
+            assert c.post("/predict?output=probabilities", content=image,
+                          headers=png).status_code == 200  # fmt: skip
+    assert answers["torch"] == answers["onnx"]  # the same mask PNG, byte for byte

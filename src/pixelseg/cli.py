@@ -348,7 +348,7 @@ def _predict_onnx(args: argparse.Namespace) -> int:
     from pixelseg.cutout import composite, cutout, parse_background
     from pixelseg.data.io import read_image
     from pixelseg.data.layouts import list_images
-    from pixelseg.onnx_engine import OnnxPredictor, logits_to_proba
+    from pixelseg.onnx_engine import OnnxPredictor
     from pixelseg.outputs import unique_stems, write_mask_outputs
     from pixelseg.postprocess import STEPS
     from pixelseg.report import save_png
@@ -373,8 +373,7 @@ def _predict_onnx(args: argparse.Namespace) -> int:
         stems = unique_stems(paths)[start : start + len(chunk)]
         for image, logit, stem in zip(images, predictor.logits(images), stems, strict=True):
             mask, prefix = predictor.to_mask(logit, args.threshold), out / stem
-            proba = logits_to_proba(logit) if args.probabilities else None
-            top = None if proba is None else (proba[0] if len(proba) == 1 else proba.max(0))
+            top = predictor.top_proba(logit) if args.probabilities else None
             written += write_mask_outputs(prefix, image, mask, predictor.config, top)
             if args.cutout:
                 written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, args.feather)))
@@ -653,7 +652,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="server processes, each with the model")
-    p.add_argument("--engine", default="torch", choices=["torch"], help="inference engine")
+    p.add_argument(
+        "--engine", default="torch", choices=["torch", "onnx"],
+        help="torch, or onnx: the run's model.onnx (pixelseg export) with ONNX Runtime",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--api-key", help="require this key in the X-API-Key header")
     p.add_argument("--max-mb", type=float, default=20.0, help="largest upload in MB (20)")

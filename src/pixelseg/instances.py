@@ -103,6 +103,14 @@ def find_instances(
     return Instances(labels, items)
 
 
+def background_class(num_classes: int, class_names: list[str] | None) -> int | None:
+    """The class that holds no objects: 0 for binary runs and for multi-class runs whose
+    class 0 is unnamed or named background; else none (CamVid's class 0 is Sky)."""
+    if num_classes == 1 or not class_names or class_names[0].lower() in ("background", "bg"):
+        return 0
+    return None
+
+
 def rle_encode(mask: np.ndarray) -> list[int]:
     """COCO's uncompressed RLE of an HxW bool mask: run lengths of 0s and 1s alternately,
     starting with 0s (possibly an empty run), in column-major order."""

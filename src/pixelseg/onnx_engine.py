@@ -80,6 +80,7 @@ class OnnxPredictor:
         self.threshold = float(config.get("threshold", 0.5))
         self.postprocess: list[str] = list(config.get("postprocess") or [])
         self.min_area = 0
+        self.connectivity = 4  # instances: 4 or 8 neighbours
         self.mean = np.asarray(config["mean"], np.float32)[:, None, None]
         self.std = np.asarray(config["std"], np.float32)[:, None, None]
         self.batch_dim = session.get_inputs()[0].shape[0]  # "batch" if exported --dynamic
@@ -109,6 +110,18 @@ class OnnxPredictor:
         else:
             outs = list(self.session.run(None, {"image": batch})[0])
         return [resize_logits(o, a.shape[:2]) for o, a in zip(outs, arrays, strict=True)]
+
+    def top_proba(self, logit: np.ndarray) -> np.ndarray:
+        """HxW probability of the foreground (binary) or of the winning class."""
+        proba = logits_to_proba(logit)
+        return proba[0] if self.num_classes == 1 else proba.max(0)
+
+    def instances_of(self, logit: np.ndarray, mask: np.ndarray):
+        """Connected components of ``mask`` (see :mod:`pixelseg.instances`)."""
+        from pixelseg.instances import background_class, find_instances
+
+        background = background_class(self.num_classes, self.config.get("class_names"))
+        return find_instances(mask, logits_to_proba(logit), background, self.connectivity)
 
     def to_mask(self, logit: np.ndarray, threshold: float | None = None) -> np.ndarray:
         t = self.threshold if threshold is None else threshold

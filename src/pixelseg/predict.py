@@ -24,7 +24,14 @@ from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
 from pixelseg.files import write_bytes, write_json
-from pixelseg.instances import Instances, color_instances, find_instances, to_coco, to_csv
+from pixelseg.instances import (
+    Instances,
+    background_class,
+    color_instances,
+    find_instances,
+    to_coco,
+    to_csv,
+)
 from pixelseg.outputs import unique_stems, write_mask_outputs
 from pixelseg.postprocess import postprocess
 from pixelseg.report import plot_legend, save_png
@@ -159,15 +166,13 @@ class Predictor:
     def instances_of(self, logit: torch.Tensor, mask: np.ndarray) -> Instances:
         """Connected components of ``mask``, scored by the mean probability of ``logit``."""
         proba = logits_to_proba(logit).numpy()
-        return find_instances(mask, proba, self.background_class(), self.connectivity)
+        background = background_class(self.num_classes, self.config.get("class_names"))
+        return find_instances(mask, proba, background, self.connectivity)
 
-    def background_class(self) -> int | None:
-        """The class that holds no objects: 0 for binary runs and for multi-class runs whose
-        class 0 is unnamed or named background; else none (CamVid's class 0 is Sky)."""
-        names = self.config.get("class_names")
-        if self.num_classes == 1 or not names or names[0].lower() in ("background", "bg"):
-            return 0
-        return None
+    def top_proba(self, logit: torch.Tensor) -> np.ndarray:
+        """HxW probability of the foreground (binary) or of the winning class."""
+        proba = logits_to_proba(logit)
+        return (proba[0] if self.num_classes == 1 else proba.amax(0)).numpy()
 
     def to_mask(self, logit: torch.Tensor, threshold: float | None = None) -> np.ndarray:
         """(C, H, W) logits → HxW uint8 mask, with the run's post-processing (binary)."""
@@ -249,10 +254,7 @@ def predict_files(
         for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
             mask = predictor.to_mask(logit, t)
             prefix = out_dir / stems[start + i]
-            top = None
-            if probabilities:  # the foreground's (binary) or the winning class's probability
-                proba = logits_to_proba(logit)
-                top = (proba[0] if predictor.num_classes == 1 else proba.amax(0)).numpy()
+            top = predictor.top_proba(logit) if probabilities else None
             written += write_mask_outputs(prefix, image, mask, predictor.config, top)
             if uncertainty:
                 level = (uncertainty_map(logit).numpy() * 255).round().astype(np.uint8)

@@ -51,8 +51,8 @@ class ServeSettings:
     api_key: str | None = None
 
     def __post_init__(self) -> None:
-        if self.engine != "torch":
-            raise ValueError(f"engine {self.engine!r} is not available; use torch")
+        if self.engine not in ("torch", "onnx"):
+            raise ValueError(f"engine must be torch or onnx, got {self.engine!r}")
         if min(self.max_bytes, self.max_pixels, self.max_queue, self.batch_size) < 1:
             raise ValueError("max_bytes, max_pixels, max_queue and batch_size must be >= 1")
 
@@ -67,13 +67,11 @@ class Output(str, Enum):
 
 def create_app(settings: ServeSettings) -> FastAPI:
     """The application for one run; loads the model now (once per process)."""
-    from pixelseg.predict import load
-
     # Pillow's bomb warning (pixelseg's own limit decides) and dropped alpha channels are
     # not worth a log line per request; set once here, not per request (not thread-safe).
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     warnings.filterwarnings("ignore", message="upload: alpha channel dropped")
-    predictor = load(settings.run, settings.device)
+    predictor = _load(settings)
     batcher = Batcher(predictor.logits, settings.batch_size, settings.max_queue)
     limits = Limits(settings.max_bytes, settings.max_pixels)
 
@@ -94,6 +92,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
     return app
+
+
+def _load(settings: ServeSettings):
+    """The run's predictor: PyTorch's, or ONNX Runtime's (``model.onnx``, no torch)."""
+    if settings.engine == "onnx":
+        from pixelseg.onnx_engine import OnnxPredictor
+
+        return OnnxPredictor.from_run(settings.run)
+    from pixelseg.predict import load
+
+    return load(settings.run, settings.device)
 
 
 def create_app_from_env() -> FastAPI:
@@ -266,7 +275,6 @@ def _render(
     opacity: float, feather: float,
 ) -> Response:  # fmt: skip
     from pixelseg.cutout import cutout
-    from pixelseg.engine.evaluate import logits_to_proba
     from pixelseg.report import overlay
 
     mask = predictor.to_mask(logit, threshold)
@@ -279,9 +287,7 @@ def _render(
     elif output is Output.cutout:
         array = cutout(image, mask, feather)
     else:
-        proba = logits_to_proba(logit)
-        top = proba[0] if predictor.num_classes == 1 else proba.amax(0)
-        array = (top.numpy() * 255).round()
+        array = (predictor.top_proba(logit) * 255).round()
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
     return Response(buffer.getvalue(), media_type="image/png")
