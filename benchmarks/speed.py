@@ -1,0 +1,228 @@
+"""Speed in one run: training through pixelseg's loop against a bare loop, the share of step
+time spent waiting for data, inference eager and with ONNX Runtime, FLOPs against a
+matmul roofline measured here, and peak memory.
+
+    python benchmarks/speed.py --quick --json speed.json     # under 5 minutes on 2 cores
+    python benchmarks/speed.py --size 256 --batch-size 8     # the issue's setting
+
+Per model (``--models``, default the native ``unet`` and ``lesson-unet``):
+
+- train img/s of pixelseg's ``train_one_epoch`` (cached dataset, augmentation on the
+  device, normalisation) and of a bare loop on pre-stacked tensors with the same model,
+  optimizer (AdamW), loss (bce+dice) and batch; ``train_loop_overhead`` is pixelseg's time
+  per image over the bare loop's;
+- ``data_wait_fraction``: the share of a pixelseg step spent getting the next batch from
+  the DataLoader (and, separately, augmenting it);
+- inference img/s at batch 8 and latency at batch 1, eager and ONNX Runtime (a dynamic
+  export of the same weights), and the largest logit difference between them;
+- forward GFLOPs per image (``torch.utils.flop_counter``) and achieved GFLOP/s in training
+  (3 x forward FLOPs per image, the usual estimate for forward + backward) as a fraction
+  of a 2048x2048 float32 matmul's GFLOP/s measured in the same run.
+
+Every timing is the median of ``--repeats`` runs after a warm-up; machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from train_speed import bare_loop, pixelseg_loop, sync
+
+from pixelseg.data.dataset import SegmentationDataset
+from pixelseg.data.layouts import find_samples
+from pixelseg.data.synthetic import write_synthetic_dataset
+from pixelseg.data.transforms import Augment, BatchTransform, normalize
+from pixelseg.engine.device import resolve_device
+from pixelseg.models import count_parameters, create_model
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_gflops(device: torch.device, repeats: int, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def run() -> None:
+        for _ in range(4):
+            a @ b
+        sync(device)
+
+    return 4 * 2 * n**3 / median_time(run, repeats) / 1e9
+
+
+def forward_gflops(model: torch.nn.Module, size: int) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def data_wait(model, dataset, transform, batch_size, steps, device) -> tuple[float, float]:
+    """(share of step time in the DataLoader, share in augmentation) of a pixelseg step."""
+    from pixelseg.losses import build_loss
+
+    loss_fn = build_loss("bce+dice", 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    subset = torch.utils.data.Subset(dataset, range(min(len(dataset), steps * batch_size)))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=True, drop_last=True)
+    model.train()
+    fetch = augment = total = 0.0
+    iterator = iter(loader)
+    for _ in range(len(loader)):
+        t0 = time.perf_counter()
+        batch = next(iterator)
+        t1 = time.perf_counter()
+        images, masks = transform(batch, device)
+        sync(device)
+        t2 = time.perf_counter()
+        loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync(device)
+        t3 = time.perf_counter()
+        fetch, augment, total = fetch + t1 - t0, augment + t2 - t1, total + t3 - t0
+    return fetch / total, augment / total
+
+
+def onnx_session(model: torch.nn.Module, size: int):
+    import onnxruntime
+
+    buffer = io.BytesIO()  # exported as pixelseg export --dynamic does
+    axes = {"image": {0: "batch", 2: "h", 3: "w"}, "logits": {0: "batch", 2: "h", 3: "w"}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buffer,
+                          input_names=["image"], output_names=["logits"], dynamic_axes=axes,
+                          opset_version=17, dynamo=False)  # fmt: skip
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(buffer.getvalue(), options,
+                                        providers=["CPUExecutionProvider"])  # fmt: skip
+
+
+def inference(model, session, size: int, repeats: int) -> dict:
+    model.eval()
+    rng = np.random.default_rng(0)
+    x8 = rng.normal(size=(8, 3, size, size)).astype(np.float32)
+    x1 = x8[:1]
+    t8, t1 = torch.from_numpy(x8), torch.from_numpy(x1)
+    with torch.no_grad():
+        eager_b8 = 8 / median_time(lambda: model(t8), repeats)
+        eager_b1 = 1 / median_time(lambda: model(t1), repeats)
+        expected = model(t8).numpy()
+    out = {"eager_b8_img_s": eager_b8, "eager_b1_img_s": eager_b1}
+    if session is not None:
+        got = session.run(None, {"image": x8})[0]
+        out["onnx_b8_img_s"] = 8 / median_time(lambda: session.run(None, {"image": x8}), repeats)
+        out["onnx_b1_img_s"] = 1 / median_time(lambda: session.run(None, {"image": x1}), repeats)
+        out["onnx_max_abs_diff"] = float(np.abs(got - expected).max())
+        out["max_abs_logit"] = float(np.abs(expected).max())
+    return out
+
+
+def measure(name: str, args, dataset, images, masks, device, peak: float) -> dict:
+    torch.manual_seed(0)
+    transform = BatchTransform(*dataset.channel_stats(), Augment())
+    model = create_model(name).to(device)
+    steps, bs = args.steps, args.batch_size
+    pix = statistics.median(
+        [
+            pixelseg_loop(model, dataset, transform, bs, steps, device, 0)
+            for _ in range(args.repeats)
+        ]
+    )
+    bare = statistics.median(
+        [bare_loop(model, images, masks, bs, steps, device) for _ in range(args.repeats)]
+    )
+    wait, aug = data_wait(model, dataset, transform, bs, steps, device)
+    gflops = forward_gflops(create_model(name), args.size)
+    model_cpu = create_model(name).eval()  # the trained weights, for eager and ONNX alike
+    model_cpu.load_state_dict(model.state_dict())
+    try:
+        session = onnx_session(model_cpu, args.size)
+    except ImportError:
+        session = None
+    row = {
+        "model": name, "parameters": count_parameters(model), "train_pixelseg_img_s": pix,
+        "train_bare_img_s": bare, "train_loop_overhead": bare / pix,
+        "data_wait_fraction": wait, "augment_fraction": aug, "forward_gflops": gflops,
+        "train_gflop_s": 3 * gflops * pix, "roofline_fraction_train": 3 * gflops * pix / peak,
+    }  # fmt: skip
+    row.update(inference(model_cpu, session, args.size, args.repeats))
+    if session is not None:
+        row["onnx_vs_eager_b1"] = row["onnx_b1_img_s"] / row["eager_b1_img_s"]
+        row["onnx_vs_eager_b8"] = row["onnx_b8_img_s"] / row["eager_b8_img_s"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="unet,lesson-unet")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="128x128, 4 steps, 2 repeats")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.steps, args.repeats = 128, 4, 2
+    device = resolve_device(args.device)
+    peak = matmul_gflops(device, args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        n = args.steps * args.batch_size
+        root = write_synthetic_dataset(Path(tmp) / "d", n=n, size=(args.size, args.size))
+        dataset = SegmentationDataset(find_samples(root)[1], (args.size, args.size))
+    mean, std = dataset.channel_stats()
+    images = normalize(dataset.images.float() / 255, mean, std)  # as train_speed.py does
+    masks = dataset.masks.long()
+    rows = [measure(m, args, dataset, images, masks, device, peak)
+            for m in args.models.split(",")]  # fmt: skip
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, batch "
+        f"{args.batch_size}; matmul roofline {peak:.1f} GFLOP/s; peak RSS {rss:.0f} MiB"
+    )
+    for row in rows:
+        print("\n" + row["model"])
+        for key, value in row.items():
+            if key != "model":
+                print(f"  {key:>24}: {value:.4g}" if isinstance(value, float) else
+                      f"  {key:>24}: {value}")  # fmt: skip
+    first = rows[0]
+    summary = {
+        "device": str(device), "threads": torch.get_num_threads(), "size": args.size,
+        "batch_size": args.batch_size, "matmul_gflop_s": peak, "peak_rss_mib": rss,
+        "train_loop_overhead": first["train_loop_overhead"],
+        "data_wait_fraction": first["data_wait_fraction"],
+        "roofline_fraction_train": first["roofline_fraction_train"],
+        "onnx_vs_eager_b1": first.get("onnx_vs_eager_b1"),
+        "onnx_max_abs_diff": first.get("onnx_max_abs_diff"), "models": rows,
+    }  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
