@@ -25,13 +25,11 @@ Every timing is the median of ``--repeats`` runs after a warm-up; machines are n
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import resource
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +43,7 @@ from pixelseg.data.layouts import find_samples
 from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.data.transforms import Augment, BatchTransform, normalize
 from pixelseg.engine.device import resolve_device
+from pixelseg.errors import PixelsegError
 from pixelseg.models import count_parameters, create_model
 
 
@@ -105,19 +104,11 @@ def data_wait(model, dataset, transform, batch_size, steps, device) -> tuple[flo
 
 
 def onnx_session(model: torch.nn.Module, size: int):
-    import onnxruntime
+    """ONNX Runtime on a dynamic export of ``model``, made as ``pixelseg export`` makes it."""
+    from pixelseg.export import onnx_bytes
+    from pixelseg.onnx_engine import open_session
 
-    buffer = io.BytesIO()  # exported as pixelseg export --dynamic does
-    axes = {"image": {0: "batch", 2: "h", 3: "w"}, "logits": {0: "batch", 2: "h", 3: "w"}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buffer,
-                          input_names=["image"], output_names=["logits"], dynamic_axes=axes,
-                          opset_version=17, dynamo=False)  # fmt: skip
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(buffer.getvalue(), options,
-                                        providers=["CPUExecutionProvider"])  # fmt: skip
+    return open_session(onnx_bytes(model, (1, 3, size, size), dynamic=True))
 
 
 def inference(model, session, size: int, repeats: int) -> dict:
@@ -160,7 +151,7 @@ def measure(name: str, args, dataset, images, masks, device, peak: float) -> dic
     model_cpu.load_state_dict(model.state_dict())
     try:
         session = onnx_session(model_cpu, args.size)
-    except ImportError:
+    except PixelsegError:  # onnxruntime is not installed
         session = None
     row = {
         "model": name, "parameters": count_parameters(model), "train_pixelseg_img_s": pix,

@@ -345,41 +345,28 @@ ONNX_UNSUPPORTED = ("tta", "tile", "instances", "uncertainty")
 
 def _predict_onnx(args: argparse.Namespace) -> int:
     """``predict --engine onnx``: whole images through ONNX Runtime; torch is never imported."""
-    from pixelseg.cutout import composite, cutout, parse_background
-    from pixelseg.data.io import read_image
+    from pixelseg.cutout import parse_background
     from pixelseg.data.layouts import list_images
     from pixelseg.onnx_engine import OnnxPredictor
-    from pixelseg.outputs import unique_stems, write_mask_outputs
-    from pixelseg.postprocess import STEPS
-    from pixelseg.report import save_png
+    from pixelseg.outputs import predict_files, write_legend
+    from pixelseg.video import is_video_file
 
     given = [f"--{o}" for o in ONNX_UNSUPPORTED if getattr(args, o) not in (None, False)]
     if given:
         raise ValueError(f"{', '.join(given)} not available with --engine onnx; use torch")
     background = parse_background(args.background) if args.background else None
     paths = list_images(args.inputs, exclude=args.out)
+    videos = [p for p in paths if is_video_file(p)]
+    if videos:
+        raise ValueError(f"videos need --engine torch ({videos[0]})")
     predictor = OnnxPredictor.from_run(args.run)
-    if args.no_postprocess:
-        predictor.postprocess = []
-    chosen = [step for step in STEPS if getattr(args, step)]
-    predictor.postprocess = chosen or predictor.postprocess
-    predictor.min_area = args.min_area
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start : start + args.batch_size]
-        images = [read_image(p) for p in chunk]
-        stems = unique_stems(paths)[start : start + len(chunk)]
-        for image, logit, stem in zip(images, predictor.logits(images), stems, strict=True):
-            mask, prefix = predictor.to_mask(logit, args.threshold), out / stem
-            top = predictor.top_proba(logit) if args.probabilities else None
-            written += write_mask_outputs(prefix, image, mask, predictor.config, top)
-            if args.cutout:
-                written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, args.feather)))
-            if background is not None:
-                picture = composite(image, mask, background, args.feather)
-                written.append(save_png(f"{prefix}_composite.png", picture))
+    _configure_postprocess(predictor, args)
+    written = predict_files(
+        predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size,
+        cutouts=args.cutout, background=background, feather=args.feather, legend=False,
+    )  # fmt: skip
+    if paths and predictor.num_classes > 1:
+        written.append(write_legend(predictor, args.out))
     print(f"wrote {len(written)} outputs for {len(paths)} image(s) to {args.out} (onnx)")
     return 0
 
@@ -402,9 +389,8 @@ def _check_predict_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--scale must be > 0, got {args.scale}")
 
 
-def _configure_predictor(predictor: Predictor, args: argparse.Namespace) -> None:
-    """Apply ``predict``'s options (checked by :func:`_check_predict_options`) to a loaded
-    predictor."""
+def _configure_postprocess(predictor, args: argparse.Namespace) -> None:
+    """Apply the clean-up options to a predictor of either engine."""
     from pixelseg.postprocess import STEPS
 
     if args.no_postprocess:
@@ -415,6 +401,12 @@ def _configure_predictor(predictor: Predictor, args: argparse.Namespace) -> None
     if chosen:  # the user's steps replace the run's
         predictor.postprocess = chosen
     predictor.min_area = args.min_area
+
+
+def _configure_predictor(predictor: Predictor, args: argparse.Namespace) -> None:
+    """Apply ``predict``'s options (checked by :func:`_check_predict_options`) to a loaded
+    predictor."""
+    _configure_postprocess(predictor, args)
     predictor.tta, predictor.tta_rotations = args.tta, args.tta_rotations
     predictor.connectivity = args.connectivity
     if args.tile is not None:

@@ -43,7 +43,24 @@ def export_onnx(
     run = Path(run)
     model, config = load_model(run, "cpu")
     channels, (height, width) = int(config["in_channels"]), config["size"]
-    example = torch.randn(1, channels, height, width)
+    data = onnx_bytes(model, (1, channels, height, width), dynamic, opset)
+    path = write_bytes(Path(out) if out else run / ONNX_FILE, data)
+    result = ExportResult(path, float("nan"), float("nan"), [])
+    if check:
+        shapes = [(1, channels, height, width)]
+        if dynamic:  # another batch size, and a size that is no multiple of the stride
+            shapes.append((2, channels, height + 8, width - 8))
+            shapes.append((1, channels, 67, 93))
+        result = compare(model, path, shapes)
+    return result
+
+
+def onnx_bytes(
+    model: torch.nn.Module, example_shape: tuple[int, ...], dynamic: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> bytes:  # fmt: skip
+    """The ONNX graph of ``model`` traced on an input of ``example_shape``; with ``dynamic``
+    the batch, height and width may vary."""
     axes = {"image": {0: "batch", 2: "height", 3: "width"},
             "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None  # fmt: skip
     buffer = io.BytesIO()
@@ -54,18 +71,10 @@ def export_onnx(
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the exporter's own
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
-            model, (example,), buffer, input_names=["image"], output_names=["logits"],
-            dynamic_axes=axes, opset_version=opset, dynamo=False,
+            model, (torch.randn(*example_shape),), buffer, input_names=["image"],
+            output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
         )  # fmt: skip
-    path = write_bytes(Path(out) if out else run / ONNX_FILE, buffer.getvalue())
-    result = ExportResult(path, float("nan"), float("nan"), [])
-    if check:
-        shapes = [(1, channels, height, width)]
-        if dynamic:  # another batch size, and a size that is no multiple of the stride
-            shapes.append((2, channels, height + 8, width - 8))
-            shapes.append((1, channels, 67, 93))
-        result = compare(model, path, shapes)
-    return result
+    return buffer.getvalue()
 
 
 def compare(model: torch.nn.Module, path: Path, shapes: list[tuple[int, ...]]) -> ExportResult:

@@ -56,8 +56,8 @@ def logits_to_proba(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(0, keepdims=True)
 
 
-def open_session(path: str | Path):
-    """An ONNX Runtime session on the CPU (the ``onnx`` extra)."""
+def open_session(model: str | Path | bytes):
+    """An ONNX Runtime session on the CPU (the ``onnx`` extra) for a file or its bytes."""
     try:
         import onnxruntime
     except ImportError:
@@ -66,7 +66,8 @@ def open_session(path: str | Path):
         ) from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are noise here
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxPredictor:

@@ -16,25 +16,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelseg.cutout import Background, composite, cutout
 from pixelseg.data.dataset import resize_image, to_channels, to_uint8_tensor
 from pixelseg.data.io import read_image, to_rgb, to_uint8
 from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
-from pixelseg.files import write_bytes, write_json
-from pixelseg.instances import (
-    Instances,
-    background_class,
-    color_instances,
-    find_instances,
-    to_coco,
-    to_csv,
-)
-from pixelseg.outputs import unique_stems, write_mask_outputs
+from pixelseg.instances import Instances, background_class, find_instances
+
+# Writing the files of a prediction needs no torch and serves both engines; importable from
+# here, where the Python API has always had it.
+from pixelseg.outputs import predict_files, unique_stems, write_legend  # noqa: F401
 from pixelseg.postprocess import postprocess
-from pixelseg.report import plot_legend, save_png
 from pixelseg.tiling import sliding_window
 from pixelseg.tta import TTAModel
 
@@ -174,6 +167,10 @@ class Predictor:
         proba = logits_to_proba(logit)
         return (proba[0] if self.num_classes == 1 else proba.amax(0)).numpy()
 
+    def uncertainty(self, logit: torch.Tensor) -> np.ndarray:
+        """HxW :func:`uncertainty_map` of ``logit`` as a numpy array."""
+        return uncertainty_map(logit).numpy()
+
     def to_mask(self, logit: torch.Tensor, threshold: float | None = None) -> np.ndarray:
         """(C, H, W) logits → HxW uint8 mask, with the run's post-processing (binary)."""
         t = self.threshold if threshold is None else threshold
@@ -197,98 +194,3 @@ def uncertainty_map(logit: torch.Tensor) -> torch.Tensor:
 def load(run: str | Path, device: str = "auto") -> Predictor:
     """Load a trained run folder (``config.json`` + ``model.safetensors``) for prediction."""
     return Predictor.from_run(run, device)
-
-
-def predict_files(
-    predictor: Predictor,
-    paths: Sequence[Path],
-    out_dir: str | Path,
-    threshold: float | None = None,
-    probabilities: bool = False,
-    batch_size: int = 4,
-    progress: bool = True,
-    cutouts: bool = False,
-    background: Background | None = None,
-    feather: float = 0.0,
-    uncertainty: bool = False,
-    instances: bool = False,
-    stems: Sequence[str] | None = None,
-    first_id: int = 1,
-    legend: bool = True,
-) -> list[Path]:
-    """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
-
-    With ``cutouts``, also ``<stem>_cutout.png``: the image as RGBA with the (``feather``-ed)
-    foreground as alpha; with a ``background`` (RGB colour or image),
-    ``<stem>_composite.png``: the foreground over it.
-    With ``uncertainty``, ``<stem>_uncertainty.png``: :func:`uncertainty_map` x 255.
-    With ``instances``, the separate objects (:mod:`pixelseg.instances`) as COCO results in
-    ``<stem>_instances.json``, one CSV row each in ``<stem>_instances.csv`` and coloured in
-    ``<stem>_instances.png``; the images' COCO ids count from ``first_id``.
-
-    ``stems`` names the outputs (default: the inputs' stems, made unique); a process of a
-    distributed run passes its share of the whole list's, and only one writes the
-    ``legend``.
-
-    Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
-    ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
-    image is the foreground (binary) or winning-class (multi-class) probability × 255.
-    """
-    from tqdm.auto import tqdm
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t = predictor.threshold if threshold is None else threshold
-    written: list[Path] = []
-    stems = list(stems) if stems is not None else unique_stems(paths)
-    if len(stems) != len(paths):
-        raise ValueError(f"{len(stems)} stems for {len(paths)} images")
-    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=None if progress else True)
-    # Tiled prediction batches tiles, not images: one large image's logits at a time.
-    step = 1 if predictor.tile is not None else batch_size
-    for start in range(0, len(paths), step):
-        images = [read_image(p) for p in paths[start : start + step]]
-        logits = predictor.logits(images)
-        for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
-            mask = predictor.to_mask(logit, t)
-            prefix = out_dir / stems[start + i]
-            top = predictor.top_proba(logit) if probabilities else None
-            written += write_mask_outputs(prefix, image, mask, predictor.config, top)
-            if uncertainty:
-                level = (uncertainty_map(logit).numpy() * 255).round().astype(np.uint8)
-                written.append(save_png(f"{prefix}_uncertainty.png", level))
-            if instances:
-                found = predictor.instances_of(logit, mask)
-                image_id = first_id + start + i
-                written += _write_instances(prefix, image, found, image_id, paths[start + i],
-                                            predictor.config.get("class_names"))  # fmt: skip
-            if cutouts:
-                written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, feather)))
-            if background is not None:
-                picture = composite(image, mask, background, feather)
-                written.append(save_png(f"{prefix}_composite.png", picture))
-            bar.update(1)
-    bar.close()
-    if legend and predictor.num_classes > 1:
-        written.append(write_legend(predictor, out_dir))
-    return written
-
-
-def write_legend(predictor: Predictor, out_dir: str | Path) -> Path:
-    """``legend.png``: what the colours of the ``<stem>_color.png`` masks mean."""
-    names = predictor.config.get("class_names") or [str(i) for i in range(predictor.num_classes)]
-    return plot_legend(names, Path(out_dir) / "legend.png", predictor.config.get("class_colors"))
-
-
-def _write_instances(
-    prefix: Path, image: np.ndarray, found: Instances, image_id: int, path: Path,
-    class_names: list[str] | None,
-) -> list[Path]:  # fmt: skip
-    """``<prefix>_instances.json`` (COCO results), ``.csv`` and ``.png``."""
-    return [
-        write_json(f"{prefix}_instances.json", to_coco(found, image_id, path.name, class_names)),
-        write_bytes(f"{prefix}_instances.csv", to_csv(found, class_names).encode()),
-        save_png(f"{prefix}_instances.png", color_instances(image, found)),
-    ]

@@ -429,9 +429,9 @@ def fit(
     started = time.perf_counter()
     world, device, joined = distributed.start(cfg.device)
     try:
-        run, start_epoch, progress, clock = _prepare(cfg, resume, world, device, started)
+        run, start_epoch, progress = _prepare(cfg, resume, world, device, started)
         with StopSignals() as stop:
-            epoch = _train_epochs(run, start_epoch, progress, clock, stop, on_epoch_end)
+            epoch = _train_epochs(run, start_epoch, progress, stop, on_epoch_end)
         cfg, t = run.cfg, run.t  # a time budget may have re-planned the epochs
         if world.is_main:  # rank 0 finishes alone; the others wait for it below
             if cfg.num_classes == 1 and t.best_epoch:
@@ -448,13 +448,20 @@ def fit(
 
 def _prepare(
     cfg: TrainConfig, resume: bool, world: World, device: torch.device, started: float
-) -> tuple[_Session, int, Progress | None, Clock | None]:
+) -> tuple[_Session, int, Progress | None]:
     """Everything before the first step: the run folder, the data, the settings left to
     pixelseg, the model, and the saved state of a resumed run."""
     log = tqdm.write if cfg.progress and world.is_main else (lambda *_: None)
     if not world.is_main:
         cfg = replace(cfg, progress=False)  # one progress bar, rank 0's
     cfg, run_dir, state = _open_run(cfg, resume, log)
+    if state is not None and state.get("world_size", 1) != world.size:
+        n = state.get("world_size", 1)
+        raise ValueError(
+            f"{run_dir} was trained with {n} process(es) and must resume with as many "
+            f"(pixelseg train --nproc {n}, or torchrun --nproc-per-node {n}): its learning-rate "
+            "schedule, data order and random states are per process"
+        )
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
     stride = _check_settings(cfg)
     seed_everything(cfg.seed + world.rank)  # each process its own augmentation
@@ -480,13 +487,6 @@ def _prepare(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     ).to(device)  # fmt: skip
-    if state is not None and state.get("world_size", 1) != world.size:
-        n = state.get("world_size", 1)
-        raise ValueError(
-            f"{run_dir} was trained with {n} process(es) and must resume with as many "
-            f"(pixelseg train --nproc {n}, or torchrun --nproc-per-node {n}): its learning-rate "
-            "schedule, data order and random states are per process"
-        )
     t, loader, sampler = _setup(cfg, train_set, device, state, world)
     t.class_weights = weights
     start_epoch, progress = t.restore(state, world.rank, world.size) if state else (1, None)
@@ -511,16 +511,16 @@ def _prepare(
         run.clock = Clock(budget, started, ceiling=cfg.epochs)
     elif state is not None and state.get("clock") and cfg.time_budget:
         run.clock = Clock.from_state(state["clock"])
-    return run, start_epoch, progress, run.clock
+    return run, start_epoch, progress
 
 
 def _train_epochs(
-    run: _Session, start_epoch: int, progress: Progress | None, clock: Clock | None,
-    stop: StopSignals, on_epoch_end: Callable[[dict], None] | None,
+    run: _Session, start_epoch: int, progress: Progress | None, stop: StopSignals,
+    on_epoch_end: Callable[[dict], None] | None,
 ) -> int:  # fmt: skip
     """Train from ``start_epoch`` (``progress`` steps into it) until the epochs, the time
     budget or the patience run out; returns the last epoch finished."""
-    t, log = run.t, run.log
+    t, log, clock = run.t, run.log, run.clock
     epoch = start_epoch - 1
     while epoch < run.cfg.epochs:
         if clock is not None and progress is None:  # (a resumed epoch was begun already)

@@ -33,7 +33,13 @@ from starlette.requests import ClientDisconnect
 
 import pixelseg
 from pixelseg.serve.batcher import Batcher, Overloaded
-from pixelseg.serve.uploads import ApiError, Limits, check_content_length, decode_image
+from pixelseg.serve.uploads import (
+    ApiError,
+    Limits,
+    check_content_length,
+    check_size,
+    decode_image,
+)
 
 STATIC = Path(__file__).parent / "static"
 SETTINGS_ENV = "PIXELSEG_SERVE_SETTINGS"  # how worker processes get their settings
@@ -263,10 +269,7 @@ async def _read_upload(request: Request, limits: Limits) -> bytes:
             f"unsupported content type {kind or '(none)'!r}: send multipart/form-data with "
             "a 'file' field, or the image bytes with an image/* content type",
         )
-    if len(data) > limits.max_bytes:
-        raise ApiError(413, f"upload is over the {limits.max_bytes / 2**20:g} MB limit")
-    if not data:
-        raise ApiError(400, "empty upload: no image was sent")
+    check_size(data, limits)
     return data
 
 

@@ -44,7 +44,7 @@ def check_content_length(header: str | None, limits: Limits) -> None:
 
 def check_size(data: bytes, limits: Limits) -> None:
     if not data:
-        raise ApiError(400, "empty body: no image was sent")
+        raise ApiError(400, "empty upload: no image was sent")
     if len(data) > limits.max_bytes:
         raise ApiError(413, _too_many_bytes(len(data), limits))
 
@@ -54,8 +54,8 @@ def _too_many_bytes(n: int, limits: Limits) -> str:
 
 
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
-    """Upload bytes → HxWx3 uint8 RGB, or :class:`ApiError` naming the problem."""
-    check_size(data, limits)
+    """Upload bytes (already through :func:`check_size`) → HxWx3 uint8 RGB, or
+    :class:`ApiError` naming the problem."""
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
