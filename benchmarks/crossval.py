@@ -11,6 +11,9 @@ the threshold each recipe chose). Recipes:
 - ``baseline``: the plain script a user would write in 30 lines (below): a width-16, depth-4
   U-Net, BCE + Dice, flips / rot90 / colour jitter, AdamW with a cosine decay over the same
   wall-clock BUDGET, 128x128 inputs, all the fold's training images, threshold 0.5;
+- ``smp-unet``: the zoo's U-Net with a ResNet-34 encoder (``--encoder``) from random
+  weights, under the same budget, size chosen by pixelseg as for ``default`` (needs the
+  zoo extra; no pretrained weights, which cannot be downloaded here);
 - ``lesson-unet``, ``lesson-segnet``: the lesson's models at the lesson notebook's settings
   (256x256, Adam lr 1e-3 and weight decay 1e-6, BCE, batch 32, ``--lesson-epochs`` 30, a
   tenth of the images held out, no augmentation), through pixelseg (so with its cosine
@@ -45,7 +48,7 @@ from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.metrics import BinaryMetrics
 
-RECIPES = ("default", "baseline", "lesson-unet", "lesson-segnet")
+RECIPES = ("default", "baseline", "lesson-unet", "lesson-segnet", "smp-unet")
 
 
 def make_folds(samples: list[Sample], k: int, seed: int = 0) -> list[list[Sample]]:
@@ -190,6 +193,11 @@ def run_recipe(
         return score_baseline(model, test_samples)
     if recipe == "default":
         settings = {"time_budget": args.budget}
+    elif recipe == "smp-unet":
+        settings = {
+            "time_budget": args.budget, "model": "smp-unet",
+            "model_kwargs": {"encoder": args.encoder}, "encoder_weights": "none",
+        }  # fmt: skip
     else:  # the lesson notebook's settings: 256x256, Adam 1e-3 (weight decay 1e-6), BCE,
         # batch 32, 30 epochs, 10% held out, no augmentation
         settings = {
@@ -216,6 +224,7 @@ def main() -> None:
     parser.add_argument("--folds-to-run", help="comma-separated fold numbers (default: all)")
     parser.add_argument("--budget", default="15m", help="wall-clock budget of default/baseline")
     parser.add_argument("--lesson-epochs", type=int, default=30)
+    parser.add_argument("--encoder", default="resnet34", help="encoder of the smp-unet recipe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()

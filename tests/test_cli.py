@@ -33,7 +33,7 @@ def test_models_lists_lesson_counts(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     assert "lesson-segnet" in out and "780,865" in out
     assert "lesson-unet" in out and "974,417" in out
-    assert "unet " in out
+    assert "\nunet " in out and "smp-unetplusplus" in out  # the zoo's, installed or not
 
 
 def test_check_passes_on_good_data(tiny_data: Path, tmp_path: Path, capsys) -> None:
@@ -68,7 +68,7 @@ def test_train_refuses_bad_data(tiny_folders: Path, tmp_path: Path, capsys) -> N
 def test_unknown_model_is_a_clear_error(tiny_data: Path, tmp_path: Path, capsys) -> None:
     code = main(["train", str(tiny_data), "--out", str(tmp_path / "r"), "--model", "segformer"])
     assert code == 2
-    assert "Valid models: lesson-segnet, lesson-unet, unet" in capsys.readouterr().err
+    assert "Valid models: lesson-segnet, lesson-unet, smp-deeplabv3," in capsys.readouterr().err
 
 
 def test_train_evaluate_predict(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -135,3 +135,15 @@ def test_nproc_is_refused_under_torchrun(
     monkeypatch.setenv("RANK", "0")
     assert main(["train", str(tiny_data), "--nproc", "2"]) == 2
     assert "under torchrun leave it out" in capsys.readouterr().err
+
+
+def test_a_worker_exits_at_once_with_its_output_flushed() -> None:
+    """torchrun workers leave through exit_process (gloo's threads outlive the group after
+    DDP and crashed the interpreter's teardown now and then): the piped, still-buffered
+    output must not be lost, and the exit code must be the command's."""
+    code = (
+        "import sys; from pixelseg.engine.distributed import exit_process; "
+        "print('written', end=''); sys.stderr.write('noted'); exit_process(3)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "written", "noted")

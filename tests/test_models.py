@@ -21,7 +21,12 @@ from pixelseg.models import (
 from pixelseg.models import registry as registry_module
 from pixelseg.models._padding import crop_padding, pad_to_multiple
 
-ALL_MODELS = list_models()
+# the native models; the zoo's smp-* models (an extra) are tested in test_zoo.py
+ALL_MODELS = [name for name in list_models() if not name.startswith("smp-")]
+ZOO_MODELS = [f"smp-{name}" for name in (
+    "deeplabv3", "deeplabv3plus", "fpn", "linknet", "manet", "pan", "pspnet", "segformer",
+    "unet", "unetplusplus", "upernet",
+)]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -40,12 +45,13 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_builtin_models_are_registered_and_sorted() -> None:
     assert ALL_MODELS == ["lesson-segnet", "lesson-unet", "unet"]
-    for name in ALL_MODELS:
+    assert list_models() == sorted(ALL_MODELS + ZOO_MODELS)
+    for name in list_models():
         assert model_description(name)
 
 
 def test_unknown_model_lists_valid_names() -> None:
-    expected = "Unknown model 'foo'. Valid models: lesson-segnet, lesson-unet, unet"
+    expected = f"Unknown model 'foo'. Valid models: {', '.join(list_models())}"
     with pytest.raises(ValueError) as excinfo:
         create_model("foo")
     assert str(excinfo.value) == expected
@@ -235,6 +241,20 @@ def test_any_input_size_gives_same_size_output(name: str, size: tuple[int, int])
 def test_single_channel_input(name: str) -> None:
     model = create_model(name, in_channels=1, **_small_kwargs(name))
     assert model(torch.randn(2, 1, 40, 24)).shape == (2, 1, 40, 24)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_saved_weights_reload_to_the_same_output(name: str, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = create_model(name, num_classes=2, **_small_kwargs(name))
+    model(torch.randn(2, 3, 32, 32))  # move the BN statistics off their initial values
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    again = create_model(name, num_classes=2, **_small_kwargs(name))
+    again.load_state_dict(load_file(tmp_path / "model.safetensors"))
+    x = torch.randn(1, 3, 67, 93)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), again.eval()(x))
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

@@ -1,5 +1,10 @@
+import os
 import sys
 
 from pixelseg.cli import main
+from pixelseg.engine.distributed import exit_process
 
-sys.exit(main())
+code = main()
+if "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
+    exit_process(code)  # a torchrun worker: see exit_process for why
+sys.exit(code)

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,13 +32,64 @@ def _model_kwargs(pairs: list[str] | None) -> dict:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pixelseg.models import count_parameters, create_model, list_models, model_description
+    from pixelseg.models import create_model, list_models, model_description
+    from pixelseg.models.complexity import measure
+    from pixelseg.models.registry import ModelError
+    from pixelseg.models.zoo import DEFAULT_ENCODER, INSTALL_HINT, import_smp
 
-    print(f"{'name':<16}{'parameters':>12}  description (3 input channels, 1 output)")
-    for name in list_models():
-        n = count_parameters(create_model(name))
-        print(f"{name:<16}{n:>12,}  {model_description(name)}")
+    size = args.size
+    print(f"{'name':<20}{'parameters':>12}{'GFLOPs':>8}  description (3 input channels, "
+          f"1 output, GFLOPs of one {size}x{size} image)")  # fmt: skip
+    native = [n for n in list_models() if not n.startswith("smp-")]
+    zoo = [n for n in list_models() if n.startswith("smp-")]
+    for name in native:
+        n, gflops = measure(lambda name=name: create_model(name), size)
+        print(f"{name:<20}{n:>12,}{gflops:>8.1f}  {model_description(name)}")
+    try:
+        import_smp()
+    except ModelError:
+        print(f"\nzoo models ({', '.join(zoo)}): not installed; {INSTALL_HINT}")
+        return 0
+    encoder = args.encoder or DEFAULT_ENCODER
+    print(f"\nzoo models (segmentation-models-pytorch), with encoder {encoder} (--encoder):")
+    for name in zoo:
+        n, gflops = measure(lambda name=name: create_model(name, encoder=encoder), size)
+        print(f"{name:<20}{n:>12,}{gflops:>8.1f}")
+    _print_encoder_families(size, args.all_encoders)
     return 0
+
+
+def _print_encoder_families(size: int, every: bool) -> None:
+    """Encoder families, with the parameters and GFLOPs of the encoder alone (smallest and
+    largest member; every member with ``every``)."""
+    import timm
+
+    from pixelseg.models.complexity import measure
+    from pixelseg.models.encoders import encoder_families
+    from pixelseg.models.zoo import import_smp
+
+    smp_get_encoder = import_smp().encoders.get_encoder
+
+    def get_encoder(name: str, **kwargs: object) -> object:
+        with warnings.catch_warnings():  # smp deprecates its timm- names; listing is no use
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return smp_get_encoder(name, **kwargs)
+
+    what = "every encoder" if every else "smallest..largest"
+    print(f"\nencoders (train --encoder NAME); parameters and GFLOPs of the encoder alone, {what}:")
+    for family, names in encoder_families().items():
+        shown = names if every else sorted({names[0], names[-1]}, key=names.index)
+        sizes = [measure(lambda n=n: get_encoder(n, weights=None), size) for n in shown]
+        if every:
+            for name, (n, gflops) in zip(shown, sizes, strict=True):
+                print(f"  {name:<28}{n / 1e6:>7.1f}M {gflops:>7.1f}")
+            continue
+        params = "..".join(f"{n / 1e6:.1f}" for n in sorted({n for n, _ in sizes})) + "M"
+        gflops = "..".join(f"{g:.1f}" for g in sorted({g for _, g in sizes}))
+        print(f"  {family:<24}{params:>14} {gflops:>11}  {', '.join(names)}")
+    n_timm = len(timm.list_models())
+    print(f"  {'tu-<name>':<24}{'':>14} {'':>11}  any of timm's {n_timm} models with feature "
+          "maps, e.g. tu-convnext_tiny, tu-regnety_004")  # fmt: skip
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -109,6 +161,22 @@ _TRAIN_OPTIONS = [
     ("out", str, "run folder to create"),
     ("format", str, "data layout"),
     ("model", str, "model name (see `pixelseg models`)"),
+    (
+        "encoder_weights",
+        str,
+        "smp-* models: the encoder's starting weights: none, imagenet (downloaded once, then "
+        "from the cache) or a local file",
+    ),
+    (
+        "freeze_encoder_epochs",
+        int,
+        "smp-* models: keep the pretrained encoder unchanged for the first N epochs",
+    ),
+    (
+        "encoder_lr_scale",
+        float,
+        "smp-* models: encoder learning rate = lr x this (default 0.1 when pretrained, else 1)",
+    ),
     (
         "num_classes",
         int,
@@ -203,8 +271,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pixelseg.engine.train import fit, resume
 
     given = {k: getattr(args, k) for k, _, _ in _TRAIN_OPTIONS if getattr(args, k) is not None}
-    if args.model_arg:
+    if args.model_arg or args.encoder:
         given["model_kwargs"] = _model_kwargs(args.model_arg)
+    if args.encoder:
+        given["model_kwargs"]["encoder"] = args.encoder
     if args.no_augment:
         given["augment"] = False
     if args.classes:
@@ -471,7 +541,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the available models with parameter counts")
+    p = sub.add_parser(
+        "models", help="list the models and encoders with parameter counts and GFLOPs"
+    )
+    p.add_argument("--size", type=int, default=256, help="image side for GFLOPs (default 256)")
+    p.add_argument("--encoder", help="encoder of the zoo models' rows (default resnet34)")
+    p.add_argument(
+        "--all-encoders", action="store_true", help="a row for every encoder, not per family"
+    )
     p.set_defaults(func=cmd_models)
 
 
@@ -497,6 +574,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="model option, e.g. base_channels=16 (repeatable)",
     )
+    p.add_argument(
+        "--encoder", metavar="NAME",
+        help="smp-* models: the encoder, e.g. resnet34 (default), efficientnet-b0, mit_b0 or "
+        "tu-<any timm model>; see `pixelseg models`",
+    )  # fmt: skip
     choices = _choices()
     for field, kind, text in _TRAIN_OPTIONS:
         flag = "--" + field.replace("_", "-")

@@ -41,7 +41,11 @@ class TrainConfig:
     out: str = "runs/pixelseg"
     format: str = "auto"  # data layout: auto | ph2 | folders | pairs
     model: str = "unet"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # smp-*: {"encoder": "resnet18"}
+    # smp-* models: none | imagenet (or another weight set of the encoder) | a file path
+    encoder_weights: str = "none"
+    freeze_encoder_epochs: int = 0  # smp-*: the encoder stays as loaded for N epochs
+    encoder_lr_scale: float | None = None  # encoder LR = lr x this; None: 0.1 if pretrained
     num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
     in_channels: int | None = None  # None: 1 if every image is greyscale, else 3
     size: tuple[int, int] | None = None  # training (height, width); None: from the images
@@ -101,6 +105,11 @@ class TrainConfig:
             ),
             (self.workers >= 0, "workers must be >= 0"),
             (self.save_every >= 0, "save_every must be >= 0"),
+            (self.freeze_encoder_epochs >= 0, "freeze_encoder_epochs must be >= 0"),
+            (
+                self.encoder_lr_scale is None or self.encoder_lr_scale >= 0,
+                "encoder_lr_scale must be >= 0",
+            ),
             (self.postprocess in POSTPROCESS, f"postprocess must be one of {POSTPROCESS}"),
             (self.in_channels in (None, 1, 3), "in_channels must be 1 or 3"),
             (self.warmup_epochs >= 0 and self.patience >= 0, "warmup_epochs/patience must be >= 0"),

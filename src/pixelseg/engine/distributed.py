@@ -12,10 +12,12 @@ no-op for a world of one process.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pixelseg.errors import PixelsegError
 
@@ -160,6 +162,25 @@ def start(device: str = "auto") -> tuple[World, torch.device, bool]:
     # 30 minutes, not NCCL's 10: the other processes wait while rank 0 calibrates alone
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=GROUP_TIMEOUT_MINUTES))
     return world, dev, True
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a torchrun worker process at once, after flushing its output.
+
+    A process that used DistributedDataParallel over gloo keeps the group's threads
+    alive after ``destroy_process_group`` (DDP's reducer still holds the group), and
+    letting the interpreter tear them down at exit aborts the process now and then
+    ("terminate called without an active exception", SIGABRT: torchrun then reports the
+    whole job failed although it finished). Every file is written and closed by now, so
+    the worker skips that teardown.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to save
+            stream.flush()
+    os._exit(code)
 
 
 def stop(started: bool) -> None:

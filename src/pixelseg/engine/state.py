@@ -87,7 +87,8 @@ class TrainingState:
         self.optimizer.load_state_dict(state["optimizer"])
         # LambdaLR would also restore the saved Schedule's fields over the one chosen for
         # this session (which differs when the run was given more epochs): drop them.
-        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+        lambdas = [None] * len(self.optimizer.param_groups)
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": lambdas})
         randoms = state.get("random_ranks") or [state["random"]]
         progresses = state.get("progress_ranks") or [state.get("progress")]
         mine = rank if len(randoms) == world_size else 0

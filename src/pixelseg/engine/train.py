@@ -33,7 +33,7 @@ from pixelseg.data.split import (
     select,
 )
 from pixelseg.data.transforms import Augment, BatchTransform
-from pixelseg.engine import checkpoint, distributed
+from pixelseg.engine import checkpoint, distributed, finetune
 from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs, planned_epochs
 from pixelseg.engine.configure import (
     choose_batch_size,
@@ -327,6 +327,7 @@ def _check_settings(cfg: TrainConfig) -> int:
             cfg.model, in_channels=cfg.in_channels or 3, num_classes=cfg.num_classes,
             **cfg.model_kwargs,
         )  # fmt: skip
+    finetune.check_finetune_settings(cfg, model)
     return int(getattr(model, "stride", 1))
 
 
@@ -348,7 +349,10 @@ def _setup(
     model = create_model(
         cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
         **cfg.model_kwargs,
-    ).to(device)  # fmt: skip
+    )  # fmt: skip
+    if state is None:  # a resumed run has its own weights
+        finetune.load_pretrained(model, cfg)
+    model = model.to(device)
     if cfg.sync_batchnorm and device.type != "cuda":
         raise ValueError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
     if world.distributed:
@@ -371,9 +375,12 @@ def _setup(
         drop_last=sampler.per_rank > cfg.batch_size, num_workers=cfg.workers,
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = finetune.param_groups(unwrap(model), cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _schedule(cfg, len(loader), state)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, finetune.group_schedules(schedule, optimizer, cfg, len(loader))
+    )
     return TrainingState(model, optimizer, scheduler, schedule, history=[]), loader, sampler
 
 
@@ -478,8 +485,13 @@ def _prepare(
     if (agreed.size, agreed.in_channels) != (mine.size, mine.in_channels):
         train_set, val_set, _ = build_datasets(agreed, run_dir, True, stride, log, None, device)
     cfg = agreed
-    # Normalise with the training images' own statistics (kept from the first session).
-    mean, std = (state["mean"], state["std"]) if state else train_set.channel_stats()
+    # Normalise as the pretrained encoder expects, else with the training images' own
+    # statistics (either kept from the first session).
+    if state:
+        mean, std = state["mean"], state["std"]
+    else:
+        in_channels = train_set.images.shape[1]
+        mean, std = finetune.input_normalization(cfg, in_channels) or train_set.channel_stats()
     config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
     weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set, log)
     config["class_weights"] = weights

@@ -8,7 +8,7 @@ padded to internally.
 from __future__ import annotations
 
 # Imported for their side effect: registering their models by name.
-from pixelseg.models import lesson, unet  # noqa: F401
+from pixelseg.models import lesson, unet, zoo  # noqa: F401
 from pixelseg.models.lesson import LessonSegNet, LessonUNet
 from pixelseg.models.registry import (
     ModelError,

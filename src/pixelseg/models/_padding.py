@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 
 
-def pad_to_multiple(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Zero-pad an (N, C, H, W) tensor so H and W are multiples of ``stride``.
+def pad_to_multiple(
+    x: torch.Tensor, stride: int, min_size: int = 0
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Zero-pad an (N, C, H, W) tensor so H and W are multiples of ``stride`` (and at least
+    ``min_size``, for networks whose pooling needs a larger input).
 
     The padding is split between both sides (the extra pixel, if odd, goes right/bottom)
     so the image stays centred and border effects are shared by opposite edges.
@@ -24,8 +27,10 @@ def pad_to_multiple(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[i
     Returns the padded tensor and ``(left, right, top, bottom)`` for :func:`crop_padding`.
     """
     height, width = x.shape[-2:]
-    pad_h = -height % stride
-    pad_w = -width % stride
+    pad_h = max(height, min_size) - height
+    pad_w = max(width, min_size) - width
+    pad_h += -(height + pad_h) % stride
+    pad_w += -(width + pad_w) % stride
     padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
     # While exporting, always pad: a branch on this input's size would be frozen into the
     # graph, and an exported graph with dynamic sizes must pad whatever size comes.
