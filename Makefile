@@ -33,7 +33,7 @@ demo: $(STAMP)
 $(ZOO_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(ZOO_VENV)
 	$(ZOO_VENV)/bin/python -m pip install --quiet $(ZOO_TORCH)
-	$(ZOO_VENV)/bin/python -m pip install --quiet -e ".[zoo]" pytest
+	$(ZOO_VENV)/bin/python -m pip install --quiet -e ".[zoo,onnx]" pytest
 	touch $(ZOO_STAMP)
 
 test: test-core test-zoo

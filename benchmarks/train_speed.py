@@ -36,8 +36,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def pixelseg_loop(model, dataset, transform, batch_size, steps, device, workers) -> float:
-    """img/s of ``train_one_epoch`` over ``steps`` batches of the cached, augmented dataset."""
+def pixelseg_loop(
+    model, dataset, transform, batch_size, steps, device, workers, precision=None, scaler=None
+) -> float:
+    """img/s of ``train_one_epoch`` over ``steps`` batches of the cached, augmented dataset
+    (``precision``: an autocast dtype and memory layout, float32 NCHW by default)."""
     loss_fn = build_loss("bce+dice", 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -52,7 +55,10 @@ def pixelseg_loop(model, dataset, transform, batch_size, steps, device, workers)
     )
     sync(device)
     t0 = time.perf_counter()
-    train_one_epoch(model, loader, transform, loss_fn, optimizer, scheduler, device)
+    train_one_epoch(
+        model, loader, transform, loss_fn, optimizer, scheduler, device,
+        precision=precision, scaler=scaler,
+    )  # fmt: skip
     sync(device)
     return len(loader) * batch_size / (time.perf_counter() - t0)
 

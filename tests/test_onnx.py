@@ -47,6 +47,22 @@ def test_export_matches_pytorch(run: Path, tmp_path: Path, dynamic: bool) -> Non
     assert (1, 3, 67, 93) in result.shapes or not dynamic
 
 
+def test_a_graph_that_computes_something_else_is_refused_and_not_written(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check after tracing is a gate, not a report: a graph whose logits are not the
+    model's (here: another model's graph) fails the export and leaves no file."""
+    from pixelseg import export
+    from pixelseg.models import create_model
+
+    real = export.onnx_bytes
+    other = create_model("lesson-unet").eval()
+    monkeypatch.setattr(export, "onnx_bytes", lambda _m, *a, **k: real(other, *a, **k))
+    with pytest.raises(export.PixelsegError, match="does not compute what the model does"):
+        export_onnx(run, tmp_path / "m.onnx", dynamic=True)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_predict_with_onnx_runtime_equals_torch_and_loads_no_torch(
     run: Path, tiny_data: Path, tmp_path: Path
 ) -> None:

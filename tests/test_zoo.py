@@ -223,6 +223,16 @@ def test_train_then_predict_and_evaluate_in_a_fresh_process(
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == 12
     _fresh_process("evaluate", str(run), str(tiny_data), "--out", str(tmp_path / "e"))
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_images"] > 0
+    # deployable as the native models are: ONNX export, and the torch-free engine agrees
+    pytest.importorskip("onnxruntime")
+    from pixelseg.export import export_onnx
+
+    exported = export_onnx(run, dynamic=True)
+    assert exported.max_abs_diff < 1e-4 * max(1.0, exported.max_abs_logit)
+    images = str(tiny_data / "images")
+    _fresh_process("predict", str(run), images, "--out", str(tmp_path / "o"), "--engine", "onnx")
+    for mask in (tmp_path / "p").glob("*_mask.png"):
+        assert mask.read_bytes() == (tmp_path / "o" / mask.name).read_bytes(), mask.name
 
 
 def test_pretrained_file_frozen_encoder_and_its_normalisation(
@@ -230,27 +240,34 @@ def test_pretrained_file_frozen_encoder_and_its_normalisation(
 ) -> None:
     """With weights from a file the encoder starts from them, stays as loaded during the
     frozen epoch (learning rate 0), and the input is normalised as for ImageNet."""
-    from safetensors.torch import load_file
-
     from pixelseg.models.encoders import IMAGENET_MEAN, IMAGENET_STD
 
     state = _classifier_file(smp, tmp_path / "resnet18.pth")
     trained = [k for k in state if state[k].is_floating_point() and "running" not in k]
 
-    def encoder_after(freeze: int) -> dict[str, torch.Tensor]:
-        run = tmp_path / f"run-{freeze}"
-        args = ["train", str(tiny_data), "--model", "smp-linknet", "--encoder-weights",
-                str(tmp_path / "resnet18.pth"), "--freeze-encoder-epochs", str(freeze),
-                "--epochs", "1", "--no-augment", "--out", str(run)]  # fmt: skip
-        assert main([*args, *TRAIN]) == 0
+    def encoder_after_epoch_1(freeze: int) -> dict[str, torch.Tensor]:
+        from pixelseg.config import TrainConfig
+        from pixelseg.engine.train import fit
+
+        run, seen = tmp_path / f"run-{freeze}", {}
+
+        def look(row: dict) -> None:  # last.pt is written before this is called
+            if row["epoch"] == 1:
+                seen.update(torch.load(run / "last.pt", weights_only=True)["model"])
+
+        cfg = TrainConfig(
+            data=str(tiny_data), out=str(run), model="smp-linknet", model_kwargs={"encoder": TINY},
+            encoder_weights=str(tmp_path / "resnet18.pth"), freeze_encoder_epochs=freeze,
+            epochs=2, augment=False, size=(64, 64), batch_size=4, device="cpu", progress=False,
+        )  # fmt: skip
+        fit(cfg, on_epoch_end=look)
         config = json.loads((run / "config.json").read_text())
         assert config["mean"] == pytest.approx(IMAGENET_MEAN)
         assert config["std"] == pytest.approx(IMAGENET_STD)
-        weights = load_file(run / "model.safetensors")
         prefix = "net.encoder."
-        return {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+        return {k.removeprefix(prefix): v for k, v in seen.items() if k.startswith(prefix)}
 
-    frozen, tuned = encoder_after(1), encoder_after(0)
+    frozen, tuned = encoder_after_epoch_1(1), encoder_after_epoch_1(0)
     assert all(torch.equal(frozen[k], state[k]) for k in trained)
     assert not all(torch.equal(tuned[k], state[k]) for k in trained)
 
@@ -269,3 +286,157 @@ def test_models_command_lists_native_and_zoo_models(smp, capsys) -> None:
     for name in ["lesson-segnet", "lesson-unet", "unet", *ZOO]:
         assert f"\n{name} " in out
     assert "resnet18, resnet34" in out and "mit_b0" in out and "tu-<name>" in out
+
+
+def test_timm_encoder_loads_a_timm_checkpoint_file(smp, tmp_path: Path) -> None:
+    """``tu-`` encoders are timm models: timm's own loader reads its checkpoint (classifier
+    dropped, first convolution adapted to greyscale)."""
+    import timm
+
+    from pixelseg.models.encoders import load_encoder_weights
+
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, tmp_path / "timm-resnet18.pth")
+    model = create_model("smp-unet", encoder="tu-resnet18")
+    load_encoder_weights(model, str(tmp_path / "timm-resnet18.pth"))
+    loaded = model.encoder.state_dict()
+    assert torch.equal(loaded["model.layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    grey = create_model("smp-unet", in_channels=1, encoder="tu-resnet18")
+    load_encoder_weights(grey, str(tmp_path / "timm-resnet18.pth"))
+    assert grey.encoder.state_dict()["model.conv1.weight"].shape[1] == 1
+    torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ModelError, match=r"other\.pth: not weights timm can load into"):
+        load_encoder_weights(model, str(tmp_path / "other.pth"))
+
+
+def test_a_run_folder_can_seed_another_runs_encoder(smp, tmp_path: Path) -> None:
+    """A whole model's weights (a run's model.safetensors) give their encoder part."""
+    from safetensors.torch import save_file
+
+    from pixelseg.models.encoders import load_encoder_weights
+
+    first = create_model("smp-unet", encoder=TINY)
+    save_file(first.state_dict(), tmp_path / "model.safetensors")
+    second = create_model("smp-fpn", encoder=TINY)
+    load_encoder_weights(second, str(tmp_path / "model.safetensors"))
+    a, b = first.encoder.state_dict(), second.encoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_every_architecture_exports_to_onnx_or_says_why_not(smp, name: str) -> None:
+    pytest.importorskip("onnxruntime")
+    from pixelseg.errors import PixelsegError
+    from pixelseg.export import onnx_bytes
+    from pixelseg.onnx_engine import open_session
+
+    model = create_model(name, encoder=TINY).eval()
+    if name in ("smp-pspnet", "smp-upernet"):  # adaptive pooling ONNX cannot express
+        with pytest.raises(PixelsegError, match="cannot be exported to ONNX"):
+            onnx_bytes(model, (1, 3, 128, 128), dynamic=True)
+        return
+    # PAN's traced graph holds at the traced size only (export_onnx refuses it as dynamic)
+    size = (128, 128) if name == "smp-pan" else (67, 93)
+    session = open_session(onnx_bytes(model, (1, 3, 128, 128), dynamic=name != "smp-pan"))
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {"image": x.numpy()})[0]
+    assert got.shape == expected.shape
+    assert abs(got - expected).max() < 1e-4 * max(1.0, abs(expected).max())
+
+
+def test_export_refuses_a_graph_that_computes_something_else(
+    smp, tiny_data: Path, tmp_path: Path
+) -> None:
+    """PAN pads small inputs to 128 pixels, a size comparison the tracer would freeze: a
+    dynamic export is refused (nothing written), a static one at the training size is
+    checked and written."""
+    pytest.importorskip("onnxruntime")
+    from pixelseg.errors import PixelsegError
+    from pixelseg.export import export_onnx
+
+    run = tmp_path / "run"
+    args = ["train", str(tiny_data), "--model", "smp-pan", *TRAIN, "--epochs", "1"]
+    assert main([*args, "--out", str(run)]) == 0
+    with pytest.raises(PixelsegError, match="export without --dynamic"):
+        export_onnx(run, dynamic=True)
+    assert not (run / "model.onnx").exists()
+    assert export_onnx(run).max_abs_diff < 1e-3
+    assert (run / "model.onnx").is_file()
+
+
+def test_segformer_with_its_mit_encoder_trains(smp, tiny_data: Path, tmp_path: Path) -> None:
+    """mit_* encoders cannot be built on the meta device (their constructor reads values):
+    the settings check falls back to a real build."""
+    args = ["train", str(tiny_data), "--model", "smp-segformer", "--encoder", "mit_b0",
+            "--size", "64", "--batch-size", "4", "--device", "cpu", "--epochs", "1"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model_kwargs"] == {"encoder": "mit_b0"}
+
+
+def test_the_default_encoder_is_recorded_and_settings_are_checked(tmp_path: Path) -> None:
+    from pixelseg.config import TrainConfig
+
+    assert TrainConfig(data="d", model="smp-unet").model_kwargs == {"encoder": "resnet34"}
+    assert TrainConfig(data="d", model="unet").model_kwargs == {}
+    with pytest.raises(ValueError, match="fewer than epochs"):
+        TrainConfig(data="d", model="smp-unet", epochs=3, freeze_encoder_epochs=3)
+    with pytest.raises(ValueError, match="encoder_weights must be"):
+        TrainConfig(data="d", model="smp-unet", encoder_weights=None)
+
+
+def test_freezing_a_random_encoder_is_refused(smp, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", str(tiny_data), "--model", "smp-unet", "--freeze-encoder-epochs", "1",
+            *TRAIN, "--epochs", "2", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(args) == 2
+    assert "with --encoder-weights none the encoder is random" in capsys.readouterr().err
+
+
+def test_a_zoo_run_resumes_exactly(smp, tiny_data: Path, tmp_path: Path) -> None:
+    """Stopped after its first epoch (frozen encoder) and started again, a run with two
+    optimizer groups ends with the weights of an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from pixelseg.config import TrainConfig
+    from pixelseg.engine.train import fit
+
+    weights = tmp_path / "resnet18.pth"
+    _classifier_file(smp, weights)
+    settings = dict(data=str(tiny_data), model="smp-linknet", model_kwargs={"encoder": TINY},
+                    encoder_weights=str(weights), freeze_encoder_epochs=1, epochs=3, size=(64, 64),
+                    batch_size=4, device="cpu", progress=False)  # fmt: skip
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_epoch_1(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise Crash
+
+    fit(TrainConfig(out=str(tmp_path / "full"), **settings))
+    with pytest.raises(Crash):
+        fit(TrainConfig(out=str(tmp_path / "part"), **settings), on_epoch_end=crash_after_epoch_1)
+    fit(TrainConfig(out=str(tmp_path / "part"), **settings))  # resumes the unfinished run
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    part = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert part["finished"] and part["epoch"] == 3
+    assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
+    assert load_file(tmp_path / "part" / "model.safetensors").keys() == full["model"].keys()
+
+
+def test_two_process_training_of_a_model_with_unused_encoder_stages(
+    smp, tiny_data: Path, tmp_path: Path
+) -> None:
+    """PSPNet leaves its encoder's deepest stages unused; DistributedDataParallel refuses
+    parameters without gradients unless they are marked untrainable, as pixelseg does."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", "-m", "pixelseg", "train", str(tiny_data), "--model",
+               "smp-pspnet", "--encoder", TINY, "--size", "64", "--batch-size", "2",
+               "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "ddp")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert state["finished"] and state["world_size"] == 2

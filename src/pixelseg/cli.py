@@ -53,7 +53,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     encoder = args.encoder or DEFAULT_ENCODER
     print(f"\nzoo models (segmentation-models-pytorch), with encoder {encoder} (--encoder):")
     for name in zoo:
-        n, gflops = measure(lambda name=name: create_model(name, encoder=encoder), size)
+        try:
+            n, gflops = measure(lambda name=name: create_model(name, encoder=encoder), size)
+        except ModelError as error:  # an architecture that cannot take this encoder
+            print(f"{name:<20}{'n/a':>12}{'':>8}  {error}")
+            continue
         print(f"{name:<20}{n:>12,}{gflops:>8.1f}")
     _print_encoder_families(size, args.all_encoders)
     return 0
@@ -210,6 +214,13 @@ _TRAIN_OPTIONS = [
     ("loss", str, "loss on logits (default bce+dice; ce+dice for classes)"),
     ("seed", int, "random seed: same seed, same result on a CPU"),
     ("device", str, "auto | cpu | cuda | cuda:N"),
+    (
+        "precision",
+        str,
+        "training autocast dtype: auto = bf16 on CUDA (fp16 before Ampere) and on CPUs "
+        "with native bf16 (AVX512-BF16, AMX), else fp32",
+    ),
+    ("channels_last", str, "NHWC weights and batches: auto = on with CUDA or bf16"),
     ("val_fraction", float, "share of images held out for validation"),
     ("test_fraction", float, "share of images held out for the final test"),
     (
@@ -246,7 +257,7 @@ TTA_ROTATIONS_HELP = "with --tta: also the 90-degree rotations (8 views, 8x slow
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from pixelseg.config import CLASS_WEIGHTS, LOSS_NAMES, POSTPROCESS
+    from pixelseg.config import CLASS_WEIGHTS, LOSS_NAMES, POSTPROCESS, PRECISIONS, SWITCHES
     from pixelseg.data.layouts import FORMATS
 
     return {
@@ -254,6 +265,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "loss": LOSS_NAMES,
         "class_weights": CLASS_WEIGHTS,
         "postprocess": POSTPROCESS,
+        "precision": PRECISIONS,
+        "channels_last": SWITCHES,
     }
 
 

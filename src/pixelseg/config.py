@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 POSTPROCESS = ("auto", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see engine/precision.py
+SWITCHES = ("auto", "on", "off")
 CLASS_WEIGHTS = ("none", "median-frequency", "auto")
 LOSS_NAMES: tuple[str, ...] = ("bce", "dice", "bce+dice", "ce", "ce+dice")  # see losses.py
 MAX_BUDGET_EPOCHS = 1000
+ZOO_DEFAULT_ENCODER = "resnet34"  # smp-* models without an "encoder" in model_kwargs
 
 
 def parse_duration(text: str | float) -> float:
@@ -64,6 +67,8 @@ class TrainConfig:
     # a time budget, whose learning-rate schedule is planned to end with the budget
     patience: int | None = None
     augment: bool = True
+    precision: str = "auto"  # training autocast: auto | fp32 | bf16 | fp16 (engine/precision.py)
+    channels_last: str = "auto"  # NHWC weights and batches: auto | on | off
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
     save_every: int = 0  # also checkpoint every N training steps (0: after each epoch only)
     sync_batchnorm: bool = False  # torchrun: batch-norm statistics over all processes' batches
@@ -84,6 +89,9 @@ class TrainConfig:
             self.epochs = MAX_BUDGET_EPOCHS if self.time_budget is not None else 40
         if self.patience is None:
             self.patience = 0 if self.time_budget is not None else 10
+        if self.model.startswith("smp-") and "encoder" not in self.model_kwargs:
+            # recorded, so a saved run never depends on what the default is later
+            self.model_kwargs = {**self.model_kwargs, "encoder": ZOO_DEFAULT_ENCODER}
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
@@ -105,7 +113,17 @@ class TrainConfig:
             ),
             (self.workers >= 0, "workers must be >= 0"),
             (self.save_every >= 0, "save_every must be >= 0"),
+            (
+                isinstance(self.encoder_weights, str),
+                "encoder_weights must be none, imagenet or a file path",
+            ),  # fmt: skip
             (self.freeze_encoder_epochs >= 0, "freeze_encoder_epochs must be >= 0"),
+            (
+                self.time_budget is not None or self.freeze_encoder_epochs < self.epochs,
+                "freeze_encoder_epochs must be fewer than epochs (else the encoder never learns)",
+            ),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.channels_last in SWITCHES, "channels_last must be auto, on or off"),
             (
                 self.encoder_lr_scale is None or self.encoder_lr_scale >= 0,
                 "encoder_lr_scale must be >= 0",

@@ -4,9 +4,11 @@ The graph takes the normalised image, (N, C, H, W) float32, named ``image``, and
 ``logits`` (N, K, H, W); preprocessing (resize to the training size, the run's mean/std)
 and postprocessing stay in ``config.json``, which ``pixelseg predict --engine onnx`` reads
 as the torch path does. With ``dynamic`` the batch, height and width may vary; without,
-the graph is fixed at batch 1 and the training size. After writing, the graph is run by
-ONNX Runtime on random inputs and compared with PyTorch, and the largest difference is
-reported (float32 kernels differ in the last bits).
+the graph is fixed at batch 1 and the training size. Before it is written, the graph is run
+by ONNX Runtime on random inputs and compared with PyTorch: the largest difference is
+reported (float32 kernels differ in the last bits), and a graph that computes something
+else (traced operations that only hold at the size traced) is refused rather than written.
+smp's PAN, which pads inputs to a minimum size, exports with fixed sizes only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from pixelseg.files import write_bytes
 from pixelseg.onnx_engine import ONNX_FILE, open_session
 
 DEFAULT_OPSET = 17
+# ONNX Runtime's and PyTorch's float32 kernels agree to ~1e-5 of the logits' scale here;
+# a thousandth of it is far beyond rounding: a different computation
+TOLERANCE = 1e-3
 
 
 @dataclass
@@ -42,16 +47,32 @@ def export_onnx(
     """Write ``run/model.onnx`` (or ``out``) and compare it with the PyTorch model."""
     run = Path(run)
     model, config = load_model(run, "cpu")
+    if dynamic and getattr(model, "min_size", 0):
+        # the padding up to the minimum is a comparison of sizes, which the tracer fixes
+        # at the size it traces: the graph would be wrong at every other size
+        raise PixelsegError(
+            f"{run}: {config['model']} pads inputs to at least {model.min_size} pixels, which "
+            "a dynamic ONNX graph cannot express; export without --dynamic (the graph then "
+            "takes the training size, which pixelseg predict --engine onnx resizes to)"
+        )
     channels, (height, width) = int(config["in_channels"]), config["size"]
     data = onnx_bytes(model, (1, channels, height, width), dynamic, opset)
-    path = write_bytes(Path(out) if out else run / ONNX_FILE, data)
+    path = Path(out) if out else run / ONNX_FILE
     result = ExportResult(path, float("nan"), float("nan"), [])
     if check:
         shapes = [(1, channels, height, width)]
         if dynamic:  # another batch size, and a size that is no multiple of the stride
             shapes.append((2, channels, height + 8, width - 8))
             shapes.append((1, channels, 67, 93))
-        result = compare(model, path, shapes)
+        result = compare(model, data, shapes, path)
+        if result.max_abs_diff > TOLERANCE * max(1.0, result.max_abs_logit):
+            hint = " (export without --dynamic)" if dynamic else ""
+            raise PixelsegError(
+                f"{run}: the ONNX graph does not compute what the model does: its logits differ "
+                f"by up to {result.max_abs_diff:.3g} (of {result.max_abs_logit:.3g}) on inputs of "
+                f"{', '.join('x'.join(map(str, s)) for s in shapes)}{hint}; nothing was written"
+            )
+    write_bytes(path, data)
     return result
 
 
@@ -70,16 +91,28 @@ def onnx_bytes(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the exporter's own
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            model, (torch.randn(*example_shape),), buffer, input_names=["image"],
-            output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
-        )  # fmt: skip
+        try:
+            torch.onnx.export(
+                model, (torch.randn(*example_shape),), buffer, input_names=["image"],
+                output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False,
+            )  # fmt: skip
+        except torch.onnx.errors.OnnxExporterError as error:
+            # e.g. smp's PSPNet and UPerNet: adaptive pooling to sizes that do not divide
+            # the input, which ONNX has no operator for
+            name = getattr(model, "architecture", type(model).__name__)
+            raise PixelsegError(
+                f"{name} cannot be exported to ONNX by torch's exporter: "
+                f"{str(error).strip().splitlines()[0]}"
+            ) from None
     return buffer.getvalue()
 
 
-def compare(model: torch.nn.Module, path: Path, shapes: list[tuple[int, ...]]) -> ExportResult:
-    """Largest |ONNX Runtime - PyTorch| over random inputs of ``shapes``."""
-    session = open_session(path)
+def compare(
+    model: torch.nn.Module, graph: bytes, shapes: list[tuple[int, ...]], path: Path
+) -> ExportResult:
+    """Largest |ONNX Runtime - PyTorch| over random inputs of ``shapes`` (``path``: where
+    the graph is to be written)."""
+    session = open_session(graph)
     generator = torch.Generator().manual_seed(0)
     diff = peak = 0.0
     for shape in shapes:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pixelseg.config import TrainConfig
+from pixelseg.engine.finetune import group_schedules
 from pixelseg.engine.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ def plan_epochs(
         t.schedule = Schedule(epochs * steps, cfg.warmup_epochs * steps)
     else:  # a new cosine from the rate reached, so the rate never jumps
         t.schedule = Schedule(epochs * steps, begin=step, start=t.schedule(step))
-    t.scheduler.lr_lambdas[0] = t.schedule
+    # every optimizer group follows the new curve (a zoo model's encoder has its own group)
+    t.scheduler.lr_lambdas[:] = group_schedules(t.schedule, t.optimizer, cfg, steps)
     log(
         f"time budget {cfg.time_budget}: an epoch takes {per_epoch:.2f} s, planning "
         f"{epochs} epoch{'s' * (epochs > 1)}"

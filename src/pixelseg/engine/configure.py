@@ -18,6 +18,7 @@ from pixelseg.config import TrainConfig
 from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import detect_format
+from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
 from pixelseg.models import create_model
 
@@ -188,17 +189,20 @@ def _step_seconds(
     initial weights.
     """
     cuda = device.type == "cuda"
+    precision = choose_precision(cfg.precision, cfg.channels_last, device)  # as training will
     with torch.random.fork_rng(devices=[device] if cuda else []):
         model = create_model(
             cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
-        ).to(device)
+        )
+        model = precision.prepare_model(model.to(device))
         optimizer = torch.optim.AdamW(model.parameters())
-        x = torch.randn(batch, in_channels, *cfg.size, device=device)
+        x = precision.prepare_batch(torch.randn(batch, in_channels, *cfg.size, device=device))
         times: list[float] = []
         try:
             for _ in range(3):
                 start = time.perf_counter()
-                loss = model(x).float().square().mean()
+                with precision.autocast():
+                    loss = model(x).float().square().mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -31,9 +31,10 @@ def is_zoo(model: nn.Module) -> bool:
     return isinstance(model, ZooModel)
 
 
-def check_finetune_settings(cfg: TrainConfig, model: nn.Module) -> None:
-    """Refuse encoder settings on a model without a pretrained encoder; fetch the weights
-    now (download, cache or file) so a missing file fails before the data is loaded."""
+def check_finetune_settings(cfg: TrainConfig, model: nn.Module, fetch: bool = True) -> None:
+    """Refuse encoder settings on a model without a pretrained encoder, and freezing an
+    encoder that is not pretrained; with ``fetch``, get the weights now (download, cache or
+    file) so that a missing file fails before the data is loaded."""
     asked = (
         cfg.encoder_weights != "none"
         or cfg.freeze_encoder_epochs > 0
@@ -44,7 +45,12 @@ def check_finetune_settings(cfg: TrainConfig, model: nn.Module) -> None:
             f"--encoder-weights, --freeze-encoder-epochs and --encoder-lr-scale apply to the "
             f"smp-* models (pretrained encoders); {cfg.model} has none"
         )
-    if cfg.encoder_weights != "none":
+    if cfg.freeze_encoder_epochs > 0 and cfg.encoder_weights == "none":
+        raise ValueError(
+            "--freeze-encoder-epochs keeps a pretrained encoder as loaded; with "
+            "--encoder-weights none the encoder is random and must learn"
+        )
+    if fetch and cfg.encoder_weights != "none":
         fresh = create_model(
             cfg.model, in_channels=cfg.in_channels or 3, num_classes=cfg.num_classes or 1,
             **cfg.model_kwargs,

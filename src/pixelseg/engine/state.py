@@ -5,17 +5,18 @@ one. It holds the model, optimizer, scheduler and learning-rate schedule, the ra
 generators' states, the history and best score, and the position in the data: the epoch
 and, mid-epoch, the step and the running loss. The order of the samples is a function of
 (seed, epoch) alone (:class:`~pixelseg.engine.sampling.EpochSampler`), so the position is
-all it takes to see exactly the batches that were left. There is no gradient scaler to
-save: training runs in float32.
+all it takes to see exactly the batches that were left. With fp16 autocast the gradient
+scaler's state is saved too (bf16 and float32 need none).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from pixelseg.config import TrainConfig
+from pixelseg.engine.precision import Precision
 from pixelseg.engine.schedule import Schedule
 
 
@@ -59,6 +60,8 @@ class TrainingState:
     best_score: float = -1.0
     best_epoch: int = 0
     patience_start: int = 0  # early stopping counts epochs from max(this, best_epoch)
+    precision: Precision = field(default_factory=lambda: Precision("fp32", False, "cpu"))
+    scaler: torch.amp.GradScaler | None = None  # fp16 autocast only
 
     def state(
         self, epoch: int, cfg: TrainConfig, mean: list[float], std: list[float],
@@ -73,6 +76,7 @@ class TrainingState:
             "history": self.history, "best_score": self.best_score,
             "best_epoch": self.best_epoch, "mean": mean, "std": std, "config": cfg.to_dict(),
             "class_weights": self.class_weights, "patience_start": self.patience_start,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
         }  # fmt: skip
 
     def restore(
@@ -89,6 +93,8 @@ class TrainingState:
         # this session (which differs when the run was given more epochs): drop them.
         lambdas = [None] * len(self.optimizer.param_groups)
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": lambdas})
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         randoms = state.get("random_ranks") or [state["random"]]
         progresses = state.get("progress_ranks") or [state.get("progress")]
         mine = rank if len(randoms) == world_size else 0

@@ -46,13 +46,14 @@ from pixelseg.engine.device import seed_everything
 from pixelseg.engine.distributed import World
 from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, evaluate_model
 from pixelseg.engine.interrupt import StopSignals, TrainingInterrupted
+from pixelseg.engine.precision import Precision, choose_precision
 from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
 from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
-from pixelseg.models import count_parameters, create_model
+from pixelseg.models import ModelError, count_parameters, create_model
 from pixelseg.report import plot_curves, write_csv
 
 
@@ -76,21 +77,32 @@ def train_one_epoch(
     bar: tqdm | None = None,
     progress: Progress | None = None,
     after_step: Callable[[Progress], None] | None = None,
+    precision: Precision | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss of the epoch.
 
     ``progress`` holds the steps and loss of the part of the epoch done before (a run
     resumed mid-epoch) and is updated in place; ``after_step(progress)`` runs after every
-    step (mid-epoch checkpoints, stop requests).
+    step (mid-epoch checkpoints, stop requests). ``precision``: autocast dtype and memory
+    layout (float32 NCHW when None); ``scaler``: fp16's gradient scaler.
     """
     model.train()
     progress = progress if progress is not None else Progress()
+    precision = precision or Precision("fp32", False, device.type)
     for batch in loader:
         images, masks = transform(batch, device)
-        loss = loss_fn(model(images), masks)
+        images = precision.prepare_batch(images)
+        with precision.autocast():
+            loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16: scale the loss so small gradients do not vanish
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         scheduler.step()
         progress.step += 1
         progress.loss_sum += loss.item() * len(images)
@@ -316,18 +328,26 @@ def _calibrate(
     )
 
 
-def _check_settings(cfg: TrainConfig) -> int:
-    """Fail on a bad model name/option or loss before spending time on the data.
+def _check_settings(cfg: TrainConfig, resuming: bool) -> int:
+    """Fail on a bad model name/option, loss or encoder weights before spending time on the
+    data (a resumed run has its weights: nothing to fetch).
 
     Returns the model's stride (what input sides must be multiples of).
     """
     build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
-    with torch.device("meta"):  # builds the module without allocating its weights
-        model = create_model(
+
+    def build() -> torch.nn.Module:
+        return create_model(
             cfg.model, in_channels=cfg.in_channels or 3, num_classes=cfg.num_classes,
             **cfg.model_kwargs,
         )  # fmt: skip
-    finetune.check_finetune_settings(cfg, model)
+
+    try:
+        with torch.device("meta"):  # builds the module without allocating its weights
+            model = build()
+    except (ModelError, RuntimeError, NotImplementedError):
+        model = build()  # some need real tensors to be built (SegFormer's mit encoders)
+    finetune.check_finetune_settings(cfg, model, fetch=not resuming)
     return int(getattr(model, "stride", 1))
 
 
@@ -352,7 +372,8 @@ def _setup(
     )  # fmt: skip
     if state is None:  # a resumed run has its own weights
         finetune.load_pretrained(model, cfg)
-    model = model.to(device)
+    precision = choose_precision(cfg.precision, cfg.channels_last, device)
+    model = precision.prepare_model(model.to(device))
     if cfg.sync_batchnorm and device.type != "cuda":
         raise ValueError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
     if world.distributed:
@@ -381,7 +402,9 @@ def _setup(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, finetune.group_schedules(schedule, optimizer, cfg, len(loader))
     )
-    return TrainingState(model, optimizer, scheduler, schedule, history=[]), loader, sampler
+    t = TrainingState(model, optimizer, scheduler, schedule, history=[], precision=precision,
+                      scaler=precision.scaler())  # fmt: skip
+    return t, loader, sampler
 
 
 @dataclass
@@ -470,7 +493,7 @@ def _prepare(
             "schedule, data order and random states are per process"
         )
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
-    stride = _check_settings(cfg)
+    stride = _check_settings(cfg, resuming=state is not None)
     seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None
@@ -514,7 +537,7 @@ def _prepare(
     log(
         f"pixelseg: {cfg.model} ({count_parameters(t.model):,} parameters) on {device}"
         f"{processes}; {len(train_set)} train / {len(val_set)} val images at "
-        f"{cfg.size[0]}x{cfg.size[1]}; loss {cfg.loss}; "
+        f"{cfg.size[0]}x{cfg.size[1]}; loss {cfg.loss}; {t.precision.describe()}; "
         f"{f'up to {cfg.time_budget}' if budget else epochs}"
     )
     # A time budget plans the number of epochs from the time the first epochs take; a
@@ -592,7 +615,7 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
               disable=None if cfg.progress else True) as bar:  # fmt: skip
         train_one_epoch(
             t.model, run.loader, run.train_tf, run.loss_fn, t.optimizer, t.scheduler,
-            run.device, bar, progress, after_step,
+            run.device, bar, progress, after_step, t.precision, t.scaler,
         )  # fmt: skip
     parts = world.gather((progress.loss_sum, progress.count))  # the loss over all processes
     train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)

@@ -39,7 +39,7 @@ def measure(
         with torch.device("meta"):
             model = build()
             return _parameters(model), forward_gflops(model, size, in_channels)
-    except (RuntimeError, NotImplementedError):  # an op that needs real data
+    except (RuntimeError, NotImplementedError, ValueError):  # an op that needs real data
         model = build()
         return _parameters(model), forward_gflops(model, size, in_channels)
 

@@ -21,7 +21,9 @@ file), is saved in the run's ``config.json``, and so applies in ``predict`` and 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -76,17 +78,22 @@ def load_encoder_weights(model: nn.Module, weights: str) -> None:
         path = Path(weights)
         if not path.is_file():
             raise ModelError(f"{path}: encoder weights file not found")
-        # the file holds RGB (ImageNet) weights: load them as such, then adapt the input
-        source = smp.encoders.get_encoder(
-            name, in_channels=3, depth=depth, weights=None, output_stride=stride
-        )
-        _load_state(source, _read_state_dict(path), f"{path}", name)
-        source.set_in_channels(in_channels, pretrained=True)
+        if _is_timm(encoder):
+            source = _timm_from_file(smp, encoder.name, name, path, in_channels, depth, stride)
+        else:  # the file holds RGB (ImageNet) weights: load them as such, then adapt the input
+            source = smp.encoders.get_encoder(
+                name, in_channels=3, depth=depth, weights=None, output_stride=stride
+            )
+            _load_state(source, _read_state_dict(path), f"{path}", name)
+            source.set_in_channels(in_channels, pretrained=True)
     else:
         try:
-            source = smp.encoders.get_encoder(
-                name, in_channels=in_channels, depth=depth, weights=weights, output_stride=stride
-            )
+            with warnings.catch_warnings():  # smp warns that timm encoders take no weight name
+                warnings.simplefilter("ignore", UserWarning)
+                source = smp.encoders.get_encoder(
+                    name, in_channels=in_channels, depth=depth, weights=weights,
+                    output_stride=stride,
+                )  # fmt: skip
         except KeyError as error:  # a weight name this encoder does not have
             raise ModelError(f"encoder {name}: {error.args[0]}") from None
         except Exception as error:  # noqa: BLE001 - the hub raises many kinds
@@ -135,6 +142,44 @@ def _pretraining_stats(encoder: str, weights: str) -> tuple[tuple[float, ...], .
         return tuple(config["mean"]), tuple(config["std"])
     except Exception:  # noqa: BLE001 - no cached config: the encoders' common default
         return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _is_timm(encoder: nn.Module) -> bool:
+    """smp's wrapper of a timm model (``tu-`` names, and the ``timm-`` ones smp maps to it)."""
+    from segmentation_models_pytorch.encoders.timm_universal import TimmUniversalEncoder
+
+    return isinstance(encoder, TimmUniversalEncoder)
+
+
+def _timm_from_file(
+    smp: ModuleType,
+    timm_name: str,
+    name: str,
+    path: Path,
+    in_channels: int,
+    depth: int,
+    stride: int,
+) -> nn.Module:
+    """A timm encoder with a timm checkpoint file: timm's own loader reads it (it knows its
+    models' key names, drops the classifier and adapts the first convolution). timm loads
+    into a feature extractor without checking the keys, so the file is first loaded, strictly,
+    into the whole network it claims to be."""
+    import timm
+
+    overlay = {"file": str(path)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay)
+            return smp.encoders.get_encoder(
+                name, in_channels=in_channels, depth=depth, weights=True,
+                output_stride=stride, pretrained_cfg_overlay=overlay,
+            )  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - pickle, key and shape errors differ
+        raise ModelError(
+            f"{path}: not weights timm can load into {name} ({type(error).__name__}: "
+            f"{_first_line(error)})"
+        ) from None
 
 
 def _in_channels(model: ZooModel) -> int:
@@ -189,9 +234,10 @@ def _load_state(encoder: nn.Module, state: dict[str, torch.Tensor], source: str,
 def _rekeyed(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """The state dict as given, without each wrapper prefix, and with timm's ``model.``."""
     out = [state]
-    for prefix in WRAPPER_PREFIXES:
-        if any(k.startswith(prefix) for k in state):
-            out.append({k.removeprefix(prefix): v for k, v in state.items()})
+    for prefix in WRAPPER_PREFIXES:  # e.g. a whole model's state dict: keep its encoder
+        inner = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if inner:
+            out.append(inner)
     out.append({f"model.{k}": v for k, v in state.items()})  # smp's wrapper of timm models
     return out
 

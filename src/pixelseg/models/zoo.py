@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pixelseg.config import ZOO_DEFAULT_ENCODER
 from pixelseg.models._padding import crop_padding, pad_to_multiple
 from pixelseg.models.registry import ModelError, register_model
 
@@ -42,7 +43,7 @@ ARCHITECTURES = {
 }
 # smallest input side an architecture works with (PAN pools its stride-16 features 3 times)
 MIN_SIZE = {"pan": 128}
-DEFAULT_ENCODER = "resnet34"
+DEFAULT_ENCODER = ZOO_DEFAULT_ENCODER
 # smp needs torchvision, and on PyPI torchvision only imports beside the torch it was built
 # for: naming both keeps pip from pairing the installed torch with a mismatched torchvision.
 INSTALL_HINT = (
@@ -120,7 +121,8 @@ def _unused_parameters(net: nn.Module, in_channels: int, side: int) -> list[nn.P
     was_training = net.training
     net.eval()
     try:
-        with torch.enable_grad():  # the model may be built inside torch.no_grad()
+        # the model may be built inside torch.no_grad() or torch.inference_mode()
+        with torch.inference_mode(False), torch.enable_grad():
             net(torch.zeros(1, in_channels, side, side)).sum().backward()
         return [p for p in net.parameters() if p.requires_grad and p.grad is None]
     finally:

@@ -1,0 +1,91 @@
+"""Mixed precision and memory layout of a training run.
+
+Two settings, both ``auto`` by default:
+
+- ``precision``: ``fp32``, ``bf16`` or ``fp16``: the dtype ``torch.autocast`` runs the
+  forward pass and loss in (weights, optimizer and gradients stay float32). ``fp16``
+  needs a gradient scaler (float16's range is too narrow for small gradients), which is
+  saved with the checkpoint; ``bf16`` has float32's range and needs none.
+- ``channels_last``: ``on`` keeps the model's weights and each batch in NHWC order, the
+  layout that GPU tensor cores and oneDNN's CPU convolutions work in natively.
+
+``auto`` on CUDA: bf16 where the GPU has it (Ampere and newer), else fp16; channels_last
+on. ``auto`` on a CPU: bf16 with channels_last where the CPU computes in bf16 itself
+(AVX512-BF16 or AMX), else float32 in NCHW. On the 2-core AVX512-BF16 CPU these were
+measured on, bf16 with channels_last trained the native U-Nets 2.6-2.7x faster than float32
+at 256x256, while channels_last alone in float32 helped some models and slowed others
+(``benchmarks/precision.py``; figures and a PH2 quality check in docs/benchmarks.md).
+Validation, evaluation and prediction always run in float32, so scores and exported models
+do not depend on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run's training steps use; see the module's docstring."""
+
+    name: str  # fp32 | bf16 | fp16
+    channels_last: bool
+    device_type: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return _DTYPES[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """A gradient scaler for fp16 (None otherwise)."""
+        if self.name != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device_type)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def prepare_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return (
+            images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        )
+
+    def describe(self) -> str:
+        text = "float32" if self.name == "fp32" else f"{self.name} autocast"
+        return text + (", channels_last" if self.channels_last else "")
+
+
+def choose_precision(precision: str, channels_last: str, device: torch.device) -> Precision:
+    """Resolve the ``auto`` settings (validated by TrainConfig) for ``device``."""
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        if cuda:  # bf16 keeps float32's range (no scaler); GPUs before Ampere only have fp16
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    # auto: with bf16, oneDNN's NHWC kernels were the faster ones on the CPU measured
+    auto = cuda or precision == "bf16"
+    layout = auto if channels_last == "auto" else channels_last == "on"
+    return Precision(precision, layout, device.type)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes in bf16 itself (AVX512-BF16 or AMX), rather than emulating
+    it, which is slower than float32. torch's own checks (private, hence the care)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name)() for name in checks if hasattr(torch.cpu, name))
+    except RuntimeError:
+        return False
