@@ -102,3 +102,35 @@ def test_an_epoch_in_each_precision_and_layout_gives_about_the_same_loss(tiny_da
     assert losses["fp32", True] == pytest.approx(base, rel=1e-4)
     assert losses["bf16", False] == pytest.approx(base, rel=0.02)
     assert losses["bf16", False] != base  # it did run in bf16
+
+
+def test_the_loss_is_summed_on_the_device_exactly_as_in_python() -> None:
+    """Progress sums the loss without reading it each step; the sum equals the float64
+    sum of ``loss.item() * n`` in step order, and a settled Progress saves as before."""
+    from dataclasses import asdict
+
+    from pixelseg.engine.state import Progress
+
+    losses = [torch.tensor(v, dtype=torch.float32) for v in (0.7, 1 / 3, 2.5e-4, 0.91)]
+    progress, expected = Progress(step=2, loss_sum=1.25, count=8), 1.25
+    for loss in losses:
+        progress.add_loss(loss, 4)
+        expected += loss.item() * 4
+    assert progress.loss_sum == 1.25  # not read yet: no host sync happened
+    assert progress.settle().loss_sum == expected
+    assert asdict(progress) == {"step": 6, "loss_sum": expected, "count": 24}
+    assert Progress(**asdict(progress)).settle().loss_sum == expected
+
+
+def test_compile_trains_a_run_whose_checkpoint_is_the_plain_models(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``--compile`` compiles the module in place: same state_dict keys, same run folder."""
+    run = tmp_path / "run"
+    args = ["train", str(tiny_data), "--out", str(run), "--compile", "--precision", "fp32",
+            *FAST[:-2], "--epochs", "1"]  # fmt: skip
+    assert main(args) == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["finished"] and not any("_orig_mod" in k for k in state["model"])
+    assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
+    assert main(["evaluate", str(run), str(tiny_data), "--out", str(tmp_path / "e")]) == 0

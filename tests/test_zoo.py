@@ -308,6 +308,8 @@ def test_timm_encoder_loads_a_timm_checkpoint_file(smp, tmp_path: Path) -> None:
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(ModelError, match=r"other\.pth: not weights timm can load into"):
         load_encoder_weights(model, str(tmp_path / "other.pth"))
+    with pytest.raises(ModelError, match=r"a tag in the name \(tu-<model>\.<tag>\)"):
+        load_encoder_weights(model, "advprop")
 
 
 def test_a_run_folder_can_seed_another_runs_encoder(smp, tmp_path: Path) -> None:

@@ -50,9 +50,9 @@ def train(
 
 
 def resume(run: str | Path, **overrides: Any) -> TrainResult:
-    """Continue an interrupted run; only data, epochs, patience, workers, device, progress
-    and postprocess may change (more epochs continue the learning-rate decay from where it
-    stopped)."""
+    """Continue an interrupted run; only data, epochs, patience, workers, device, progress,
+    postprocess, save_every and compile may change (more epochs continue the learning-rate
+    decay from where it stopped)."""
     from pixelseg.engine.train import resume as resume_run
 
     return resume_run(run, **overrides)

@@ -290,6 +290,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["model_kwargs"]["encoder"] = args.encoder
     if args.no_augment:
         given["augment"] = False
+    if args.compile:
+        given["compile"] = True
     if args.classes:
         given["class_names"] = list(parse_class_names(args.classes))
     if args.sync_batchnorm:
@@ -604,6 +606,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         )
     p.add_argument("--classes", help="class names: a,b,c or a classes.json/classes.csv file")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the model: a minute or more of compiling, then faster steps "
+        "(needs a C++ compiler on CPUs)",
+    )  # fmt: skip
     p.add_argument(
         "--nproc", type=int, metavar="N",
         help="train with N processes on this machine (torchrun; one per GPU, or CPU processes "

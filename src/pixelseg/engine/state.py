@@ -22,11 +22,35 @@ from pixelseg.engine.schedule import Schedule
 
 @dataclass
 class Progress:
-    """How far training got inside an epoch: steps done and their summed loss."""
+    """How far training got inside an epoch: steps done and their summed loss.
+
+    The loss is summed on the training device (:meth:`add_loss`): reading a GPU value
+    makes the host wait for every queued kernel, so ``loss_sum`` is only brought up to
+    date by :meth:`settle`, when something reads it (the progress bar now and then, a
+    checkpoint, the end of the epoch). The sum is float64 and in step order, the same
+    additions as summing ``loss.item()`` values in Python.
+    """
 
     step: int = 0
     loss_sum: float = 0.0
     count: int = 0
+
+    def __post_init__(self) -> None:
+        self._running: torch.Tensor | None = None  # not a field: never saved
+
+    def add_loss(self, loss: torch.Tensor, n: int) -> None:
+        """Add a step's mean loss over ``n`` images, without a host sync."""
+        if self._running is None:
+            self._running = torch.tensor(self.loss_sum, dtype=torch.float64, device=loss.device)
+        self._running += loss.detach().double() * n
+        self.step += 1
+        self.count += n
+
+    def settle(self) -> Progress:
+        """Bring ``loss_sum`` up to date (one host sync); returns self."""
+        if self._running is not None:
+            self.loss_sum = self._running.item()
+        return self
 
 
 def random_state() -> dict:

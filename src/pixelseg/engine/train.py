@@ -66,6 +66,9 @@ class TrainResult:
     history: list[dict]
 
 
+LOSS_DISPLAY_EVERY = 10  # steps between updates of the progress bar's running loss
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -104,14 +107,15 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
-        progress.step += 1
-        progress.loss_sum += loss.item() * len(images)
-        progress.count += len(images)
+        progress.add_loss(loss, len(images))  # summed on the device: no wait for the GPU
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{progress.loss_sum / progress.count:.4f}", refresh=False)
+            if progress.step % LOSS_DISPLAY_EVERY == 0:  # reading the loss is a host sync
+                mean = progress.settle().loss_sum / progress.count
+                bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
         if after_step is not None:
             after_step(progress)
+    progress.settle()
     return progress.loss_sum / max(progress.count, 1)
 
 
@@ -233,8 +237,9 @@ def build_datasets(
 
 RESUME_OVERRIDES = (
     "data", "epochs", "patience", "workers", "device", "progress", "postprocess", "save_every",
+    "compile",
 )  # fmt: skip
-AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every")
+AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every", "compile")
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
@@ -374,6 +379,8 @@ def _setup(
         finetune.load_pretrained(model, cfg)
     precision = choose_precision(cfg.precision, cfg.channels_last, device)
     model = precision.prepare_model(model.to(device))
+    if cfg.compile:  # in place: the module, its parameters and state_dict keys stay the same
+        model.compile()
     if cfg.sync_batchnorm and device.type != "cuda":
         raise ValueError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
     if world.distributed:
@@ -433,7 +440,7 @@ class _Session:
         """Write ``last.pt`` (rank 0). Every process must call it: their random states and
         progress are gathered, so each one resumes with its own. A finished run's last save
         is rank 0's alone (nothing is resumed from it but the weights)."""
-        mine = (random_state(), asdict(progress) if progress else None)
+        mine = (random_state(), asdict(progress.settle()) if progress else None)
         parts = [mine] if finished else self.world.gather(mine)
         if self.world.is_main:
             state = self.t.state(epoch, self.cfg, self.mean, self.std, progress, finished)

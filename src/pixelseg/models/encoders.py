@@ -87,6 +87,11 @@ def load_encoder_weights(model: nn.Module, weights: str) -> None:
             _load_state(source, _read_state_dict(path), f"{path}", name)
             source.set_in_channels(in_channels, pretrained=True)
     else:
+        if _is_timm(encoder) and weights != "imagenet":
+            raise ModelError(
+                f"encoder {name} is a timm model: its pretrained weights are timm's, chosen by "
+                f"a tag in the name (tu-<model>.<tag>); use --encoder-weights imagenet"
+            )
         try:
             with warnings.catch_warnings():  # smp warns that timm encoders take no weight name
                 warnings.simplefilter("ignore", UserWarning)
