@@ -5,7 +5,10 @@ matmul roofline measured here, and peak memory.
     python benchmarks/speed.py --quick --json speed.json     # under 5 minutes on 2 cores
     python benchmarks/speed.py --size 256 --batch-size 8     # the issue's setting
 
-Per model (``--models``, default the native ``unet`` and ``lesson-unet``):
+Per model (``--models``, default the native ``unet`` and ``lesson-unet``, and the zoo's
+``smp-unet`` (ResNet-34) when the zoo extra is installed), in the training precision
+``--precision`` (``auto``: what ``pixelseg train`` would use here, e.g. bf16 with
+channels_last on a CPU with native bf16; ``fp32`` for float32 NCHW):
 
 - train img/s of pixelseg's ``train_one_epoch`` (cached dataset, augmentation on the
   device, normalisation) and of a bare loop on pre-stacked tensors with the same model,
@@ -17,7 +20,8 @@ Per model (``--models``, default the native ``unet`` and ``lesson-unet``):
   export of the same weights), and the largest logit difference between them;
 - forward GFLOPs per image (``torch.utils.flop_counter``) and achieved GFLOP/s in training
   (3 x forward FLOPs per image, the usual estimate for forward + backward) as a fraction
-  of a 2048x2048 float32 matmul's GFLOP/s measured in the same run.
+  of a 2048x2048 matmul's GFLOP/s measured in the same run, in the same dtype (bf16 for a
+  bf16 run).
 
 Every timing is the median of ``--repeats`` runs after a warm-up; machines are noisy.
 """
@@ -43,8 +47,9 @@ from pixelseg.data.layouts import find_samples
 from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.data.transforms import Augment, BatchTransform, normalize
 from pixelseg.engine.device import resolve_device
+from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
-from pixelseg.models import count_parameters, create_model
+from pixelseg.models import ModelError, count_parameters, create_model
 
 
 def median_time(fn, repeats: int) -> float:
@@ -57,8 +62,11 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def matmul_gflops(device: torch.device, repeats: int, n: int = 2048) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(
+    device: torch.device, repeats: int, n: int = 2048, dtype: torch.dtype = torch.float32
+) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
 
     def run() -> None:
         for _ in range(4):
@@ -75,7 +83,9 @@ def forward_gflops(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def data_wait(model, dataset, transform, batch_size, steps, device) -> tuple[float, float]:
+def data_wait(
+    model, dataset, transform, batch_size, steps, device, precision
+) -> tuple[float, float]:
     """(share of step time in the DataLoader, share in augmentation) of a pixelseg step."""
     from pixelseg.losses import build_loss
 
@@ -91,9 +101,11 @@ def data_wait(model, dataset, transform, batch_size, steps, device) -> tuple[flo
         batch = next(iterator)
         t1 = time.perf_counter()
         images, masks = transform(batch, device)
+        images = precision.prepare_batch(images)
         sync(device)
         t2 = time.perf_counter()
-        loss = loss_fn(model(images), masks)
+        with precision.autocast():
+            loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -131,24 +143,29 @@ def inference(model, session, size: int, repeats: int) -> dict:
     return out
 
 
-def measure(name: str, args, dataset, images, masks, device, peak: float) -> dict:
+def measure(name: str, args, dataset, images, masks, device, peak: float, precision) -> dict:
     torch.manual_seed(0)
     transform = BatchTransform(*dataset.channel_stats(), Augment())
-    model = create_model(name).to(device)
+    model = precision.prepare_model(create_model(name).to(device))
     steps, bs = args.steps, args.batch_size
     pix = statistics.median(
         [
-            pixelseg_loop(model, dataset, transform, bs, steps, device, 0)
+            pixelseg_loop(
+                model, dataset, transform, bs, steps, device, 0, precision, precision.scaler()
+            )  # fmt: skip
             for _ in range(args.repeats)
         ]
     )
     bare = statistics.median(
-        [bare_loop(model, images, masks, bs, steps, device) for _ in range(args.repeats)]
+        [
+            bare_loop(model, images, masks, bs, steps, device, precision)
+            for _ in range(args.repeats)
+        ]  # fmt: skip
     )
-    wait, aug = data_wait(model, dataset, transform, bs, steps, device)
+    wait, aug = data_wait(model, dataset, transform, bs, steps, device, precision)
     gflops = forward_gflops(create_model(name), args.size)
     model_cpu = create_model(name).eval()  # the trained weights, for eager and ONNX alike
-    model_cpu.load_state_dict(model.state_dict())
+    model_cpu.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
     try:
         session = onnx_session(model_cpu, args.size)
     except PixelsegError:  # onnxruntime is not installed
@@ -168,7 +185,11 @@ def measure(name: str, args, dataset, images, masks, device, peak: float) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="unet,lesson-unet")
+    parser.add_argument("--models", default="unet,lesson-unet,smp-unet")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+        help="training precision (auto: as pixelseg train chooses; channels_last follows)",
+    )  # fmt: skip
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
@@ -180,7 +201,8 @@ def main() -> None:
     if args.quick:
         args.size, args.steps, args.repeats = 128, 4, 2
     device = resolve_device(args.device)
-    peak = matmul_gflops(device, args.repeats)
+    precision = choose_precision(args.precision, "auto", device)
+    peak = matmul_gflops(device, args.repeats, dtype=precision.dtype or torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         n = args.steps * args.batch_size
         root = write_synthetic_dataset(Path(tmp) / "d", n=n, size=(args.size, args.size))
@@ -188,12 +210,19 @@ def main() -> None:
     mean, std = dataset.channel_stats()
     images = normalize(dataset.images.float() / 255, mean, std)  # as train_speed.py does
     masks = dataset.masks.long()
-    rows = [measure(m, args, dataset, images, masks, device, peak)
-            for m in args.models.split(",")]  # fmt: skip
+    rows = []
+    for name in args.models.split(","):
+        try:
+            create_model(name)
+        except ModelError as error:  # smp-unet without the zoo extra
+            print(f"{name}: skipped ({error})")
+            continue
+        rows.append(measure(name, args, dataset, images, masks, device, peak, precision))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, batch "
-        f"{args.batch_size}; matmul roofline {peak:.1f} GFLOP/s; peak RSS {rss:.0f} MiB"
+        f"{args.batch_size}; training in {precision.describe()}; {precision.name} matmul "
+        f"roofline {peak:.1f} GFLOP/s; peak RSS {rss:.0f} MiB"
     )
     for row in rows:
         print("\n" + row["model"])
@@ -204,7 +233,8 @@ def main() -> None:
     first = rows[0]
     summary = {
         "device": str(device), "threads": torch.get_num_threads(), "size": args.size,
-        "batch_size": args.batch_size, "matmul_gflop_s": peak, "peak_rss_mib": rss,
+        "batch_size": args.batch_size, "precision": precision.describe(),
+        "matmul_gflop_s": peak, "peak_rss_mib": rss,
         "train_loop_overhead": first["train_loop_overhead"],
         "data_wait_fraction": first["data_wait_fraction"],
         "roofline_fraction_train": first["roofline_fraction_train"],

@@ -12,6 +12,7 @@ the median of ``--repeats`` timed runs after one warm-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -63,17 +64,22 @@ def pixelseg_loop(
     return len(loader) * batch_size / (time.perf_counter() - t0)
 
 
-def bare_loop(model, images, masks, batch_size, steps, device) -> float:
-    """img/s of the textbook loop on tensors already in memory (on the device)."""
+def bare_loop(model, images, masks, batch_size, steps, device, precision=None) -> float:
+    """img/s of the textbook loop on tensors already in memory (on the device), with the
+    same autocast and memory layout as ``precision`` (none by default)."""
     loss_fn = build_loss("bce+dice", 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images, masks = images.to(device), masks.to(device)
+    if precision is not None:
+        images = precision.prepare_batch(images)
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
     model.train()
     sync(device)
     t0 = time.perf_counter()
     for step in range(steps):
         i = (step * batch_size) % (len(images) - batch_size + 1)
-        loss = loss_fn(model(images[i : i + batch_size]), masks[i : i + batch_size])
+        with autocast():
+            loss = loss_fn(model(images[i : i + batch_size]), masks[i : i + batch_size])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -608,8 +608,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument(
         "--compile", action="store_true",
-        help="torch.compile the model: a minute or more of compiling, then faster steps "
-        "(needs a C++ compiler on CPUs)",
+        help="torch.compile the model (a minute of compiling; meant for GPUs: on a 2-core CPU "
+        "it made epochs slower; needs a C++ compiler on CPUs)",
     )  # fmt: skip
     p.add_argument(
         "--nproc", type=int, metavar="N",

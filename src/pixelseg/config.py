@@ -69,7 +69,7 @@ class TrainConfig:
     augment: bool = True
     precision: str = "auto"  # training autocast: auto | fp32 | bf16 | fp16 (engine/precision.py)
     channels_last: str = "auto"  # NHWC weights and batches: auto | on | off
-    compile: bool = False  # torch.compile the model (minutes of compiling, then faster steps)
+    compile: bool = False  # torch.compile the model in place (for GPUs; see docs/usage.md)
     workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
     save_every: int = 0  # also checkpoint every N training steps (0: after each epoch only)
     sync_batchnorm: bool = False  # torchrun: batch-norm statistics over all processes' batches
