@@ -201,7 +201,8 @@ def main() -> None:
     if args.quick:
         args.size, args.steps, args.repeats = 128, 4, 2
     device = resolve_device(args.device)
-    precision = choose_precision(args.precision, "auto", device)
+    layout = "auto" if args.precision == "auto" else "off"  # an explicit dtype: NCHW
+    precision = choose_precision(args.precision, layout, device)
     peak = matmul_gflops(device, args.repeats, dtype=precision.dtype or torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         n = args.steps * args.batch_size

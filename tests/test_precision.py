@@ -134,3 +134,78 @@ def test_compile_trains_a_run_whose_checkpoint_is_the_plain_models(
     assert state["finished"] and not any("_orig_mod" in k for k in state["model"])
     assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
     assert main(["evaluate", str(run), str(tiny_data), "--out", str(tmp_path / "e")]) == 0
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp16"), ((8, 0), "bf16")])
+def test_auto_on_a_gpu_is_bf16_from_ampere_on_else_fp16(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: str
+) -> None:
+    """Older GPUs say yes to torch.cuda.is_bf16_supported() but only emulate bf16: the
+    choice goes by compute capability (of the run's own GPU)."""
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda d: asked.append(d) or capability
+    )
+    gpu = torch.device("cuda", 1)
+    assert choose_precision("auto", "auto", gpu) == Precision(expected, True, "cuda")
+    assert asked == [gpu]
+
+
+def test_a_skipped_fp16_step_does_not_advance_the_schedule(tiny_data: Path) -> None:
+    """GradScaler skips the optimizer step when the scaled gradients overflow; the
+    learning-rate schedule must not move on without an update."""
+    from pixelseg.data.dataset import SegmentationDataset
+    from pixelseg.data.layouts import find_samples
+    from pixelseg.data.transforms import BatchTransform
+    from pixelseg.losses import build_loss
+
+    dataset = SegmentationDataset(find_samples(tiny_data)[1], (32, 32))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(4)), batch_size=4)
+    model = create_model("unet", base_channels=8, depth=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+
+    def huge_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return build_loss("bce", 1)(logits, masks) * 1e10  # x 2**100: gradients overflow
+
+    train_one_epoch(model, loader, BatchTransform(*dataset.channel_stats()), huge_loss,
+                    optimizer, scheduler, CPU, scaler=scaler)  # fmt: skip
+    assert scaler.get_scale() == 2.0**99  # the overflow was seen and the scale halved
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert scheduler.last_epoch == 0
+
+
+def test_the_decided_precision_is_saved_and_kept_on_resume(tiny_data: Path, tmp_path: Path) -> None:
+    """auto is decided when a run starts and saved; a rerun continues with it, and a run
+    saved before the setting existed continues in float32 NCHW, as it was trained."""
+    from pixelseg.engine import checkpoint
+    from pixelseg.engine.train import fit
+
+    run = tmp_path / "run"
+    cfg = dict(data=str(tiny_data), out=str(run), model_kwargs={"base_channels": 8, "depth": 2},
+               size=(32, 32), batch_size=4, epochs=2, device="cpu", progress=False)  # fmt: skip
+
+    def crash(row: dict) -> None:
+        raise RuntimeError("stop after epoch 1")
+
+    with pytest.raises(RuntimeError):
+        fit(TrainConfig(**cfg), on_epoch_end=crash)
+    auto = choose_precision("auto", "auto", CPU)
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["config"]["precision"] == auto.name  # decided, not "auto"
+    # as if saved by an older pixelseg: no precision settings in the checkpoint
+    for key in ("precision", "channels_last"):
+        del state["config"][key]
+    checkpoint.save_state(run, state)
+    fit(TrainConfig(**cfg))  # the same command again: resumes
+    saved = torch.load(run / "last.pt", weights_only=False)
+    assert saved["finished"] and saved["epoch"] == 2
+    assert (saved["config"]["precision"], saved["config"]["channels_last"]) == ("fp32", "off")
+
+
+def test_compile_and_a_time_budget_are_refused_together() -> None:
+    with pytest.raises(ValueError, match="compile cannot be combined with time_budget"):
+        TrainConfig(data="d", compile=True, time_budget="5m")

@@ -120,6 +120,11 @@ class TrainConfig:
             ),  # fmt: skip
             (self.freeze_encoder_epochs >= 0, "freeze_encoder_epochs must be >= 0"),
             (
+                not (self.compile and self.time_budget is not None),
+                "compile cannot be combined with time_budget: the budget is planned from the "
+                "first epoch's time, which compiling inflates",
+            ),
+            (
                 self.time_budget is not None or self.freeze_encoder_epochs < self.epochs,
                 "freeze_encoder_epochs must be fewer than epochs (else the encoder never learns)",
             ),

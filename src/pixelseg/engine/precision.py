@@ -70,7 +70,7 @@ def choose_precision(precision: str, channels_last: str, device: torch.device) -
     cuda = device.type == "cuda"
     if precision == "auto":
         if cuda:  # bf16 keeps float32's range (no scaler); GPUs before Ampere only have fp16
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            precision = "bf16" if gpu_has_native_bf16(device) else "fp16"
         else:
             precision = "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and not cuda:
@@ -79,6 +79,15 @@ def choose_precision(precision: str, channels_last: str, device: torch.device) -
     auto = cuda or precision == "bf16"
     layout = auto if channels_last == "auto" else channels_last == "on"
     return Precision(precision, layout, device.type)
+
+
+def gpu_has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8) and newer, or ROCm. ``torch.cuda.is_bf16_supported()``
+    also says yes to older GPUs that only emulate bf16, slowly and without cuDNN kernels."""
+    if torch.version.hip:
+        return True
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
 
 
 def cpu_has_native_bf16() -> bool:

@@ -93,7 +93,7 @@ class TrainingState:
     ) -> dict:  # fmt: skip
         """``epoch``: the last finished epoch; ``progress``: the steps done after it."""
         return {
-            "epoch": epoch, "progress": asdict(progress) if progress else None,
+            "epoch": epoch, "progress": asdict(progress.settle()) if progress else None,
             "finished": finished, "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "schedule": asdict(self.schedule), "random": random_state(),

@@ -99,16 +99,20 @@ def train_one_epoch(
         with precision.autocast():
             loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
+        stepped = True
         if scaler is not None:  # fp16: scale the loss so small gradients do not vanish
+            scale = scaler.get_scale()
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
+            scaler.step(optimizer)  # skipped when the gradients overflowed
             scaler.update()
+            stepped = scaler.get_scale() >= scale  # a lowered scale marks a skipped step
         else:
             loss.backward()
             optimizer.step()
-        scheduler.step()
+        if stepped:
+            scheduler.step()
         progress.add_loss(loss, len(images))  # summed on the device: no wait for the GPU
-        if bar is not None:
+        if bar is not None and not bar.disable:
             bar.update(1)
             if progress.step % LOSS_DISPLAY_EVERY == 0:  # reading the loss is a host sync
                 mean = progress.settle().loss_sum / progress.count
@@ -240,6 +244,9 @@ RESUME_OVERRIDES = (
     "compile",
 )  # fmt: skip
 AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every", "compile")
+# settings whose "auto" is decided when a run starts and saved as decided: a rerun that
+# leaves them to pixelseg again continues with the saved choice (like a None size)
+DECIDED_AT_START = ("precision", "channels_last")
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
@@ -290,7 +297,9 @@ def _open_run(
                 "continue it or choose another --out"
             )
         log(f"{run_dir} holds an unfinished run: resuming it")
-    saved, now = state["config"], cfg.to_dict()
+    # runs saved before these settings existed trained in float32 NCHW
+    saved = {"precision": "fp32", "channels_last": "off", **state["config"]}
+    now = cfg.to_dict()
     # Asked to resume, the run may change RESUME_OVERRIDES; picked up by rerunning the same
     # command, it continues as it was (a time budget's planned epochs included).
     free = RESUME_OVERRIDES if resuming else AUTO_RESUME_OVERRIDES
@@ -298,7 +307,10 @@ def _open_run(
     changed = sorted(
         k
         for k in saved
-        if k not in (*free, *planned, "out") and now[k] is not None and saved[k] != now[k]
+        if k not in (*free, *planned, "out")
+        and now[k] is not None
+        and saved[k] != now[k]
+        and not (k in DECIDED_AT_START and now[k] == "auto")
     )
     if changed:
         raise ValueError(
@@ -379,8 +391,6 @@ def _setup(
         finetune.load_pretrained(model, cfg)
     precision = choose_precision(cfg.precision, cfg.channels_last, device)
     model = precision.prepare_model(model.to(device))
-    if cfg.compile:  # in place: the module, its parameters and state_dict keys stay the same
-        model.compile()
     if cfg.sync_batchnorm and device.type != "cuda":
         raise ValueError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
     if world.distributed:
@@ -390,6 +400,8 @@ def _setup(
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:  # in place (state_dict keys unchanged), around DDP so its hooks overlap
+        model.compile()
     # Under a time budget an epoch is at least EPOCH_STEPS steps (several passes over a
     # small data set), so validating and saving after each one stays a small part of it.
     passes = len(train_set)
@@ -500,6 +512,10 @@ def _prepare(
             "schedule, data order and random states are per process"
         )
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
+    if state is None:  # decided once, saved, and kept by a resumed run (on any device)
+        chosen = choose_precision(cfg.precision, cfg.channels_last, device)
+        layout = "on" if chosen.channels_last else "off"
+        cfg = replace(cfg, precision=chosen.name, channels_last=layout)
     stride = _check_settings(cfg, resuming=state is not None)
     seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
