@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
-from train_speed import pixelseg_loop
+from train_speed import apply_quick, pixelseg_loop, synthetic_dataset, timing_arguments
 
-from pixelseg.data.dataset import SegmentationDataset
-from pixelseg.data.layouts import find_samples
-from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.precision import Precision
@@ -65,21 +61,10 @@ def measure(name: str, args, dataset, device) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="unet,lesson-unet,smp-unet")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="128x128, 4 steps, 2 repeats")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the figures here")
-    args = parser.parse_args()
-    if args.quick:
-        args.size, args.steps, args.repeats = 128, 4, 2
+    timing_arguments(parser, steps=6)
+    args = apply_quick(parser.parse_args())
     device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        n = args.steps * args.batch_size
-        root = write_synthetic_dataset(Path(tmp) / "d", n=n, size=(args.size, args.size))
-        dataset = SegmentationDataset(find_samples(root)[1], (args.size, args.size))
+    dataset = synthetic_dataset(args.steps * args.batch_size, args.size)
     rows = []
     print(f"{device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, batch "
           f"{args.batch_size}, {args.steps} steps, median of {args.repeats}")  # fmt: skip

@@ -32,24 +32,27 @@ import argparse
 import json
 import resource
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
-from train_speed import bare_loop, pixelseg_loop, sync
+from train_speed import (
+    apply_quick,
+    bare_loop,
+    pixelseg_loop,
+    sync,
+    synthetic_dataset,
+    timing_arguments,
+)
 
-from pixelseg.data.dataset import SegmentationDataset
-from pixelseg.data.layouts import find_samples
-from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.data.transforms import Augment, BatchTransform, normalize
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
 from pixelseg.models import ModelError, count_parameters, create_model
+from pixelseg.models.complexity import forward_gflops
 
 
 def median_time(fn, repeats: int) -> float:
@@ -74,13 +77,6 @@ def matmul_gflops(
         sync(device)
 
     return 4 * 2 * n**3 / median_time(run, repeats) / 1e9
-
-
-def forward_gflops(model: torch.nn.Module, size: int) -> float:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
 
 
 def data_wait(
@@ -190,24 +186,13 @@ def main() -> None:
         "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
         help="training precision (auto: as pixelseg train chooses; channels_last follows)",
     )  # fmt: skip
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="128x128, 4 steps, 2 repeats")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the figures here")
-    args = parser.parse_args()
-    if args.quick:
-        args.size, args.steps, args.repeats = 128, 4, 2
+    timing_arguments(parser, steps=8)
+    args = apply_quick(parser.parse_args())
     device = resolve_device(args.device)
     layout = "auto" if args.precision == "auto" else "off"  # an explicit dtype: NCHW
     precision = choose_precision(args.precision, layout, device)
     peak = matmul_gflops(device, args.repeats, dtype=precision.dtype or torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        n = args.steps * args.batch_size
-        root = write_synthetic_dataset(Path(tmp) / "d", n=n, size=(args.size, args.size))
-        dataset = SegmentationDataset(find_samples(root)[1], (args.size, args.size))
+    dataset = synthetic_dataset(args.steps * args.batch_size, args.size)
     mean, std = dataset.channel_stats()
     images = normalize(dataset.images.float() / 255, mean, std)  # as train_speed.py does
     masks = dataset.masks.long()

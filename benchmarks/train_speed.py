@@ -32,6 +32,30 @@ from pixelseg.losses import build_loss
 from pixelseg.models import count_parameters, create_model
 
 
+def synthetic_dataset(n: int, size: int) -> SegmentationDataset:
+    """``n`` built-in synthetic pairs at ``size`` x ``size``, decoded and cached in memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_synthetic_dataset(Path(tmp) / "data", n=n, size=(size, size))
+        return SegmentationDataset(find_samples(root)[1], (size, size))
+
+
+def timing_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The options speed.py and precision.py share (``--quick``: see :func:`apply_quick`)."""
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="128x128, 4 steps, 2 repeats")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the figures here")
+
+
+def apply_quick(args: argparse.Namespace) -> argparse.Namespace:
+    if args.quick:
+        args.size, args.steps, args.repeats = 128, 4, 2
+    return args
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -114,11 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    n = args.steps * args.batch_size
-    with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_dataset(Path(tmp) / "data", n=n, size=(args.size, args.size))
-        samples = find_samples(Path(tmp) / "data")[1]
-        dataset = SegmentationDataset(samples, (args.size, args.size))
+    dataset = synthetic_dataset(args.steps * args.batch_size, args.size)
     mean, std = dataset.channel_stats()
     transform = BatchTransform(mean, std, Augment())
     images = normalize(dataset.images.float() / 255, mean, std)

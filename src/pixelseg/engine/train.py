@@ -53,7 +53,8 @@ from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
-from pixelseg.models import ModelError, count_parameters, create_model
+from pixelseg.models import count_parameters, create_model
+from pixelseg.models.complexity import meta_first
 from pixelseg.report import plot_curves, write_csv
 
 
@@ -353,17 +354,12 @@ def _check_settings(cfg: TrainConfig, resuming: bool) -> int:
     """
     build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
 
-    def build() -> torch.nn.Module:
-        return create_model(
+    model = meta_first(  # the meta device: no weights allocated (some need real tensors)
+        lambda: create_model(
             cfg.model, in_channels=cfg.in_channels or 3, num_classes=cfg.num_classes,
             **cfg.model_kwargs,
-        )  # fmt: skip
-
-    try:
-        with torch.device("meta"):  # builds the module without allocating its weights
-            model = build()
-    except (ModelError, RuntimeError, NotImplementedError):
-        model = build()  # some need real tensors to be built (SegFormer's mit encoders)
+        )
+    )  # fmt: skip
     finetune.check_finetune_settings(cfg, model, fetch=not resuming)
     return int(getattr(model, "stride", 1))
 

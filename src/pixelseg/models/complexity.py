@@ -9,12 +9,26 @@ inside, as in SegFormer's encoder) is counted on the CPU instead.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["forward_gflops", "measure"]
+__all__ = ["forward_gflops", "measure", "meta_first"]
+
+T = TypeVar("T")
+
+
+def meta_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on the meta device, where building a model allocates no weights and a
+    forward pass computes nothing; again on the CPU when it needs real tensors (SegFormer's
+    mit encoders call ``.item()`` while being built)."""
+    try:
+        with torch.device("meta"):
+            return fn()
+    except (RuntimeError, NotImplementedError, ValueError):
+        return fn()
 
 
 def forward_gflops(model: nn.Module, size: int = 256, in_channels: int = 3) -> float:
@@ -35,13 +49,12 @@ def measure(
     build: Callable[[], nn.Module], size: int = 256, in_channels: int = 3
 ) -> tuple[int, float]:
     """(parameters, GFLOPs at size x size) of the model ``build()`` makes."""
-    try:
-        with torch.device("meta"):
-            model = build()
-            return _parameters(model), forward_gflops(model, size, in_channels)
-    except (RuntimeError, NotImplementedError, ValueError):  # an op that needs real data
+
+    def count() -> tuple[int, float]:
         model = build()
         return _parameters(model), forward_gflops(model, size, in_channels)
+
+    return meta_first(count)
 
 
 def _parameters(model: nn.Module) -> int:

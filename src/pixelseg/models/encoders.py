@@ -70,7 +70,7 @@ def load_encoder_weights(model: nn.Module, weights: str) -> None:
         )
     smp = import_smp()
     encoder = model.encoder
-    in_channels = _in_channels(model)
+    in_channels = model.in_channels
     depth = int(getattr(encoder, "_depth", 5))
     stride = int(getattr(encoder, "_output_stride", 32))
     name = model.encoder_name
@@ -185,13 +185,6 @@ def _timm_from_file(
             f"{path}: not weights timm can load into {name} ({type(error).__name__}: "
             f"{_first_line(error)})"
         ) from None
-
-
-def _in_channels(model: ZooModel) -> int:
-    for module in model.encoder.modules():
-        if isinstance(module, nn.Conv2d):
-            return int(module.in_channels)
-    return 3
 
 
 def _first_line(error: BaseException) -> str:

@@ -100,8 +100,9 @@ class ZooModel(nn.Module):
         divisible = getattr(net, "requires_divisible_input_shape", True)
         self.stride = int(net.encoder.output_stride) if divisible else 1
         self.min_size = MIN_SIZE.get(architecture, 0)
-        in_channels = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
-        for param in _unused_parameters(net, in_channels, max(self.min_size, 64)):
+        first_conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+        self.in_channels = int(first_conv.in_channels)
+        for param in _unused_parameters(net, self.in_channels, max(self.min_size, 64)):
             param.requires_grad_(False)
 
     @property
