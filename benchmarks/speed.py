@@ -11,8 +11,9 @@ Per model (``--models``, default the native ``unet`` and ``lesson-unet``, and th
 channels_last on a CPU with native bf16; ``fp32`` for float32 NCHW):
 
 - train img/s of pixelseg's ``train_one_epoch`` (cached dataset, augmentation on the
-  device, normalisation) and of a bare loop on pre-stacked tensors with the same model,
-  optimizer (AdamW), loss (bce+dice) and batch; ``train_loop_overhead`` is pixelseg's time
+  device, normalisation, fused AdamW) and of a bare loop on pre-stacked tensors with the
+  same model, loss (bce+dice) and batch, and AdamW as a user writes it
+  (``torch.optim.AdamW(model.parameters())``); ``train_loop_overhead`` is pixelseg's time
   per image over the bare loop's;
 - ``data_wait_fraction``: the share of a pixelseg step spent getting the next batch from
   the DataLoader (and, separately, augmenting it);
@@ -49,6 +50,7 @@ from train_speed import (
 
 from pixelseg.data.transforms import Augment, BatchTransform, normalize
 from pixelseg.engine.device import resolve_device
+from pixelseg.engine.optimizer import adamw
 from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
 from pixelseg.models import ModelError, count_parameters, create_model
@@ -86,7 +88,7 @@ def data_wait(
     from pixelseg.losses import build_loss
 
     loss_fn = build_loss("bce+dice", 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = adamw(model.parameters(), lr=1e-3)  # as pixelseg train makes it
     subset = torch.utils.data.Subset(dataset, range(min(len(dataset), steps * batch_size)))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=True, drop_last=True)
     model.train()

@@ -317,6 +317,42 @@ def test_augment_geometry_keeps_alignment_and_values():
     assert changed >= 8
 
 
+def test_augment_flips_inside_the_affine_grid_are_exact_flips():
+    """With rotation and zoom on, the flips are signs in the sampling grid; at a
+    vanishing angle and zoom that grid must flip image and mask exactly as ``flip`` does."""
+    mask = torch.from_numpy(_class_map(20, 30)).long()
+    image = _encoded(mask) + torch.rand(3, 20, 30) * 0.1  # not constant within a class
+    aug = Augment(hflip=True, vflip=True, rotate_degrees=1e-9, scale=1e-12, color=0.0)
+    flips = [(), (-1,), (-2,), (-1, -2)]
+    seen = set()
+    for seed in range(16):
+        torch.manual_seed(seed)
+        out_image, out_mask = aug(image, mask)
+        torch.manual_seed(seed)  # the same draws without the affine part: explicit flips
+        expected = Augment(**{**NO_AUG, "hflip": True, "vflip": True})(image, mask)
+        assert torch.equal(out_mask, expected[1])
+        torch.testing.assert_close(out_image, expected[0], rtol=0, atol=1e-5)
+        seen.add(next(f for f in flips if torch.equal(out_mask, mask.flip(f) if f else mask)))
+    assert seen == set(flips)
+
+
+def test_augment_colour_jitter_is_brightness_then_contrast_then_saturation():
+    """The one-pass jitter equals the three steps done one after the other."""
+    images = torch.rand(4, 3, 10, 12)
+    aug = Augment(**{**NO_AUG, "color": 0.4})
+    torch.manual_seed(5)
+    got = aug(images, torch.zeros(4, 10, 12, dtype=torch.long))[0]
+    torch.manual_seed(5)
+    b, c, s = (aug._uniform(4, 0.4, 1.0).float().view(4, 1, 1, 1) for _ in range(3))
+    x = images * b
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    grey = x.mean(1, keepdim=True)
+    expected = ((x - grey) * s + grey).clamp(0, 1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert (got - images).abs().max() > 0.05  # it did change the colours
+
+
 def test_augment_preserves_sparse_mask_values_including_ignore():
     mask = torch.from_numpy(_class_map(32, 32)).long()
     mask[mask == 2] = 255  # an ignore label

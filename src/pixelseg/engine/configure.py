@@ -18,6 +18,7 @@ from pixelseg.config import TrainConfig
 from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import detect_format
+from pixelseg.engine.optimizer import adamw
 from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
 from pixelseg.models import create_model
@@ -195,7 +196,7 @@ def _step_seconds(
             cfg.model, in_channels=in_channels, num_classes=cfg.num_classes, **cfg.model_kwargs
         )
         model = precision.prepare_model(model.to(device))
-        optimizer = torch.optim.AdamW(model.parameters())
+        optimizer = adamw(model.parameters())  # as training will
         x = precision.prepare_batch(torch.randn(batch, in_channels, *cfg.size, device=device))
         times: list[float] = []
         try:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from pixelseg.config import TrainConfig
+from pixelseg.engine.optimizer import load_optimizer_state
 from pixelseg.engine.precision import Precision
 from pixelseg.engine.schedule import Schedule
 
@@ -112,7 +113,7 @@ class TrainingState:
         (the run must resume with as many processes as it had; see ``fit``).
         """
         unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         # LambdaLR would also restore the saved Schedule's fields over the one chosen for
         # this session (which differs when the run was given more epochs): drop them.
         lambdas = [None] * len(self.optimizer.param_groups)

@@ -46,6 +46,7 @@ from pixelseg.engine.device import seed_everything
 from pixelseg.engine.distributed import World
 from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, evaluate_model
 from pixelseg.engine.interrupt import StopSignals, TrainingInterrupted
+from pixelseg.engine.optimizer import adamw
 from pixelseg.engine.precision import Precision, choose_precision
 from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
@@ -412,7 +413,7 @@ def _setup(
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     groups = finetune.param_groups(unwrap(model), cfg)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _schedule(cfg, len(loader), state)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, finetune.group_schedules(schedule, optimizer, cfg, len(loader))
