@@ -18,13 +18,18 @@ channels_last on a CPU with native bf16; ``fp32`` for float32 NCHW):
 - ``data_wait_fraction``: the share of a pixelseg step spent getting the next batch from
   the DataLoader (and, separately, augmenting it);
 - inference img/s at batch 8 and latency at batch 1, eager and ONNX Runtime (a dynamic
-  export of the same weights), and the largest logit difference between them;
+  export of the same weights, in the session ``pixelseg predict --engine onnx`` opens),
+  and the largest logit difference between them;
 - forward GFLOPs per image (``torch.utils.flop_counter``) and achieved GFLOP/s in training
   (3 x forward FLOPs per image, the usual estimate for forward + backward) as a fraction
   of a 2048x2048 matmul's GFLOP/s measured in the same run, in the same dtype (bf16 for a
-  bf16 run).
+  bf16 run); and batch-1 inference's (float32) share of the float32 matmul's rate, which
+  shows how much room an inference engine has left.
 
-Every timing is the median of ``--repeats`` runs after a warm-up; machines are noisy.
+Every timing is the median of ``--repeats`` runs after a warm-up; machines are noisy. The
+two training loops, and eager and ORT inference, alternate run by run, and their ratios
+are the medians of each round's own ratio, so a machine that slows down for a while
+slows both sides of a ratio.
 """
 
 from __future__ import annotations
@@ -121,45 +126,59 @@ def onnx_session(model: torch.nn.Module, size: int):
     return open_session(onnx_bytes(model, (1, 3, size, size), dynamic=True))
 
 
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def inference(model, session, size: int, repeats: int) -> dict:
+    """Eager and ONNX Runtime at batch 8 and 1, interleaved run by run so that both see the
+    same machine (a noisy one drifts between blocks of runs); the ORT/eager ratios are
+    medians of the runs' own ratios."""
     model.eval()
     rng = np.random.default_rng(0)
     x8 = rng.normal(size=(8, 3, size, size)).astype(np.float32)
-    x1 = x8[:1]
-    t8, t1 = torch.from_numpy(x8), torch.from_numpy(x1)
+    out = {}
     with torch.no_grad():
-        eager_b8 = 8 / median_time(lambda: model(t8), repeats)
-        eager_b1 = 1 / median_time(lambda: model(t1), repeats)
-        expected = model(t8).numpy()
-    out = {"eager_b8_img_s": eager_b8, "eager_b1_img_s": eager_b1}
-    if session is not None:
-        got = session.run(None, {"image": x8})[0]
-        out["onnx_b8_img_s"] = 8 / median_time(lambda: session.run(None, {"image": x8}), repeats)
-        out["onnx_b1_img_s"] = 1 / median_time(lambda: session.run(None, {"image": x1}), repeats)
-        out["onnx_max_abs_diff"] = float(np.abs(got - expected).max())
-        out["max_abs_logit"] = float(np.abs(expected).max())
+        expected = model(torch.from_numpy(x8)).numpy()
+        if session is not None:
+            got = session.run(None, {"image": x8})[0]
+            out["onnx_max_abs_diff"] = float(np.abs(got - expected).max())
+            out["max_abs_logit"] = float(np.abs(expected).max())
+        for batch in (8, 1):
+            x = x8[:batch]
+            t = torch.from_numpy(x)
+            eager, onnx = [], []
+            for round_ in range(repeats + 1):  # round 0 warms up
+                e = timed(lambda: model(t))  # noqa: B023 (called at once)
+                o = timed(lambda: session.run(None, {"image": x})) if session else None  # noqa: B023
+                if round_:
+                    eager.append(e)
+                    onnx.append(o)
+            out[f"eager_b{batch}_img_s"] = batch / statistics.median(eager)
+            if session is not None:
+                out[f"onnx_b{batch}_img_s"] = batch / statistics.median(onnx)
+                ratios = [e / o for e, o in zip(eager, onnx, strict=True)]
+                out[f"onnx_vs_eager_b{batch}"] = statistics.median(ratios)
     return out
 
 
-def measure(name: str, args, dataset, images, masks, device, peak: float, precision) -> dict:
+def measure(name: str, args, dataset, images, masks, device, peaks, precision) -> dict:
+    """One model's row; ``peaks``: matmul GFLOP/s in the training dtype and in float32."""
     torch.manual_seed(0)
     transform = BatchTransform(*dataset.channel_stats(), Augment())
     model = precision.prepare_model(create_model(name).to(device))
     steps, bs = args.steps, args.batch_size
-    pix = statistics.median(
-        [
-            pixelseg_loop(
-                model, dataset, transform, bs, steps, device, 0, precision, precision.scaler()
-            )  # fmt: skip
-            for _ in range(args.repeats)
-        ]
-    )
-    bare = statistics.median(
-        [
-            bare_loop(model, images, masks, bs, steps, device, precision)
-            for _ in range(args.repeats)
-        ]  # fmt: skip
-    )
+    pix, bare = [], []
+    for round_ in range(args.repeats + 1):  # round 0 warms up both loops; then interleaved
+        p = pixelseg_loop(
+            model, dataset, transform, bs, steps, device, 0, precision, precision.scaler()
+        )  # fmt: skip
+        b = bare_loop(model, images, masks, bs, steps, device, precision)
+        if round_:
+            pix.append(p)
+            bare.append(b)
     wait, aug = data_wait(model, dataset, transform, bs, steps, device, precision)
     gflops = forward_gflops(create_model(name), args.size)
     model_cpu = create_model(name).eval()  # the trained weights, for eager and ONNX alike
@@ -168,16 +187,22 @@ def measure(name: str, args, dataset, images, masks, device, peak: float, precis
         session = onnx_session(model_cpu, args.size)
     except PixelsegError:  # onnxruntime is not installed
         session = None
+    train, fp32 = peaks
     row = {
-        "model": name, "parameters": count_parameters(model), "train_pixelseg_img_s": pix,
-        "train_bare_img_s": bare, "train_loop_overhead": bare / pix,
+        "model": name, "parameters": count_parameters(model),
+        "train_pixelseg_img_s": statistics.median(pix),
+        "train_bare_img_s": statistics.median(bare),
+        # each round's own ratio: both loops ran back to back on the same machine state
+        "train_loop_overhead": statistics.median(b / p for b, p in zip(bare, pix, strict=True)),
         "data_wait_fraction": wait, "augment_fraction": aug, "forward_gflops": gflops,
-        "train_gflop_s": 3 * gflops * pix, "roofline_fraction_train": 3 * gflops * pix / peak,
     }  # fmt: skip
+    row["train_gflop_s"] = 3 * gflops * row["train_pixelseg_img_s"]
+    row["roofline_fraction_train"] = row["train_gflop_s"] / train
     row.update(inference(model_cpu, session, args.size, args.repeats))
+    # inference runs in float32: its share of the float32 matmul's rate
+    row["eager_b1_roofline_fraction"] = gflops * row["eager_b1_img_s"] / fp32
     if session is not None:
-        row["onnx_vs_eager_b1"] = row["onnx_b1_img_s"] / row["eager_b1_img_s"]
-        row["onnx_vs_eager_b8"] = row["onnx_b8_img_s"] / row["eager_b8_img_s"]
+        row["onnx_b1_roofline_fraction"] = gflops * row["onnx_b1_img_s"] / fp32
     return row
 
 
@@ -194,6 +219,7 @@ def main() -> None:
     layout = "auto" if args.precision == "auto" else "off"  # an explicit dtype: NCHW
     precision = choose_precision(args.precision, layout, device)
     peak = matmul_gflops(device, args.repeats, dtype=precision.dtype or torch.float32)
+    fp32_peak = peak if precision.dtype is None else matmul_gflops(device, args.repeats)
     dataset = synthetic_dataset(args.steps * args.batch_size, args.size)
     mean, std = dataset.channel_stats()
     images = normalize(dataset.images.float() / 255, mean, std)  # as train_speed.py does
@@ -205,12 +231,14 @@ def main() -> None:
         except ModelError as error:  # smp-unet without the zoo extra
             print(f"{name}: skipped ({error})")
             continue
-        rows.append(measure(name, args, dataset, images, masks, device, peak, precision))
+        rows.append(
+            measure(name, args, dataset, images, masks, device, (peak, fp32_peak), precision)
+        )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, batch "
         f"{args.batch_size}; training in {precision.describe()}; {precision.name} matmul "
-        f"roofline {peak:.1f} GFLOP/s; peak RSS {rss:.0f} MiB"
+        f"roofline {peak:.1f} GFLOP/s (float32 {fp32_peak:.1f}); peak RSS {rss:.0f} MiB"
     )
     for row in rows:
         print("\n" + row["model"])
@@ -222,7 +250,7 @@ def main() -> None:
     summary = {
         "device": str(device), "threads": torch.get_num_threads(), "size": args.size,
         "batch_size": args.batch_size, "precision": precision.describe(),
-        "matmul_gflop_s": peak, "peak_rss_mib": rss,
+        "matmul_gflop_s": peak, "matmul_fp32_gflop_s": fp32_peak, "peak_rss_mib": rss,
         "train_loop_overhead": first["train_loop_overhead"],
         "data_wait_fraction": first["data_wait_fraction"],
         "roofline_fraction_train": first["roofline_fraction_train"],

@@ -48,14 +48,14 @@ def timing_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="128x128, 4 steps, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="128x128, 4 steps, 5 repeats")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the figures here")
 
 
 def apply_quick(args: argparse.Namespace) -> argparse.Namespace:
     if args.quick:
-        args.size, args.steps, args.repeats = 128, 4, 2
+        args.size, args.steps, args.repeats = 128, 4, 5
     return args
 
 
