@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ImageColor
-from scipy import ndimage
 
 from pixelseg.data.imageops import resize_image
 from pixelseg.data.io import read_image
@@ -22,7 +21,11 @@ def alpha_from_mask(mask: np.ndarray, feather: float = 0.0) -> np.ndarray:
     if feather < 0:
         raise ValueError(f"feather must be >= 0 pixels, got {feather}")
     alpha = (mask > 0).astype(np.float32)
-    return ndimage.gaussian_filter(alpha, feather) if feather > 0 else alpha
+    if feather == 0:
+        return alpha
+    from scipy import ndimage  # here, not at the top: its import alone takes ~0.2 s
+
+    return ndimage.gaussian_filter(alpha, feather)
 
 
 def cutout(image: np.ndarray, mask: np.ndarray, feather: float = 0.0) -> np.ndarray:

@@ -76,7 +76,9 @@ def _edges(mask: np.ndarray) -> np.ndarray:
 def save_png(path: str | Path, array: np.ndarray) -> Path:
     """Write an image array as PNG atomically (a crash never leaves a truncated file)."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    # zlib level 1, not Pillow's 6: a 768x576 overlay takes 30 ms instead of 157 ms and
+    # grows by 5% (650 vs 618 KiB); masks stay a few KiB either way
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
     data = buffer.getvalue()
     return write_bytes(path, data)
 
