@@ -59,7 +59,8 @@ def main() -> None:
                     times[engine].append(wall)
                     rss[engine].append(peak)
         masks = {
-            e: np.asarray(Image.open(Path(tmp) / e / f"{args.image.stem}_mask.png")) for e in ENGINES
+            e: np.asarray(Image.open(Path(tmp) / e / f"{args.image.stem}_mask.png"))
+            for e in ENGINES
         }
     differ = int((masks["torch"] != masks["onnx"]).sum())
     with Image.open(args.image) as im:

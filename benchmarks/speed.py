@@ -27,9 +27,10 @@ channels_last on a CPU with native bf16; ``fp32`` for float32 NCHW):
   shows how much room an inference engine has left.
 
 Every timing is the median of ``--repeats`` runs after a warm-up; machines are noisy. The
-two training loops, and eager and ORT inference, alternate run by run, and their ratios
-are the medians of each round's own ratio, so a machine that slows down for a while
-slows both sides of a ratio.
+two training loops alternate run by run, eager and ORT inference block by block (10 runs
+at batch 1, 3 at batch 8, with a pause after each block so that neither engine's idle
+threads spin during the other's runs), and each ratio is the median of the rounds' own
+ratios, so a machine that slows down for a while slows both sides of a ratio.
 """
 
 from __future__ import annotations
@@ -132,10 +133,24 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+# Both engines leave worker threads spinning for a while after a run (PyTorch's OpenMP
+# pool, ORT's own unless told not to); a run of the other engine during that time loses a
+# core. Each engine is therefore timed in a block of runs followed by a pause.
+PAUSE_S = 0.5
+
+
+def block_time(fn, runs: int) -> float:
+    """Median seconds of ``runs`` calls after one warm-up call, then a pause."""
+    fn()
+    times = [timed(fn) for _ in range(runs)]
+    time.sleep(PAUSE_S)
+    return statistics.median(times)
+
+
 def inference(model, session, size: int, repeats: int) -> dict:
-    """Eager and ONNX Runtime at batch 8 and 1, interleaved run by run so that both see the
-    same machine (a noisy one drifts between blocks of runs); the ORT/eager ratios are
-    medians of the runs' own ratios."""
+    """Eager and ONNX Runtime at batch 8 and 1, blocks of each alternating ``repeats``
+    times so that both see the same machine (a noisy one drifts); the ORT/eager ratios
+    are the medians of each round's ratio."""
     model.eval()
     rng = np.random.default_rng(0)
     x8 = rng.normal(size=(8, 3, size, size)).astype(np.float32)
@@ -146,16 +161,14 @@ def inference(model, session, size: int, repeats: int) -> dict:
             got = session.run(None, {"image": x8})[0]
             out["onnx_max_abs_diff"] = float(np.abs(got - expected).max())
             out["max_abs_logit"] = float(np.abs(expected).max())
-        for batch in (8, 1):
+        for batch, runs in ((8, 3), (1, 10)):
             x = x8[:batch]
             t = torch.from_numpy(x)
             eager, onnx = [], []
-            for round_ in range(repeats + 1):  # round 0 warms up
-                e = timed(lambda: model(t))  # noqa: B023 (called at once)
-                o = timed(lambda: session.run(None, {"image": x})) if session else None  # noqa: B023
-                if round_:
-                    eager.append(e)
-                    onnx.append(o)
+            for _ in range(repeats):
+                eager.append(block_time(lambda: model(t), runs))  # noqa: B023 (called at once)
+                if session is not None:
+                    onnx.append(block_time(lambda: session.run(None, {"image": x}), runs))  # noqa: B023
             out[f"eager_b{batch}_img_s"] = batch / statistics.median(eager)
             if session is not None:
                 out[f"onnx_b{batch}_img_s"] = batch / statistics.median(onnx)
