@@ -19,17 +19,33 @@ FAST = ["--model-arg", "base_channels=8", "--model-arg", "depth=2", "--size", "3
 CPU = torch.device("cpu")
 
 
-def test_auto_on_a_cpu_is_bf16_only_where_the_cpu_computes_in_bf16(
+def test_auto_on_a_cpu_is_bf16_only_where_the_cpu_computes_in_bf16_and_it_is_faster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pixelseg.engine import precision as module
 
     assert module.cpu_has_native_bf16() in (True, False)  # this machine's answer, no error
     monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(module, "cpu_bf16_speedup", lambda: 2.0)
     assert choose_precision("auto", "auto", CPU) == Precision("fp32", False, "cpu")
     monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: True)
     assert choose_precision("auto", "auto", CPU) == Precision("bf16", True, "cpu")
     assert choose_precision("auto", "off", CPU) == Precision("bf16", False, "cpu")
+    # native bf16 that measures slower than float32 (an AVX512-BF16 CPU without AMX)
+    monkeypatch.setattr(module, "cpu_bf16_speedup", lambda: 0.75)
+    assert choose_precision("auto", "auto", CPU) == Precision("fp32", False, "cpu")
+    assert choose_precision("bf16", "auto", CPU) == Precision("bf16", True, "cpu")  # as asked
+
+
+def test_the_bf16_probe_measures_without_touching_the_random_state() -> None:
+    from pixelseg.engine.precision import cpu_bf16_speedup
+
+    cpu_bf16_speedup.cache_clear()
+    before = torch.random.get_rng_state()
+    speedup = cpu_bf16_speedup()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert 0.05 < speedup < 20  # a ratio of two timings of the same work, not a placeholder
+    assert cpu_bf16_speedup() == speedup  # measured once per process
 
 
 def test_explicit_settings_are_obeyed() -> None:

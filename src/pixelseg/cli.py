@@ -218,7 +218,7 @@ _TRAIN_OPTIONS = [
         "precision",
         str,
         "training autocast dtype: auto = bf16 on CUDA (fp16 before Ampere) and on CPUs "
-        "with native bf16 (AVX512-BF16, AMX), else fp32",
+        "with native bf16 (AVX512-BF16, AMX) where a probe finds it faster, else fp32",
     ),
     ("channels_last", str, "NHWC weights and batches: auto = on with CUDA or bf16"),
     ("val_fraction", float, "share of images held out for validation"),

@@ -11,10 +11,12 @@ Two settings, both ``auto`` by default:
 
 ``auto`` on CUDA: bf16 where the GPU has it (Ampere and newer), else fp16; channels_last
 on. ``auto`` on a CPU: bf16 with channels_last where the CPU computes in bf16 itself
-(AVX512-BF16 or AMX), else float32 in NCHW. On the 2-core AVX512-BF16 CPU these were
-measured on, bf16 with channels_last trained the native U-Nets 2.6-2.7x faster than float32
-at 256x256, while channels_last alone in float32 helped some models and slowed others
-(``benchmarks/precision.py``; figures and a PH2 quality check in docs/benchmarks.md).
+(AVX512-BF16 or AMX) *and* a short probe finds it faster there, else float32 in NCHW. The
+flag alone does not tell: on a 2-core AMD EPYC with AVX512-BF16, bf16 with channels_last
+trained the native U-Nets 2.6-2.7x faster than float32 at 256x256, while on a 2-core Intel
+Xeon with AVX512-BF16 but no AMX it trained them at 0.8-0.95x (``benchmarks/precision.py``;
+figures and a PH2 quality check in docs/benchmarks.md). channels_last alone, in float32,
+helped some models and slowed others.
 Validation, evaluation and prediction always run in float32, so scores and exported models
 do not depend on it.
 """
@@ -22,11 +24,18 @@ do not depend on it.
 from __future__ import annotations
 
 import contextlib
+import functools
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# ``auto`` picks bf16 on a CPU only when the probe runs at least this much faster in it:
+# float32 is the exact default, and a probe of a fraction of a second is noisy.
+MIN_CPU_BF16_SPEEDUP = 1.2
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ def choose_precision(precision: str, channels_last: str, device: torch.device) -
         if cuda:  # bf16 keeps float32's range (no scaler); GPUs before Ampere only have fp16
             precision = "bf16" if gpu_has_native_bf16(device) else "fp16"
         else:
-            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+            faster = cpu_has_native_bf16() and cpu_bf16_speedup() >= MIN_CPU_BF16_SPEEDUP
+            precision = "bf16" if faster else "fp32"
     if precision == "fp16" and not cuda:
         raise ValueError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     # auto: with bf16, oneDNN's NHWC kernels were the faster ones on the CPU measured
@@ -98,3 +108,34 @@ def cpu_has_native_bf16() -> bool:
         return any(getattr(torch.cpu, name)() for name in checks if hasattr(torch.cpu, name))
     except RuntimeError:
         return False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """How many times faster a training step of a small convolution block runs in bf16
+    autocast with channels_last than in float32 NCHW on this CPU, with torch's current
+    thread count (measured once per process, in about half a second).
+
+    The block (two 3x3 convolutions of 64 channels with batch norm and ReLU, 4 images of
+    64x64) has the shape of a U-Net's middle layers; its ratio followed the whole models'
+    on the CPUs measured. The two variants alternate for 3 rounds after a warm-up and the
+    median of the rounds' ratios is returned. The global random state is left as it was.
+    """
+
+    def block() -> torch.nn.Module:
+        conv = functools.partial(torch.nn.Conv2d, 64, 64, 3, padding=1)
+        return torch.nn.Sequential(conv(), torch.nn.BatchNorm2d(64), torch.nn.ReLU(), conv())
+
+    def step_seconds(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = model(x)
+        y.float().square().mean().backward()
+        return time.perf_counter() - start
+
+    with torch.random.fork_rng(devices=[]):
+        fp32, bf16 = block(), block().to(memory_format=torch.channels_last)
+        x = torch.randn(4, 64, 64, 64)
+        x_last = x.contiguous(memory_format=torch.channels_last)
+        ratios = [step_seconds(fp32, x, False) / step_seconds(bf16, x_last, True) for _ in range(4)]
+    return statistics.median(ratios[1:])  # the first round warms both up
