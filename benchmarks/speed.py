@@ -8,7 +8,7 @@ matmul roofline measured here, and peak memory.
 Per model (``--models``, default the native ``unet`` and ``lesson-unet``, and the zoo's
 ``smp-unet`` (ResNet-34) when the zoo extra is installed), in the training precision
 ``--precision`` (``auto``: what ``pixelseg train`` would use here, e.g. bf16 with
-channels_last on a CPU with native bf16; ``fp32`` for float32 NCHW):
+channels_last on a CPU where bf16 is native and measures faster; ``fp32`` for float32 NCHW):
 
 - train img/s of pixelseg's ``train_one_epoch`` (cached dataset, augmentation on the
   device, normalisation, fused AdamW) and of a bare loop on pre-stacked tensors with the
