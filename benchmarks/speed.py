@@ -59,7 +59,7 @@ from pixelseg.engine.device import resolve_device
 from pixelseg.engine.optimizer import adamw
 from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
-from pixelseg.models import ModelError, count_parameters, create_model
+from pixelseg.models import ModelError, count_parameters, create_model, prefers_channels_last
 from pixelseg.models.complexity import forward_gflops
 
 
@@ -230,7 +230,7 @@ def main() -> None:
     args = apply_quick(parser.parse_args())
     device = resolve_device(args.device)
     layout = "auto" if args.precision == "auto" else "off"  # an explicit dtype: NCHW
-    precision = choose_precision(args.precision, layout, device)
+    precision = choose_precision(args.precision, layout, device)  # its dtype is every model's
     peak = matmul_gflops(device, args.repeats, dtype=precision.dtype or torch.float32)
     fp32_peak = peak if precision.dtype is None else matmul_gflops(device, args.repeats)
     dataset = synthetic_dataset(args.steps * args.batch_size, args.size)
@@ -244,13 +244,14 @@ def main() -> None:
         except ModelError as error:  # smp-unet without the zoo extra
             print(f"{name}: skipped ({error})")
             continue
-        rows.append(
-            measure(name, args, dataset, images, masks, device, (peak, fp32_peak), precision)
-        )
+        # the layout can differ per model (pixelseg.models.prefers_channels_last)
+        chosen = choose_precision(args.precision, layout, device, prefers_channels_last(name))
+        row = measure(name, args, dataset, images, masks, device, (peak, fp32_peak), chosen)
+        rows.append({"model": name, "precision": chosen.describe(), **row})
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{device}, {torch.get_num_threads()} threads, {args.size}x{args.size}, batch "
-        f"{args.batch_size}; training in {precision.describe()}; {precision.name} matmul "
+        f"{args.batch_size}; training in {precision.name}; {precision.name} matmul "
         f"roofline {peak:.1f} GFLOP/s (float32 {fp32_peak:.1f}); peak RSS {rss:.0f} MiB"
     )
     for row in rows:
@@ -262,7 +263,7 @@ def main() -> None:
     first = rows[0]
     summary = {
         "device": str(device), "threads": torch.get_num_threads(), "size": args.size,
-        "batch_size": args.batch_size, "precision": precision.describe(),
+        "batch_size": args.batch_size, "precision": first["precision"],
         "matmul_gflop_s": peak, "matmul_fp32_gflop_s": fp32_peak, "peak_rss_mib": rss,
         "train_loop_overhead": first["train_loop_overhead"],
         "data_wait_fraction": first["data_wait_fraction"],

@@ -35,6 +35,33 @@ def test_auto_on_a_cpu_is_bf16_only_where_the_cpu_computes_in_bf16_and_it_is_fas
     monkeypatch.setattr(module, "cpu_bf16_speedup", lambda: 0.75)
     assert choose_precision("auto", "auto", CPU) == Precision("fp32", False, "cpu")
     assert choose_precision("bf16", "auto", CPU) == Precision("bf16", True, "cpu")  # as asked
+    # float32 takes channels_last from the model, an explicit setting overrides it
+    assert choose_precision("auto", "auto", CPU, True) == Precision("fp32", True, "cpu")
+    assert choose_precision("auto", "off", CPU, True) == Precision("fp32", False, "cpu")
+
+
+def test_pixelsegs_own_models_train_in_channels_last_on_a_cpu_and_the_zoos_do_not() -> None:
+    from pixelseg.models import ModelError, prefers_channels_last
+
+    assert all(prefers_channels_last(n) for n in ("unet", "lesson-unet", "lesson-segnet"))
+    assert not prefers_channels_last("smp-unet")  # float32 NHWC slowed its ResNet-34
+    with pytest.raises(ModelError, match="Unknown model 'unt'. Valid models: .*unet"):
+        prefers_channels_last("unt")
+
+
+def test_a_float32_cpu_run_of_unet_saves_channels_last_as_auto_chose_it(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    from pixelseg.engine import precision as module
+
+    monkeypatch.setattr(module, "cpu_bf16_speedup", lambda: 0.7)  # as on an AVX512-BF16 Xeon
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_data), "--out", str(run), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "; float32, channels_last;" in out
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert (saved["precision"], saved["channels_last"]) == ("fp32", "on")
 
 
 def test_the_bf16_probe_measures_without_touching_the_random_state() -> None:

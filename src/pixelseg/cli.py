@@ -220,7 +220,12 @@ _TRAIN_OPTIONS = [
         "training autocast dtype: auto = bf16 on CUDA (fp16 before Ampere) and on CPUs "
         "with native bf16 (AVX512-BF16, AMX) where a probe finds it faster, else fp32",
     ),
-    ("channels_last", str, "NHWC weights and batches: auto = on with CUDA or bf16"),
+    (
+        "channels_last",
+        str,
+        "NHWC weights and batches: auto = on with CUDA or bf16, and for pixelseg's own models "
+        "in float32 on a CPU",
+    ),
     ("val_fraction", float, "share of images held out for validation"),
     ("test_fraction", float, "share of images held out for the final test"),
     (

@@ -11,12 +11,14 @@ Two settings, both ``auto`` by default:
 
 ``auto`` on CUDA: bf16 where the GPU has it (Ampere and newer), else fp16; channels_last
 on. ``auto`` on a CPU: bf16 with channels_last where the CPU computes in bf16 itself
-(AVX512-BF16 or AMX) *and* a short probe finds it faster there, else float32 in NCHW. The
-flag alone does not tell: on a 2-core AMD EPYC with AVX512-BF16, bf16 with channels_last
-trained the native U-Nets 2.6-2.7x faster than float32 at 256x256, while on a 2-core Intel
-Xeon with AVX512-BF16 but no AMX it trained them at 0.8-0.95x (``benchmarks/precision.py``;
-figures and a PH2 quality check in docs/benchmarks.md). channels_last alone, in float32,
-helped some models and slowed others.
+(AVX512-BF16 or AMX) *and* a short probe finds it faster there; else float32, in
+channels_last for the models that are faster in it (``prefers_channels_last`` in the model
+registry: pixelseg's own) and NCHW for the others. The CPU flag alone does not tell: on a
+2-core AMD EPYC with AVX512-BF16, bf16 with channels_last trained the native U-Nets 2.6-2.7x
+faster than float32 at 256x256, while on a 2-core Intel Xeon with AVX512-BF16 but no AMX it
+ran them at 0.78-1.13x of float32, and float32 with channels_last at 1.12-1.34x was the
+fastest (``benchmarks/precision.py``; figures and a PH2 quality check in
+docs/benchmarks.md).
 Validation, evaluation and prediction always run in float32, so scores and exported models
 do not depend on it.
 """
@@ -74,8 +76,14 @@ class Precision:
         return text + (", channels_last" if self.channels_last else "")
 
 
-def choose_precision(precision: str, channels_last: str, device: torch.device) -> Precision:
-    """Resolve the ``auto`` settings (validated by TrainConfig) for ``device``."""
+def choose_precision(
+    precision: str, channels_last: str, device: torch.device, prefers_channels_last: bool = False
+) -> Precision:
+    """Resolve the ``auto`` settings (validated by TrainConfig) for ``device``.
+
+    ``prefers_channels_last``: the model's own preference for float32 on a CPU
+    (:func:`pixelseg.models.prefers_channels_last`).
+    """
     cuda = device.type == "cuda"
     if precision == "auto":
         if cuda:  # bf16 keeps float32's range (no scaler); GPUs before Ampere only have fp16
@@ -85,8 +93,9 @@ def choose_precision(precision: str, channels_last: str, device: torch.device) -
             precision = "bf16" if faster else "fp32"
     if precision == "fp16" and not cuda:
         raise ValueError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    # auto: with bf16, oneDNN's NHWC kernels were the faster ones on the CPU measured
-    auto = cuda or precision == "bf16"
+    # auto: with bf16, oneDNN's NHWC kernels were the faster ones on the CPUs measured; in
+    # float32 it depends on the model
+    auto = cuda or precision == "bf16" or prefers_channels_last
     layout = auto if channels_last == "auto" else channels_last == "on"
     return Precision(precision, layout, device.type)
 

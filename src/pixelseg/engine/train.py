@@ -59,7 +59,7 @@ from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
-from pixelseg.models import count_parameters, create_model
+from pixelseg.models import count_parameters, create_model, prefers_channels_last
 from pixelseg.models.complexity import meta_first
 from pixelseg.report import plot_curves, write_csv
 
@@ -515,7 +515,9 @@ def _prepare(
         )
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
     if state is None:  # decided once, saved, and kept by a resumed run (on any device)
-        chosen = choose_precision(cfg.precision, cfg.channels_last, device)
+        chosen = choose_precision(
+            cfg.precision, cfg.channels_last, device, prefers_channels_last(cfg.model)
+        )
         if cfg.precision == "auto" and device.type == "cpu" and cpu_has_native_bf16():
             log(f"{chosen.describe()}: bf16 ran {cpu_bf16_speedup():.2f}x float32 on this CPU")
         layout = "on" if chosen.channels_last else "off"

@@ -16,6 +16,7 @@ from pixelseg.models.registry import (
     create_model,
     list_models,
     model_description,
+    prefers_channels_last,
     register_model,
 )
 from pixelseg.models.unet import UNet
@@ -29,5 +30,6 @@ __all__ = [
     "create_model",
     "list_models",
     "model_description",
+    "prefers_channels_last",
     "register_model",
 ]

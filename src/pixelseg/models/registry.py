@@ -23,6 +23,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_description",
+    "prefers_channels_last",
     "register_model",
 ]
 
@@ -41,14 +42,19 @@ class ModelError(PixelsegError, ValueError):
 class _Entry:
     builder: ModelBuilder
     description: str
+    prefers_channels_last: bool = False
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(name: str, *, description: str) -> Callable[[_BuilderT], _BuilderT]:
+def register_model(
+    name: str, *, description: str, prefers_channels_last: bool = False
+) -> Callable[[_BuilderT], _BuilderT]:
     """Decorator registering ``fn(in_channels=3, num_classes=1, **kwargs) -> nn.Module``.
 
+    ``prefers_channels_last``: the model trains faster in NHWC on a CPU in float32, so that
+    ``--channels-last auto`` uses it there (see :func:`prefers_channels_last`).
     The builder is returned unchanged, so it can still be called directly.
     Registering a name twice raises, because silently replacing a model would make
     ``create_model`` depend on import order.
@@ -59,7 +65,7 @@ def register_model(name: str, *, description: str) -> Callable[[_BuilderT], _Bui
     def decorator(fn: _BuilderT) -> _BuilderT:
         if name in _REGISTRY:
             raise ModelError(f"Model '{name}' is already registered.")
-        _REGISTRY[name] = _Entry(builder=fn, description=description)
+        _REGISTRY[name] = _Entry(fn, description, prefers_channels_last)
         return fn
 
     return decorator
@@ -81,6 +87,18 @@ def _lookup(name: str) -> _Entry:
 def model_description(name: str) -> str:
     """One-line description given at registration."""
     return _lookup(name).description
+
+
+def prefers_channels_last(name: str) -> bool:
+    """Whether ``--channels-last auto`` trains this model in NHWC on a CPU in float32.
+
+    A property of the model, measured, rather than of the CPU alone: in float32 the layout
+    trained pixelseg's own models 1.1-1.6x faster on the two CPUs measured, and slowed the
+    zoo's ResNet-34 U-Net to 0.70x on one of them (docs/benchmarks.md). It is fixed per
+    model, not timed at start-up, so that the same command trains the same way every time.
+    (With bf16 autocast or on CUDA, ``auto`` is channels_last for every model.)
+    """
+    return _lookup(name).prefers_channels_last
 
 
 def _check_positive_int(value: object, what: str) -> None:

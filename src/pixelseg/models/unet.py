@@ -133,7 +133,12 @@ def _validate(
         )
 
 
-@register_model("unet", description="Modern U-Net (double conv + BN, configurable width/depth)")
+# channels_last in float32 on a CPU: 1.12-1.34x (benchmarks/precision.py, docs/benchmarks.md)
+@register_model(
+    "unet",
+    description="Modern U-Net (double conv + BN, configurable width/depth)",
+    prefers_channels_last=True,
+)
 def unet(
     in_channels: int = 3,
     num_classes: int = 1,
