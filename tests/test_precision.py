@@ -55,10 +55,12 @@ def test_a_float32_cpu_run_of_unet_saves_channels_last_as_auto_chose_it(
 ) -> None:  # fmt: skip
     from pixelseg.engine import precision as module
 
-    monkeypatch.setattr(module, "cpu_bf16_speedup", lambda: 0.7)  # as on an AVX512-BF16 Xeon
+    monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: True)  # as on an AVX512-BF16
+    monkeypatch.setattr(module, "cpu_bf16_speedup", lambda: 0.7)  # Xeon without AMX
     run = tmp_path / "run"
     assert main(["train", str(tiny_data), "--out", str(run), *FAST]) == 0
     out = capsys.readouterr().out
+    assert "float32, channels_last: bf16 ran 0.70x float32 on this CPU" in out
     assert "; float32, channels_last;" in out
     saved = json.loads((run / "config.json").read_text())["train"]
     assert (saved["precision"], saved["channels_last"]) == ("fp32", "on")

@@ -29,7 +29,7 @@ import contextlib
 import functools
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +47,8 @@ class Precision:
     name: str  # fp32 | bf16 | fp16
     channels_last: bool
     device_type: str
+    # what ``auto`` measured to decide, for the training log ("" when nothing was measured)
+    measured: str = field(default="", compare=False)
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -85,19 +87,23 @@ def choose_precision(
     (:func:`pixelseg.models.prefers_channels_last`).
     """
     cuda = device.type == "cuda"
+    measured = ""
     if precision == "auto":
         if cuda:  # bf16 keeps float32's range (no scaler); GPUs before Ampere only have fp16
             precision = "bf16" if gpu_has_native_bf16(device) else "fp16"
+        elif cpu_has_native_bf16():
+            speedup = cpu_bf16_speedup()
+            measured = f"bf16 ran {speedup:.2f}x float32 on this CPU"
+            precision = "bf16" if speedup >= MIN_CPU_BF16_SPEEDUP else "fp32"
         else:
-            faster = cpu_has_native_bf16() and cpu_bf16_speedup() >= MIN_CPU_BF16_SPEEDUP
-            precision = "bf16" if faster else "fp32"
+            precision = "fp32"
     if precision == "fp16" and not cuda:
         raise ValueError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     # auto: with bf16, oneDNN's NHWC kernels were the faster ones on the CPUs measured; in
     # float32 it depends on the model
     auto = cuda or precision == "bf16" or prefers_channels_last
     layout = auto if channels_last == "auto" else channels_last == "on"
-    return Precision(precision, layout, device.type)
+    return Precision(precision, layout, device.type, measured)
 
 
 def gpu_has_native_bf16(device: torch.device) -> bool:

@@ -47,12 +47,7 @@ from pixelseg.engine.distributed import World
 from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, evaluate_model
 from pixelseg.engine.interrupt import StopSignals, TrainingInterrupted
 from pixelseg.engine.optimizer import adamw
-from pixelseg.engine.precision import (
-    Precision,
-    choose_precision,
-    cpu_bf16_speedup,
-    cpu_has_native_bf16,
-)
+from pixelseg.engine.precision import Precision, choose_precision
 from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
 from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
@@ -518,8 +513,8 @@ def _prepare(
         chosen = choose_precision(
             cfg.precision, cfg.channels_last, device, prefers_channels_last(cfg.model)
         )
-        if cfg.precision == "auto" and device.type == "cpu" and cpu_has_native_bf16():
-            log(f"{chosen.describe()}: bf16 ran {cpu_bf16_speedup():.2f}x float32 on this CPU")
+        if chosen.measured:
+            log(f"{chosen.describe()}: {chosen.measured}")
         layout = "on" if chosen.channels_last else "off"
         cfg = replace(cfg, precision=chosen.name, channels_last=layout)
     stride = _check_settings(cfg, resuming=state is not None)
