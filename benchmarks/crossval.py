@@ -11,6 +11,9 @@ the threshold each recipe chose). Recipes:
 - ``baseline``: the plain script a user would write in 30 lines (below): a width-16, depth-4
   U-Net, BCE + Dice, flips / rot90 / colour jitter, AdamW with a cosine decay over the same
   wall-clock BUDGET, 128x128 inputs, all the fold's training images, threshold 0.5;
+- ``scratch``: the default with ``--encoder-weights none``: no pretrained weights, so the
+  U-Net from scratch that was the default before pretrained encoders;
+- ``lite-scratch``: ``lite-unet`` from random weights (what the ImageNet weights add);
 - ``smp-unet``: the zoo's U-Net with a ResNet-34 encoder (``--encoder``) from random
   weights, under the same budget, size chosen by pixelseg as for ``default`` (needs the
   zoo extra; no pretrained weights, which cannot be downloaded here);
@@ -21,6 +24,12 @@ the threshold each recipe chose). Recipes:
 
     python benchmarks/crossval.py --data ../shared/data/ph2 --budget 15m
     python benchmarks/crossval.py --data ../shared/data/membrane --recipes default --budget 3m
+    python benchmarks/crossval.py --data ../shared/data/people --recipes default,scratch
+
+A pixelseg recipe takes settings after colons, to compare variants in one run:
+``default:encoder_lr_scale=1.0`` (values are read as JSON, else kept as text). With
+``--budget none`` the pixelseg recipes train without a time budget (give ``epochs=N``), so
+a fast machine can replay the number of steps a slow one fits in its budget.
 
 Wall time grows with folds x recipes: with ``--budget 15m`` the default and baseline
 recipes take 15 minutes a fold each. ``--folds-to-run 0,1`` runs some folds only.
@@ -48,7 +57,9 @@ from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.metrics import BinaryMetrics
 
-RECIPES = ("default", "baseline", "lesson-unet", "lesson-segnet", "smp-unet")
+RECIPES = (
+    "default", "scratch", "lite-scratch", "baseline", "lesson-unet", "lesson-segnet", "smp-unet"
+)
 
 
 def make_folds(samples: list[Sample], k: int, seed: int = 0) -> list[list[Sample]]:
@@ -188,14 +199,20 @@ def run_recipe(
     recipe: str, train_dir: Path, test_dir: Path, train_samples: list[Sample],
     test_samples: list[Sample], out: Path, args: argparse.Namespace,
 ) -> dict:  # fmt: skip
+    recipe, overrides = parse_recipe(recipe)
+    budget = None if args.budget == "none" else args.budget
     if recipe == "baseline":
         model = train_baseline(train_samples, parse_duration(args.budget), args.seed)
         return score_baseline(model, test_samples)
     if recipe == "default":
-        settings = {"time_budget": args.budget}
+        settings = {"time_budget": budget}
+    elif recipe == "scratch":
+        settings = {"time_budget": budget, "encoder_weights": "none"}
+    elif recipe == "lite-scratch":
+        settings = {"time_budget": budget, "model": "lite-unet", "encoder_weights": "none"}
     elif recipe == "smp-unet":
         settings = {
-            "time_budget": args.budget, "model": "smp-unet",
+            "time_budget": budget, "model": "smp-unet",
             "model_kwargs": {"encoder": args.encoder}, "encoder_weights": "none",
         }  # fmt: skip
     else:  # the lesson notebook's settings: 256x256, Adam 1e-3 (weight decay 1e-6), BCE,
@@ -205,6 +222,7 @@ def run_recipe(
             "augment": False, "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
             "batch_size": 32, "patience": 0, "val_fraction": 0.1, "test_fraction": 0.0,
         }  # fmt: skip
+    settings.update(overrides)
     result = pixelseg.train(train_dir, out=out, seed=args.seed, progress=False, **settings)
     m = pixelseg.evaluate(out, test_dir, split="all", progress=False)
     config = json.loads((out / "config.json").read_text())
@@ -212,8 +230,22 @@ def run_recipe(
     return {
         "dice": m["dice"], "iou": m["iou"], "threshold": m["threshold"],
         "postprocess": "+".join(m["postprocess"]) or "none", "epochs": len(result.history),
-        "settings": f"{h}x{w} {config['model_kwargs'] or ''} batch {config['train']['batch_size']}",
+        "settings": f"{config['model']} {h}x{w} {config['model_kwargs'] or ''} "
+        f"batch {config['train']['batch_size']}",
     }  # fmt: skip
+
+
+def parse_recipe(text: str) -> tuple[str, dict]:
+    """``default:encoder_lr_scale=1.0:epochs=60`` -> ("default", {...})."""
+    name, *pairs = text.split(":")
+    overrides = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return name, overrides
 
 
 def main() -> None:
@@ -229,7 +261,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     recipes = args.recipes.split(",")
-    unknown = sorted(set(recipes) - set(RECIPES))
+    unknown = sorted({parse_recipe(r)[0] for r in recipes} - set(RECIPES))
     if unknown:
         parser.error(f"unknown recipes {unknown}; choose from {', '.join(RECIPES)}")
     fmt, samples = find_samples(args.data)
@@ -241,7 +273,7 @@ def main() -> None:
         "data": args.data, "folds": args.folds, "budget": args.budget,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": [],
     }  # fmt: skip
-    print(f"{'fold':>4} {'recipe':<14}{'dice':>8}{'iou':>8}{'thresh':>8}{'seconds':>9}")
+    print(f"{'fold':>4} {'recipe':<24}{'dice':>8}{'iou':>8}{'thresh':>8}{'seconds':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for i in to_run:
             test = folds[i]
@@ -250,12 +282,12 @@ def main() -> None:
             test_dir = link_subset(test, fmt, Path(tmp) / f"fold{i}" / "test")
             for recipe in recipes:
                 t0 = time.perf_counter()
-                out = Path(tmp) / f"fold{i}" / f"run-{recipe}"
+                out = Path(tmp) / f"fold{i}" / f"run-{recipes.index(recipe)}"
                 r = run_recipe(recipe, train_dir, test_dir, train, test, out, args)
                 r.update(fold=i, recipe=recipe, seconds=time.perf_counter() - t0,
                          n_train=len(train), n_test=len(test))  # fmt: skip
                 results["runs"].append(r)
-                print(f"{i:>4} {recipe:<14}{r['dice']:>8.4f}{r['iou']:>8.4f}"
+                print(f"{i:>4} {recipe:<24}{r['dice']:>8.4f}{r['iou']:>8.4f}"
                       f"{r['threshold']:>8.2f}{r['seconds']:>9.0f}  {r.get('settings', '')} "
                       f"{r.get('epochs', '')} epochs, post-processing "
                       f"{r.get('postprocess', 'none')}", flush=True)  # fmt: skip
@@ -270,7 +302,7 @@ def main() -> None:
             "seconds": sum(r["seconds"] for r in runs),
         }
         s = results[recipe]
-        print(f"  {recipe:<14} Dice {s['dice']:.4f} (sd {s['dice_sd']:.4f}) IoU {s['iou']:.4f}"
+        print(f"  {recipe:<24} Dice {s['dice']:.4f} (sd {s['dice_sd']:.4f}) IoU {s['iou']:.4f}"
               f"  {s['seconds'] / 60:.1f} min for {len(runs)} folds")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

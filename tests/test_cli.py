@@ -68,7 +68,8 @@ def test_train_refuses_bad_data(tiny_folders: Path, tmp_path: Path, capsys) -> N
 def test_unknown_model_is_a_clear_error(tiny_data: Path, tmp_path: Path, capsys) -> None:
     code = main(["train", str(tiny_data), "--out", str(tmp_path / "r"), "--model", "segformer"])
     assert code == 2
-    assert "Valid models: lesson-segnet, lesson-unet, smp-deeplabv3," in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Valid models: lesson-segnet, lesson-unet, lite-unet, smp-deeplabv3," in err
 
 
 def test_train_evaluate_predict(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -164,22 +164,27 @@ def _print_class_frequencies(
 _TRAIN_OPTIONS = [
     ("out", str, "run folder to create"),
     ("format", str, "data layout"),
-    ("model", str, "model name (see `pixelseg models`)"),
+    (
+        "model",
+        str,
+        "model name (see `pixelseg models`); auto: lite-unet from ImageNet weights for colour "
+        "images when they are installed, else unet",
+    ),
     (
         "encoder_weights",
         str,
-        "smp-* models: the encoder's starting weights: none, imagenet (downloaded once, then "
-        "from the cache) or a local file",
+        "models with an encoder (lite-unet, smp-*): its starting weights: auto (imagenet if "
+        "installed, for lite-unet), none, imagenet or a local file",
     ),
     (
         "freeze_encoder_epochs",
         int,
-        "smp-* models: keep the pretrained encoder unchanged for the first N epochs",
+        "keep the pretrained encoder unchanged for the first N epochs",
     ),
     (
         "encoder_lr_scale",
         float,
-        "smp-* models: encoder learning rate = lr x this (default 0.1 when pretrained, else 1)",
+        "encoder learning rate = lr x this (default 0.1 when pretrained, else 1)",
     ),
     (
         "num_classes",
@@ -596,8 +601,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--encoder", metavar="NAME",
-        help="smp-* models: the encoder, e.g. resnet34 (default), efficientnet-b0, mit_b0 or "
-        "tu-<any timm model>; see `pixelseg models`",
+        help="the encoder: lite-unet's tf_efficientnet_lite0 (default) or efficientnet_lite0; "
+        "smp-* models' resnet34 (default), efficientnet-b0, mit_b0 or tu-<any timm model>; "
+        "see `pixelseg models`",
     )  # fmt: skip
     choices = _choices()
     for field, kind, text in _TRAIN_OPTIONS:

@@ -12,6 +12,7 @@ CLASS_WEIGHTS = ("none", "median-frequency", "auto")
 LOSS_NAMES: tuple[str, ...] = ("bce", "dice", "bce+dice", "ce", "ce+dice")  # see losses.py
 MAX_BUDGET_EPOCHS = 1000
 ZOO_DEFAULT_ENCODER = "resnet34"  # smp-* models without an "encoder" in model_kwargs
+LITE_DEFAULT_ENCODER = "tf_efficientnet_lite0"  # lite-unet's (the weights extra's weights)
 
 
 def parse_duration(text: str | float) -> float:
@@ -43,11 +44,14 @@ class TrainConfig:
     data: str
     out: str = "runs/pixelseg"
     format: str = "auto"  # data layout: auto | ph2 | folders | pairs
-    model: str = "unet"
+    # auto: lite-unet from ImageNet weights for colour images when the weights are installed,
+    # else unet from scratch (engine/configure.py: choose_model)
+    model: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # smp-*: {"encoder": "resnet18"}
-    # smp-* models: none | imagenet (or another weight set of the encoder) | a file path
-    encoder_weights: str = "none"
-    freeze_encoder_epochs: int = 0  # smp-*: the encoder stays as loaded for N epochs
+    # models with an encoder: auto (what it has without a download) | none | imagenet (or
+    # another weight set of the encoder) | a file path
+    encoder_weights: str = "auto"
+    freeze_encoder_epochs: int = 0  # the pretrained encoder stays as loaded for N epochs
     encoder_lr_scale: float | None = None  # encoder LR = lr x this; None: 0.1 if pretrained
     num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
     in_channels: int | None = None  # None: 1 if every image is greyscale, else 3
@@ -90,10 +94,18 @@ class TrainConfig:
             self.epochs = MAX_BUDGET_EPOCHS if self.time_budget is not None else 40
         if self.patience is None:
             self.patience = 0 if self.time_budget is not None else 10
-        if self.model.startswith("smp-") and "encoder" not in self.model_kwargs:
+        default_encoder = {"lite-unet": LITE_DEFAULT_ENCODER}.get(
+            self.model, ZOO_DEFAULT_ENCODER if self.model.startswith("smp-") else None
+        )
+        if default_encoder and "encoder" not in self.model_kwargs:
             # recorded, so a saved run never depends on what the default is later
-            self.model_kwargs = {**self.model_kwargs, "encoder": ZOO_DEFAULT_ENCODER}
+            self.model_kwargs = {**self.model_kwargs, "encoder": default_encoder}
         checks = [
+            (
+                self.model != "auto" or "encoder" not in self.model_kwargs,
+                "--encoder needs a model (--model lite-unet, smp-unet...): with model auto "
+                "pixelseg picks the model and its encoder itself",
+            ),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
@@ -116,7 +128,7 @@ class TrainConfig:
             (self.save_every >= 0, "save_every must be >= 0"),
             (
                 isinstance(self.encoder_weights, str),
-                "encoder_weights must be none, imagenet or a file path",
+                "encoder_weights must be auto, none, imagenet or a file path",
             ),  # fmt: skip
             (self.freeze_encoder_epochs >= 0, "freeze_encoder_epochs must be >= 0"),
             (

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import pixelseg
 from pixelseg.config import TrainConfig, parse_duration
-from pixelseg.data.check import check_samples
+from pixelseg.data.check import DatasetReport, check_samples
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.data.split import (
@@ -39,6 +39,7 @@ from pixelseg.engine.configure import (
     choose_batch_size,
     choose_class_weights,
     choose_for_budget,
+    choose_model,
     choose_size,
     resolve_class_settings,
 )
@@ -179,8 +180,38 @@ def run_config(
     }
 
 
+@dataclass
+class CheckedData:
+    """The data set's samples and the check's report on them (read once per run)."""
+
+    fmt: str
+    samples: list[Sample]
+    report: DatasetReport
+
+    @classmethod
+    def read(cls, cfg: TrainConfig) -> CheckedData:
+        """Find and check every pair; refuse to train on a broken data set."""
+        fmt, samples = find_samples(cfg.data, cfg.format)
+        report = check_samples(
+            cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index,
+            cfg.class_colors,
+        )  # fmt: skip
+        report.raise_if_problems()
+        return cls(fmt, samples, report)
+
+    def input_channels(self, cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+        """``in_channels`` when left to pixelseg: 1 when every image is greyscale (EM
+        slices, X-rays), else 3."""
+        if cfg.in_channels is not None:
+            return cfg
+        channels = self.report.channels
+        log(f"input channels: {channels} ({'greyscale' if channels == 1 else 'colour'} images)")
+        return replace(cfg, in_channels=channels)
+
+
 def build_datasets(
     cfg: TrainConfig,
+    data: CheckedData,
     run_dir: Path,
     resuming: bool,
     stride: int,
@@ -189,20 +220,15 @@ def build_datasets(
     device: torch.device | None = None,
     write: bool = True,
 ) -> tuple[SegmentationDataset, SegmentationDataset, TrainConfig]:
-    """Check the data, split it (or reuse the run's split) and cache train/val.
+    """Split the checked data (or reuse the run's split) and cache train/val.
 
-    Settings left to the data are filled in and returned with the data sets: the input
-    channels (1 when every image is greyscale, such as EM slices or X-rays, else 3) and the
-    training size (see :func:`choose_size`); with a ``deadline`` (a ``time.perf_counter()``
-    value: a time budget's end) the size and the default U-Net's width are fitted to the
-    time left (see :func:`choose_for_budget`). Only with ``write`` is ``split.json`` saved
-    (in a distributed run, by rank 0).
+    Settings left to the data are filled in and returned with the data sets: the training
+    size (see :func:`choose_size`); with a ``deadline`` (a ``time.perf_counter()`` value: a
+    time budget's end) the size and the default U-Net's width are fitted to the time left
+    (see :func:`choose_for_budget`). Only with ``write`` is ``split.json`` saved (in a
+    distributed run, by rank 0).
     """
-    fmt, samples = find_samples(cfg.data, cfg.format)
-    report = check_samples(
-        cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index, cfg.class_colors
-    )
-    report.raise_if_problems()  # refuse to train on a broken data set
+    samples, report = data.samples, data.report
     fractions = [info.foreground for info in report.infos]
     split = prepare_split(cfg, samples, fractions, run_dir, resuming, write)
     missing = sorted(set().union(*split.values()) - {s.stem for s in samples})
@@ -211,10 +237,6 @@ def build_datasets(
             f"{cfg.data} lacks {len(missing)} image(s) of the run's split (e.g. {missing[0]}); "
             "resume with the data the run was started on"
         )
-    if cfg.in_channels is None:
-        grey = report.channels == 1
-        log(f"input channels: {report.channels} ({'greyscale' if grey else 'colour'} images)")
-        cfg = replace(cfg, in_channels=report.channels)
     channels = cfg.in_channels
     heights, widths = [i.height for i in report.infos], [i.width for i in report.infos]
     if deadline is not None:
@@ -248,7 +270,7 @@ RESUME_OVERRIDES = (
 AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every", "compile")
 # settings whose "auto" is decided when a run starts and saved as decided: a rerun that
 # leaves them to pixelseg again continues with the saved choice (like a None size)
-DECIDED_AT_START = ("precision", "channels_last")
+DECIDED_AT_START = ("precision", "channels_last", "model", "encoder_weights")
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
@@ -313,6 +335,7 @@ def _open_run(
         and now[k] is not None
         and saved[k] != now[k]
         and not (k in DECIDED_AT_START and now[k] == "auto")
+        and not (k == "model_kwargs" and now["model"] == "auto")  # chosen with the model
     )
     if changed:
         raise ValueError(
@@ -347,11 +370,12 @@ def _calibrate(
     )
 
 
-def _check_settings(cfg: TrainConfig, resuming: bool) -> int:
+def _check_settings(cfg: TrainConfig, resuming: bool) -> tuple[int, str | None]:
     """Fail on a bad model name/option, loss or encoder weights before spending time on the
     data (a resumed run has its weights: nothing to fetch).
 
-    Returns the model's stride (what input sides must be multiples of).
+    Returns the model's stride (what input sides must be multiples of) and where the
+    pretrained encoder weights were found (None: none loaded).
     """
     build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
 
@@ -361,8 +385,8 @@ def _check_settings(cfg: TrainConfig, resuming: bool) -> int:
             **cfg.model_kwargs,
         )
     )  # fmt: skip
-    finetune.check_finetune_settings(cfg, model, fetch=not resuming)
-    return int(getattr(model, "stride", 1))
+    source = finetune.check_finetune_settings(cfg, model, fetch=not resuming)
+    return int(getattr(model, "stride", 1)), source
 
 
 def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
@@ -455,8 +479,9 @@ class _Session:
             state = self.t.state(epoch, self.cfg, self.mean, self.std, progress, finished)
             ranks = {"random_ranks": [r for r, _ in parts], "progress_ranks": [p for _, p in parts],
                      "world_size": self.world.size}  # fmt: skip
-            clock = {"clock": self.clock.to_state() if self.clock else None}
-            checkpoint.save_state(self.run_dir, {**state, **ranks, **clock})
+            extra = {"clock": self.clock.to_state() if self.clock else None,
+                     "encoder_weights_source": self.config.get("encoder_weights_source")}
+            checkpoint.save_state(self.run_dir, {**state, **ranks, **extra})
 
 
 def fit(
@@ -509,7 +534,12 @@ def _prepare(
             "schedule, data order and random states are per process"
         )
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
+    if cfg.model != "auto":  # a bad model name or option fails before the data is read
+        _check_settings(cfg, resuming=True)
+    data = CheckedData.read(cfg)
+    cfg = data.input_channels(cfg, log)
     if state is None:  # decided once, saved, and kept by a resumed run (on any device)
+        cfg = choose_model(cfg, cfg.in_channels, log)
         chosen = choose_precision(
             cfg.precision, cfg.channels_last, device, prefers_channels_last(cfg.model)
         )
@@ -517,20 +547,22 @@ def _prepare(
             log(f"{chosen.describe()}: {chosen.measured}")
         layout = "on" if chosen.channels_last else "off"
         cfg = replace(cfg, precision=chosen.name, channels_last=layout)
-    stride = _check_settings(cfg, resuming=state is not None)
+    stride, source = _check_settings(cfg, resuming=state is not None)
     seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None
     resuming = state is not None
     train_set, val_set, mine = build_datasets(
-        cfg, run_dir, resuming, stride, log, deadline, device, write=world.is_main
+        cfg, data, run_dir, resuming, stride, log, deadline, device, write=world.is_main
     )
     mine = choose_batch_size(mine, len(train_set), train_set.images.shape[1], device, log)
     # Settings chosen from measurements (memory, step times) can differ between processes:
     # rank 0's hold for all.
     agreed = replace(world.broadcast(mine), progress=mine.progress)
     if (agreed.size, agreed.in_channels) != (mine.size, mine.in_channels):
-        train_set, val_set, _ = build_datasets(agreed, run_dir, True, stride, log, None, device)
+        train_set, val_set, _ = build_datasets(
+            agreed, data, run_dir, True, stride, log, None, device
+        )
     cfg = agreed
     # Normalise as the pretrained encoder expects, else with the training images' own
     # statistics (either kept from the first session).
@@ -540,6 +572,8 @@ def _prepare(
         in_channels = train_set.images.shape[1]
         mean, std = finetune.input_normalization(cfg, in_channels) or train_set.channel_stats()
     config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
+    # where the pretrained encoder's weights came from (kept from a resumed run's first start)
+    config["encoder_weights_source"] = state.get("encoder_weights_source") if state else source
     weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set, log)
     config["class_weights"] = weights
     loss_fn = build_loss(

