@@ -58,7 +58,13 @@ from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.metrics import BinaryMetrics
 
 RECIPES = (
-    "default", "scratch", "lite-scratch", "baseline", "lesson-unet", "lesson-segnet", "smp-unet"
+    "default",
+    "scratch",
+    "lite-scratch",
+    "baseline",
+    "lesson-unet",
+    "lesson-segnet",
+    "smp-unet",
 )
 
 

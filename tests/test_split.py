@@ -8,7 +8,15 @@ from collections import Counter
 
 import pytest
 
-from pixelseg.data.split import SPLITS, foreground_strata, load_split, make_split, save_split
+from pixelseg.data.split import (
+    SPLITS,
+    foreground_strata,
+    load_split,
+    make_sequence_split,
+    make_split,
+    save_split,
+    sequences,
+)
 
 
 def _stems(n: int) -> list[str]:
@@ -154,3 +162,51 @@ def test_load_split_missing_key(tmp_path):
     path.write_text(json.dumps({"train": ["a"], "val": []}))
     with pytest.raises(ValueError, match="test"):
         load_split(path)
+
+
+def _frames(counts: dict[str, int], pattern: str = "{seq}_{i:05d}") -> list[str]:
+    return [pattern.format(seq=seq, i=i) for seq, n in counts.items() for i in range(n)]
+
+
+def test_sequences_are_read_from_file_names_only_when_there_are_several():
+    stems = _frames({"0016E5": 3, "0001TP": 2}) + ["0006R0_f00960", "0006R0_f01050"]
+    assert sequences(stems) == ["0016E5"] * 3 + ["0001TP"] * 2 + ["0006R0"] * 2
+    assert sequences(["10", "11", "12"]) is None  # plain numbers: no sequence
+    assert sequences(["IMD002", "IMD003", "IMD004"]) is None  # no separator
+    assert sequences(_frames({"img": 9})) is None  # one name for everything
+    assert sequences(_frames({"a1": 4, "b2": 4, "c3": 1})) is None  # a lone frame
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_sequence_split_keeps_every_sequence_on_one_side(seed):
+    counts = {"0016E5": 95, "0001TP": 22, "0006R0": 33}
+    stems = _frames(counts)
+    split = make_sequence_split(stems, sequences(stems), 0.15, 0.15, seed)
+    _assert_partition(split, stems)
+    sides = {part: {s.split("_")[0] for s in split[part]} for part in SPLITS}
+    assert sides["train"] == {"0016E5"}  # too big to hold out: it would overfill val or test
+    assert sides["val"] | sides["test"] == {"0001TP", "0006R0"}
+    assert sides["val"].isdisjoint(sides["test"])
+
+
+def test_a_sequence_split_that_would_starve_training_is_refused():
+    stems = _frames({"a1": 10, "b1": 10, "c1": 10})
+    assert make_sequence_split(stems, sequences(stems), 0.4, 0.4, 0) is None
+
+
+def test_training_splits_by_sequence_when_names_show_them(tmp_path):
+    from pixelseg.config import TrainConfig
+    from pixelseg.data.layouts import Sample
+    from pixelseg.engine.train import prepare_split
+
+    stems = _frames({f"seq{k}": 6 for k in range(8)})
+    samples = [Sample(s, tmp_path / f"{s}.png", tmp_path / f"{s}.png") for s in stems]
+    logs: list[str] = []
+    cfg = TrainConfig(data=str(tmp_path), model="unet")
+    split = prepare_split(cfg, samples, [0.5] * len(stems), tmp_path, False, True, logs.append)
+    _assert_partition(split, stems)
+    sides = {part: {s.split("_")[0] for s in split[part]} for part in SPLITS}
+    assert all(sides[a].isdisjoint(sides[b]) for a, b in [("train", "val"), ("train", "test")])
+    assert len(sides["val"]) >= 1 and len(sides["test"]) >= 1
+    assert logs[-1].startswith("split by sequence (8 in the file names)")
+    assert json.loads((tmp_path / "split.json").read_text()) == split

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,6 +59,57 @@ def make_split(
         split["val"] += members[:v]
         split["test"] += members[v : v + t]
         split["train"] += members[v + t :]
+    return {k: sorted(v) for k, v in split.items()}
+
+
+# "0016E5_07959", "patient12-slice040": a sequence (or patient) name, then a frame number
+_SEQUENCE = re.compile(r"^(.*[A-Za-z].*?)[_-][A-Za-z]?\d+$")
+MIN_SEQUENCES = 3  # one each for train, val and test at least
+
+
+def sequences(stems: list[str]) -> list[str] | None:
+    """The sequence of each stem when the file names show sequences (``<name>_<number>``,
+    at least ``MIN_SEQUENCES`` names with several frames each), else None."""
+    names = []
+    for stem in stems:
+        match = _SEQUENCE.match(stem)
+        if match is None:
+            return None
+        names.append(match.group(1))
+    counts = defaultdict(int)
+    for name in names:
+        counts[name] += 1
+    if len(counts) < MIN_SEQUENCES or min(counts.values()) < 2:
+        return None
+    return names
+
+
+def make_sequence_split(
+    stems: list[str], groups: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]] | None:
+    """Whole sequences to test, then to val, until each holds its fraction of the images,
+    so neither shares a scene with training: frames of one video are near-copies, and a
+    validation frame whose neighbours were trained on flatters every score it gives.
+    None when that leaves training less than half of the images."""
+    members: dict[str, list[str]] = defaultdict(list)
+    for stem, group in zip(stems, groups, strict=True):
+        members[group].append(stem)
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    wanted = {"test": test_fraction * len(stems), "val": val_fraction * len(stems)}
+    for group in order:
+        size = len(members[group])
+        # a sequence goes to a held-out part that is still short, if it does not overfill it
+        part = next(
+            (k for k in ("test", "val")
+             if len(split[k]) < wanted[k] and len(split[k]) + size <= 2 * wanted[k]),
+            "train",
+        )  # fmt: skip
+        split[part] += members[group]
+    short = any(wanted[k] > 0 and not split[k] for k in ("test", "val"))
+    if short or len(split["train"]) < len(stems) / 2:
+        return None
     return {k: sorted(v) for k, v in split.items()}
 
 

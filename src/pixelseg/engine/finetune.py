@@ -50,9 +50,7 @@ def resolve_encoder_weights(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, encoder_weights=weights)
 
 
-def check_finetune_settings(
-    cfg: TrainConfig, model: nn.Module, fetch: bool = True
-) -> str | None:
+def check_finetune_settings(cfg: TrainConfig, model: nn.Module, fetch: bool = True) -> str | None:
     """Refuse encoder settings on a model without a pretrained encoder, and freezing an
     encoder that is not pretrained; with ``fetch``, get the weights now (download, cache or
     file) so that a missing file fails before the data is loaded, and return where they

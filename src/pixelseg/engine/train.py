@@ -28,9 +28,11 @@ from pixelseg.data.split import (
     SPLITS,
     foreground_strata,
     load_split,
+    make_sequence_split,
     make_split,
     save_split,
     select,
+    sequences,
 )
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint, distributed, finetune
@@ -128,28 +130,54 @@ def train_one_epoch(
 
 def prepare_split(
     cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path,
-    resuming: bool, write: bool = True,
+    resuming: bool, write: bool = True, log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, list[str]]:  # fmt: skip
     """Reuse the run's ``split.json`` when resuming, else make (and, with ``write``, save) a
-    stratified split; it depends on the seed alone, so every process draws the same one."""
+    split: the data set's own, whole sequences apart when the file names show sequences
+    (``0016E5_07959``), else stratified. It depends on the seed alone, so every process
+    draws the same one."""
     path = run_dir / "split.json"
     if resuming:
         return load_split(path)
     if all(s.subset is not None for s in samples):  # keep the data set's own split (CamVid)
         split = {k: sorted(s.stem for s in samples if s.subset == k) for k in SPLITS}
+        shared = _shared_sequences(split)
+        if shared:
+            log(f"note: the data set's own validation images come from sequences that "
+                f"training shows too ({', '.join(shared)}): validation scores will flatter "
+                "what images of new sequences get")  # fmt: skip
         if write:
             save_split(path, split)
         return split
-    if all(s.group is not None for s in samples):
-        strata = [s.group for s in samples]  # e.g. PH2's diagnosis
+    stems = [s.stem for s in samples]
+    seqs = sequences(stems)
+    split = None
+    if seqs is not None:  # whole sequences (or patients) apart: no near-copy on both sides
+        split = make_sequence_split(stems, seqs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if split is not None:
+        held = {part: sorted({q for q, t in zip(seqs, stems, strict=True) if t in split[part]})
+                for part in ("val", "test")}  # fmt: skip
+        log(f"split by sequence ({len(set(seqs))} in the file names): val {', '.join(held['val'])}"
+            f"; test {', '.join(held['test'])}")  # fmt: skip
     else:
-        strata = foreground_strata(fractions)  # small / medium / large objects
-    split = make_split(
-        [s.stem for s in samples], cfg.val_fraction, cfg.test_fraction, cfg.seed, strata
-    )
+        if all(s.group is not None for s in samples):
+            strata = [s.group for s in samples]  # e.g. PH2's diagnosis
+        else:
+            strata = foreground_strata(fractions)  # small / medium / large objects
+        split = make_split(stems, cfg.val_fraction, cfg.test_fraction, cfg.seed, strata)
     if write:
         save_split(path, split)
     return split
+
+
+def _shared_sequences(split: dict[str, list[str]]) -> list[str]:
+    """The sequences (read from the file names) that both training and validation hold."""
+    stems = split["train"] + split["val"]
+    seqs = sequences(stems)
+    if seqs is None:
+        return []
+    train = set(seqs[: len(split["train"])])
+    return sorted(train.intersection(seqs[len(split["train"]) :]))
 
 
 def run_config(
@@ -230,7 +258,7 @@ def build_datasets(
     """
     samples, report = data.samples, data.report
     fractions = [info.foreground for info in report.infos]
-    split = prepare_split(cfg, samples, fractions, run_dir, resuming, write)
+    split = prepare_split(cfg, samples, fractions, run_dir, resuming, write, log)
     missing = sorted(set().union(*split.values()) - {s.stem for s in samples})
     if resuming and missing:
         raise DataError(
@@ -479,8 +507,10 @@ class _Session:
             state = self.t.state(epoch, self.cfg, self.mean, self.std, progress, finished)
             ranks = {"random_ranks": [r for r, _ in parts], "progress_ranks": [p for _, p in parts],
                      "world_size": self.world.size}  # fmt: skip
-            extra = {"clock": self.clock.to_state() if self.clock else None,
-                     "encoder_weights_source": self.config.get("encoder_weights_source")}
+            extra = {
+                "clock": self.clock.to_state() if self.clock else None,
+                "encoder_weights_source": self.config.get("encoder_weights_source"),
+            }
             checkpoint.save_state(self.run_dir, {**state, **ranks, **extra})
 
 
