@@ -208,7 +208,9 @@ def run_recipe(
     recipe, overrides = parse_recipe(recipe)
     budget = None if args.budget == "none" else args.budget
     if recipe == "baseline":
-        model = train_baseline(train_samples, parse_duration(args.budget), args.seed)
+        if budget is None:
+            raise SystemExit("the baseline recipe needs a time budget (--budget 15m)")
+        model = train_baseline(train_samples, parse_duration(budget), args.seed)
         return score_baseline(model, test_samples)
     if recipe == "default":
         settings = {"time_budget": budget}
@@ -286,9 +288,9 @@ def main() -> None:
             train = [s for j, f in enumerate(folds) if j != i for s in f]
             train_dir = link_subset(train, fmt, Path(tmp) / f"fold{i}" / "train")
             test_dir = link_subset(test, fmt, Path(tmp) / f"fold{i}" / "test")
-            for recipe in recipes:
+            for number, recipe in enumerate(recipes):
                 t0 = time.perf_counter()
-                out = Path(tmp) / f"fold{i}" / f"run-{recipes.index(recipe)}"
+                out = Path(tmp) / f"fold{i}" / f"run-{number}"
                 r = run_recipe(recipe, train_dir, test_dir, train, test, out, args)
                 r.update(fold=i, recipe=recipe, seconds=time.perf_counter() - t0,
                          n_train=len(train), n_test=len(test))  # fmt: skip

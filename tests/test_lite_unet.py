@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,14 @@ def test_no_weights_installed_says_how_to_get_them(monkeypatch) -> None:
         model.load_encoder_weights("imagenet")
 
 
+def test_models_say_whether_they_have_a_pretrained_encoder() -> None:
+    from pixelseg.models.pretrained import has_pretrained_encoder
+
+    assert has_pretrained_encoder(create_model("lite-unet"))
+    assert not has_pretrained_encoder(create_model("unet", base_channels=4))
+    assert not has_pretrained_encoder(create_model("lesson-unet"))
+
+
 @pytest.mark.parametrize("encoder", ["tf_efficientnet_lite0", "efficientnet_lite0"])
 def test_strided_convs_keep_the_size_arithmetic(encoder: str) -> None:
     features = EfficientNetLite(encoder).eval().features(torch.zeros(1, 3, 64, 96))
@@ -173,6 +182,18 @@ def test_the_default_picks_the_pretrained_encoder_and_records_it(
     predictor = pixelseg.load(tmp_path / "run")  # reloads without the weights file
     source.unlink()
     assert predictor.predict(np.zeros((40, 48, 3), np.uint8)).shape == (40, 48)
+
+
+def test_fine_tuning_options_ask_for_the_pretrained_encoder(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    logs: list[str] = []
+    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: Path("w.pth"))
+    settings = replace(_tiny_settings(tmp_path, tiny_data), freeze_encoder_epochs=1, epochs=3)
+    assert configure.choose_model(settings, 1, logs.append).model == "lite-unet"  # greyscale
+    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: None)
+    with pytest.raises(ModelError, match="no ImageNet weights on this machine"):
+        configure.choose_model(settings, 3, logs.append)
 
 
 def test_without_weights_or_for_greyscale_the_default_is_the_unet(
@@ -208,7 +229,12 @@ def test_a_rerun_of_an_auto_run_continues_with_the_saved_model(
     with pytest.raises(RuntimeError):
         fit(TrainConfig(**cfg), on_epoch_end=crash)
     # the weights are gone now: the rerun must not look for them, nor choose again
-    monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: None)
+
+    def gone(_name: str) -> None:
+        raise AssertionError("a resumed run looked for the ImageNet weights")
+
+    monkeypatch.setattr(configure, "find_imagenet_weights", gone)
+    monkeypatch.setattr("pixelseg.models.lite_unet.find_imagenet_weights", gone)
     result = fit(TrainConfig(**cfg))
     assert len(result.history) == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -247,3 +273,17 @@ def test_the_default_on_people_learns_far_more_from_imagenet(
     trivial = everything.compute()["dice"]
     pretrained, scratch = scores[str(imagenet_file)], scores["none"]
     assert pretrained > scratch + 0.1 and pretrained > trivial + 0.1, (pretrained, scratch, trivial)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_lite_unet_exports_to_onnx(tiny_data: Path, tmp_path: Path, dynamic: bool) -> None:
+    """TensorFlow's padding and the decoder's upsampling trace to a graph that computes what
+    PyTorch does, at the traced size and (dynamic) at others."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from pixelseg.export import export_onnx
+
+    run = tmp_path / "run"
+    fit(_tiny_settings(tmp_path, tiny_data, model="lite-unet", encoder_weights="none"))
+    result = export_onnx(run, tmp_path / "m.onnx", dynamic=dynamic)
+    assert result.path.is_file() and result.max_abs_diff < 1e-4
+    assert len(result.shapes) == (3 if dynamic else 1)

@@ -175,6 +175,11 @@ def test_sequences_are_read_from_file_names_only_when_there_are_several():
     assert sequences(["IMD002", "IMD003", "IMD004"]) is None  # no separator
     assert sequences(_frames({"img": 9})) is None  # one name for everything
     assert sequences(_frames({"a1": 4, "b2": 4, "c3": 1})) is None  # a lone frame
+    slices = _frames({f"patient{k}": 3 for k in range(3)}, "{seq}-slice{i:03d}")
+    assert sequences(slices) == ["patient0"] * 3 + ["patient1"] * 3 + ["patient2"] * 3
+    # classes numbered 1, 2, ... 100 (Oxford-IIIT Pets) are no sequences
+    pets = [f"{breed}_{i}" for breed in ("Abyssinian", "Bengal", "pug") for i in (1, 10, 100)]
+    assert sequences(pets) is None
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -62,24 +62,34 @@ def make_split(
     return {k: sorted(v) for k, v in split.items()}
 
 
-# "0016E5_07959", "patient12-slice040": a sequence (or patient) name, then a frame number
-_SEQUENCE = re.compile(r"^(.*[A-Za-z].*?)[_-][A-Za-z]?\d+$")
+# "0016E5_07959", "0006R0_f00960", "patient12-slice040": a sequence (or patient) name, then
+# a zero-padded frame number of at least 3 digits
+_SEQUENCE = re.compile(r"^(.*[A-Za-z].*?)[_-][A-Za-z]*(\d{3,})$")
 MIN_SEQUENCES = 3  # one each for train, val and test at least
 
 
 def sequences(stems: list[str]) -> list[str] | None:
-    """The sequence of each stem when the file names show sequences (``<name>_<number>``,
-    at least ``MIN_SEQUENCES`` names with several frames each), else None."""
+    """The sequence of each stem when the file names show sequences, else None.
+
+    Names show sequences when every stem is ``<name>_<frame>`` with at least
+    ``MIN_SEQUENCES`` names, several frames each, and frame numbers of one width per name
+    (zero-padded, as video frames and slices are numbered). Names of classes numbered
+    1, 2, ... 100 (``Abyssinian_1``, as in Oxford-IIIT Pets) are not sequences.
+    """
     names = []
+    widths: dict[str, set[int]] = defaultdict(set)
     for stem in stems:
         match = _SEQUENCE.match(stem)
         if match is None:
             return None
         names.append(match.group(1))
+        widths[match.group(1)].add(len(match.group(2)))
     counts = defaultdict(int)
     for name in names:
         counts[name] += 1
     if len(counts) < MIN_SEQUENCES or min(counts.values()) < 2:
+        return None
+    if any(len(w) > 1 for w in widths.values()):
         return None
     return names
 

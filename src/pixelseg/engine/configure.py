@@ -24,6 +24,7 @@ from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
 from pixelseg.models import create_model
 from pixelseg.models.lite_unet import DEFAULT_ENCODER
+from pixelseg.models.registry import ModelError
 from pixelseg.models.weights import WEIGHTS_HINT, find_imagenet_weights
 
 
@@ -59,7 +60,15 @@ def choose_model(cfg: TrainConfig, in_channels: int, log: Callable[[str], None])
         return resolve_encoder_weights(replace(cfg, model="unet"))
     pretrained = cfg.encoder_weights not in ("auto", "none")  # the user gave weights
     source = find_imagenet_weights(DEFAULT_ENCODER) if cfg.encoder_weights == "auto" else None
-    if pretrained or (in_channels == 3 and source is not None):
+    # fine-tuning options ask for a pretrained encoder, on greyscale images too
+    finetuning = cfg.freeze_encoder_epochs > 0 or cfg.encoder_lr_scale is not None
+    if finetuning and not pretrained and source is None:
+        raise ModelError(
+            "--freeze-encoder-epochs and --encoder-lr-scale fine-tune a pretrained encoder, "
+            + ("but --encoder-weights is none" if cfg.encoder_weights == "none"
+               else f"and there are no ImageNet weights on this machine: {WEIGHTS_HINT}")
+        )  # fmt: skip
+    if pretrained or ((in_channels == 3 or finetuning) and source is not None):
         weights = cfg.encoder_weights if pretrained else "imagenet"
         log(
             f"model: lite-unet, EfficientNet-Lite0 encoder from {weights} weights"

@@ -103,7 +103,8 @@ def input_normalization(
 def encoder_lr_scale(cfg: TrainConfig) -> float:
     if cfg.encoder_lr_scale is not None:
         return cfg.encoder_lr_scale
-    return PRETRAINED_ENCODER_LR_SCALE if cfg.encoder_weights != "none" else 1.0
+    pretrained = cfg.encoder_weights not in ("none", "auto")
+    return PRETRAINED_ENCODER_LR_SCALE if pretrained else 1.0
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:

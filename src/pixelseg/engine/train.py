@@ -154,9 +154,13 @@ def prepare_split(
     split = None
     if seqs is not None:  # whole sequences (or patients) apart: no near-copy on both sides
         split = make_sequence_split(stems, seqs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        if split is None:
+            log(f"{len(set(seqs))} sequences in the file names, but none small enough to hold "
+                "out without starving training: a split of single images")  # fmt: skip
     if split is not None:
-        held = {part: sorted({q for q, t in zip(seqs, stems, strict=True) if t in split[part]})
-                for part in ("val", "test")}  # fmt: skip
+        parts = {part: set(split[part]) for part in ("val", "test")}
+        held = {part: sorted({q for q, t in zip(seqs, stems, strict=True) if t in members})
+                for part, members in parts.items()}  # fmt: skip
         log(f"split by sequence ({len(set(seqs))} in the file names): val {', '.join(held['val'])}"
             f"; test {', '.join(held['test'])}")  # fmt: skip
     else:
@@ -363,7 +367,8 @@ def _open_run(
         and now[k] is not None
         and saved[k] != now[k]
         and not (k in DECIDED_AT_START and now[k] == "auto")
-        and not (k == "model_kwargs" and now["model"] == "auto")  # chosen with the model
+        # chosen with the model (options given without a model are unet's: compared)
+        and not (k == "model_kwargs" and now["model"] == "auto" and not now["model_kwargs"])
     )
     if changed:
         raise ValueError(
@@ -398,9 +403,9 @@ def _calibrate(
     )
 
 
-def _check_settings(cfg: TrainConfig, resuming: bool) -> tuple[int, str | None]:
-    """Fail on a bad model name/option, loss or encoder weights before spending time on the
-    data (a resumed run has its weights: nothing to fetch).
+def _check_settings(cfg: TrainConfig, fetch: bool) -> tuple[int, str | None]:
+    """Fail on a bad model name/option, loss or encoder weights before spending time on
+    training; with ``fetch``, get the pretrained weights now (a resumed run has its own).
 
     Returns the model's stride (what input sides must be multiples of) and where the
     pretrained encoder weights were found (None: none loaded).
@@ -413,7 +418,7 @@ def _check_settings(cfg: TrainConfig, resuming: bool) -> tuple[int, str | None]:
             **cfg.model_kwargs,
         )
     )  # fmt: skip
-    source = finetune.check_finetune_settings(cfg, model, fetch=not resuming)
+    source = finetune.check_finetune_settings(cfg, model, fetch=fetch)
     return int(getattr(model, "stride", 1)), source
 
 
@@ -436,7 +441,7 @@ def _setup(
         cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
         **cfg.model_kwargs,
     )  # fmt: skip
-    if state is None:  # a resumed run has its own weights
+    if state is None and world.is_main:  # a resumed run has its own; DDP copies rank 0's
         finetune.load_pretrained(model, cfg)
     precision = choose_precision(cfg.precision, cfg.channels_last, device)
     model = precision.prepare_model(model.to(device))
@@ -547,6 +552,37 @@ def fit(
         distributed.stop(joined)
 
 
+def _settle_model(
+    cfg: TrainConfig, state: dict | None, world: World, device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[TrainConfig, CheckedData, int, str | None]:  # fmt: skip
+    """Check the data, then decide the model, its starting weights and its precision (once,
+    when a run starts; rank 0's choice holds for every process: another machine may lack
+    the weights). A model the user named is checked, and its weights file fetched, before
+    the data is read. Returns the settings, the checked data, the model's stride and where
+    the pretrained weights were found (only rank 0 loads them: DDP copies its weights)."""
+    fetch = state is None and world.is_main
+    early = cfg.model != "auto" and cfg.encoder_weights != "auto"
+    if cfg.model != "auto":  # a bad model name, option or weights file fails before the data
+        stride, source = _check_settings(cfg, fetch=fetch and early)
+    data = CheckedData.read(cfg)
+    cfg = data.input_channels(cfg, log)
+    if state is None:  # decided once, saved, and kept by a resumed run (on any device)
+        cfg = choose_model(cfg, cfg.in_channels, log)
+        model, kwargs, weights = world.broadcast((cfg.model, cfg.model_kwargs, cfg.encoder_weights))
+        cfg = replace(cfg, model=model, model_kwargs=kwargs, encoder_weights=weights)
+        chosen = choose_precision(
+            cfg.precision, cfg.channels_last, device, prefers_channels_last(cfg.model)
+        )
+        if chosen.measured:
+            log(f"{chosen.describe()}: {chosen.measured}")
+        layout = "on" if chosen.channels_last else "off"
+        cfg = replace(cfg, precision=chosen.name, channels_last=layout)
+    if not early:
+        stride, source = _check_settings(cfg, fetch=fetch)
+    return cfg, data, stride, source
+
+
 def _prepare(
     cfg: TrainConfig, resume: bool, world: World, device: torch.device, started: float
 ) -> tuple[_Session, int, Progress | None]:
@@ -564,20 +600,7 @@ def _prepare(
             "schedule, data order and random states are per process"
         )
     cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
-    if cfg.model != "auto":  # a bad model name or option fails before the data is read
-        _check_settings(cfg, resuming=True)
-    data = CheckedData.read(cfg)
-    cfg = data.input_channels(cfg, log)
-    if state is None:  # decided once, saved, and kept by a resumed run (on any device)
-        cfg = choose_model(cfg, cfg.in_channels, log)
-        chosen = choose_precision(
-            cfg.precision, cfg.channels_last, device, prefers_channels_last(cfg.model)
-        )
-        if chosen.measured:
-            log(f"{chosen.describe()}: {chosen.measured}")
-        layout = "on" if chosen.channels_last else "off"
-        cfg = replace(cfg, precision=chosen.name, channels_last=layout)
-    stride, source = _check_settings(cfg, resuming=state is not None)
+    cfg, data, stride, source = _settle_model(cfg, state, world, device, log)
     seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None

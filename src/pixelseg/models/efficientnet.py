@@ -1,8 +1,8 @@
 """EfficientNet-Lite (Tan & Le, 2019): a light ImageNet encoder written in plain PyTorch.
 
 The Lite variants are EfficientNets made for CPUs and phones: no squeeze-and-excitation,
-ReLU6 instead of Swish, and a fixed stem and head. Lite0 has 3.4M encoder parameters and
-0.4 GFLOPs at 224x224, which suits training on a laptop's CPU.
+ReLU6 instead of Swish, and a fixed stem and head. Lite0's feature extractor has 3.0M
+parameters and 0.4 GFLOPs at 224x224, which suits training on a laptop's CPU.
 
 The module names follow timm's (``conv_stem``, ``blocks.<stage>.<block>.conv_dw``...), so
 timm's checkpoints load as they are; :mod:`pixelseg.models.weights` also reads the layout

@@ -8,14 +8,13 @@ with an encoder needs no change to the engine. pixelseg's ``lite-unet`` and the 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from torch import nn
 
 __all__ = ["PretrainedEncoderModel", "has_pretrained_encoder"]
 
 
-@runtime_checkable
 class PretrainedEncoderModel(Protocol):
     """A segmentation model whose ``encoder`` can start from pretrained weights."""
 
@@ -39,4 +38,14 @@ class PretrainedEncoderModel(Protocol):
 
 
 def has_pretrained_encoder(model: nn.Module) -> bool:
-    return isinstance(model, PretrainedEncoderModel)
+    """Whether ``model`` implements :class:`PretrainedEncoderModel`.
+
+    Checked by hand rather than with a runtime-checkable Protocol: from Python 3.12 on,
+    ``isinstance`` against one looks attributes up statically, and an ``nn.Module``'s
+    submodules (``self.encoder = ...``) live in ``_modules``, where that lookup never finds
+    them.
+    """
+    methods = ("default_encoder_weights", "load_encoder_weights", "encoder_normalization")
+    return isinstance(getattr(model, "encoder", None), nn.Module) and all(
+        callable(getattr(model, name, None)) for name in methods
+    )

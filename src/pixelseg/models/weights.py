@@ -94,6 +94,8 @@ def read_encoder_state(path: Path, head: bool = False) -> dict[str, torch.Tensor
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: not a state dict (a mapping of names to tensors)")
+    if any(k.startswith("encoder.") for k in state):  # a whole model, e.g. another run's
+        state = {k: v for k, v in state.items() if k.startswith("encoder.")}
     state = {_strip(k): v for k, v in state.items()}
     if any(k.startswith("_blocks.") for k in state):
         state = _from_efficientnet_pytorch(state)
