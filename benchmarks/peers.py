@@ -1,0 +1,137 @@
+"""People photos: MediaPipe's selfie segmenter beside pixelseg, on the same held-out images.
+
+MediaPipe's selfie segmenter is the pretrained peer that video-call apps use for background
+replacement; its model ships inside the ``mediapipe==0.10.21`` wheel, which needs an
+environment of its own (numpy<2, protobuf<5). This script builds that environment once
+(``--peer-env``, default ``.venv-mediapipe``; pip fetches the wheels from the package index),
+runs both of its models (0: 256x256 "general", 1: 144x256 "landscape") on the held-out
+images of one cross-validation fold (the folds of ``crossval.py``, same seed), and scores
+their masks (probability above 0.5) with pixelseg's own metric code at each photo's own
+size: mean per-image Dice and IoU. ``--run RUN`` scores a pixelseg run folder on the same
+images (train it on the fold's other images, e.g. with ``crossval.py``'s default recipe and
+``--keep``), with the milliseconds per photo of ``predict``.
+
+    python benchmarks/peers.py --data ../shared/data/people --fold 0
+    python benchmarks/peers.py --data ../shared/data/people --fold 0 --run runs/people-fold0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+import numpy as np
+from crossval import make_folds
+
+from pixelseg.data.io import read_image, read_mask
+from pixelseg.data.layouts import find_samples
+from pixelseg.metrics import BinaryMetrics
+
+PEER_PACKAGES = ["mediapipe==0.10.21", "numpy<2", "protobuf<5"]
+# runs inside the peer's environment: photo paths in, masks and milliseconds out
+PEER_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+import mediapipe as mp
+from PIL import Image, ImageOps
+
+paths, out, model = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ms = []
+with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model) as segmenter:
+    for i, path in enumerate(paths):
+        photo = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        rgb = np.ascontiguousarray(np.asarray(photo))
+        start = time.perf_counter()
+        probability = segmenter.process(rgb).segmentation_mask
+        ms.append((time.perf_counter() - start) * 1000)
+        Image.fromarray((probability > 0.5).astype(np.uint8) * 255).save(f"{out}/{i}.png")
+print(json.dumps(ms))
+"""
+
+
+def peer_python(env: Path) -> Path:
+    """The peer environment's interpreter, built on first use."""
+    python = env / "bin" / "python"
+    if not python.exists():
+        print(f"building {env} with {' '.join(PEER_PACKAGES)} (once)", flush=True)
+        venv.create(env, with_pip=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    return python
+
+
+def score(masks: list[np.ndarray], truths: list[np.ndarray]) -> dict:
+    metrics = BinaryMetrics()
+    for mask, truth in zip(masks, truths, strict=True):
+        metrics.update(mask, truth)
+    m = metrics.compute()
+    return {"dice": m["dice"], "iou": m["iou"]}
+
+
+def run_peer(python: Path, paths: list[Path], model: int) -> tuple[list[np.ndarray], list[float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            [python, "-c", PEER_SCRIPT, json.dumps([str(p) for p in paths]), tmp, str(model)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        ms = json.loads(done.stdout.strip().splitlines()[-1])
+        from PIL import Image
+
+        masks = [np.asarray(Image.open(f"{tmp}/{i}.png")) > 0 for i in range(len(paths))]
+    return masks, ms
+
+
+def run_pixelseg(run: Path, paths: list[Path]) -> tuple[list[np.ndarray], list[float]]:
+    import pixelseg
+
+    predictor = pixelseg.load(run, device="cpu")
+    predictor.predict(read_image(paths[0]))  # warm-up
+    masks, ms = [], []
+    for path in paths:
+        image = read_image(path)
+        start = time.perf_counter()
+        mask = predictor.predict(image)
+        ms.append((time.perf_counter() - start) * 1000)
+        masks.append(mask > 0)
+    return masks, ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/people")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--fold", type=int, default=0, help="the fold whose images are scored")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peer-env", default=".venv-mediapipe")
+    parser.add_argument("--run", help="a pixelseg run folder trained on the fold's other images")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    _, samples = find_samples(args.data)
+    held_out = make_folds(samples, args.folds, args.seed)[args.fold]
+    paths = [s.image for s in held_out]
+    truths = [read_mask(s.mask, 1) > 0 for s in held_out]
+    python = peer_python(Path(args.peer_env))
+    rows = {}
+    for model in (0, 1):
+        masks, ms = run_peer(python, paths, model)
+        rows[f"mediapipe selfie model {model}"] = {**score(masks, truths),
+                                                   "ms": statistics.median(ms)}  # fmt: skip
+    if args.run:
+        masks, ms = run_pixelseg(Path(args.run), paths)
+        rows[f"pixelseg {args.run}"] = {**score(masks, truths), "ms": statistics.median(ms)}
+    print(f"{len(paths)} held-out photos of fold {args.fold} ({args.data}), scored at their size")
+    print(f"{'':<40}{'Dice':>8}{'IoU':>8}{'ms/photo':>10}")
+    for name, row in rows.items():
+        print(f"{name:<40}{row['dice']:>8.4f}{row['iou']:>8.4f}{row['ms']:>10.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"fold": args.fold, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
