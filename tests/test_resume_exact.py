@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pixelseg.config import TrainConfig
 from pixelseg.engine import checkpoint
@@ -68,12 +69,14 @@ def test_sampler_order_depends_on_seed_and_epoch_only() -> None:
         EpochSampler(10, rank=2, world_size=2)
 
 
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9}], ids=["raw", "weight-average"])
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(
-    tiny_data: Path, tmp_path: Path
+    tiny_data: Path, tmp_path: Path, extra: dict
 ) -> None:
-    full = fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **SETTINGS))
+    settings = {**SETTINGS, **extra}
+    full = fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "full"), **settings))
     run = tmp_path / "killed"
-    cfg = {"data": str(tiny_data), "out": str(run), **SETTINGS}
+    cfg = {"data": str(tiny_data), "out": str(run), **settings}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.run(
         [sys.executable, "-c", KILLER, json.dumps(cfg)], env=env, capture_output=True, text=True
@@ -83,6 +86,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(
     assert state["epoch"] == 1 and state["progress"]["step"] == 2 and not state["finished"]
     resumed = resume(run)
     assert _same(_weights(run), _weights(tmp_path / "full"))  # bitwise, on this CPU
+    best = [load_file(str(r / checkpoint.WEIGHTS_FILE)) for r in (run, tmp_path / "full")]
+    assert _same(*best)  # the saved best weights too (the average's, with ema)
     assert resumed.history == [{**r, "seconds": s["seconds"]} for r, s in
                                zip(full.history, resumed.history, strict=True)]  # fmt: skip
 

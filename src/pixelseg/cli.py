@@ -215,6 +215,12 @@ _TRAIN_OPTIONS = [
         "training images, fitted to memory)",
     ),
     ("lr", float, "AdamW learning rate"),
+    (
+        "ema",
+        float,
+        "validate and keep an exponential moving average of the weights with this decay "
+        "per step, e.g. 0.99 (0 = the raw weights)",
+    ),
     ("weight_decay", float, "AdamW weight decay"),
     ("loss", str, "loss on logits (default bce+dice; ce+dice for classes)"),
     ("seed", int, "random seed: same seed, same result on a CPU"),

@@ -62,6 +62,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
+    # validate and keep an exponential moving average of the weights with this decay per
+    # step (0 = the raw weights; engine/ema.py)
+    ema: float = 0.0
     loss: str | None = None  # None: bce+dice (binary) or ce+dice (multi-class)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -125,6 +128,7 @@ class TrainConfig:
                 "val_fraction and test_fraction must be in [0, 1) and sum to less than 1",
             ),
             (self.workers >= 0, "workers must be >= 0"),
+            (0 <= self.ema < 1, "ema must be in [0, 1): 0 = off, e.g. 0.99"),
             (self.save_every >= 0, "save_every must be >= 0"),
             (
                 isinstance(self.encoder_weights, str),

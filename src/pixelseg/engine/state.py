@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from pixelseg.config import TrainConfig
+from pixelseg.engine.ema import WeightAverage
 from pixelseg.engine.optimizer import load_optimizer_state
 from pixelseg.engine.precision import Precision
 from pixelseg.engine.schedule import Schedule
@@ -87,6 +88,11 @@ class TrainingState:
     patience_start: int = 0  # early stopping counts epochs from max(this, best_epoch)
     precision: Precision = field(default_factory=lambda: Precision("fp32", False, "cpu"))
     scaler: torch.amp.GradScaler | None = None  # fp16 autocast only
+    ema: WeightAverage | None = None  # the averaged weights, validated and saved instead
+
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the average when there is one."""
+        return self.ema.model if self.ema is not None else unwrap(self.model)
 
     def state(
         self, epoch: int, cfg: TrainConfig, mean: list[float], std: list[float],
@@ -102,6 +108,7 @@ class TrainingState:
             "best_epoch": self.best_epoch, "mean": mean, "std": std, "config": cfg.to_dict(),
             "class_weights": self.class_weights, "patience_start": self.patience_start,
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.state_dict() if self.ema else None,
         }  # fmt: skip
 
     def restore(
@@ -120,6 +127,8 @@ class TrainingState:
         self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": lambdas})
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
         randoms = state.get("random_ranks") or [state["random"]]
         progresses = state.get("progress_ranks") or [state.get("progress")]
         mine = rank if len(randoms) == world_size else 0

@@ -47,6 +47,7 @@ from pixelseg.engine.configure import (
 )
 from pixelseg.engine.device import seed_everything
 from pixelseg.engine.distributed import World
+from pixelseg.engine.ema import WeightAverage
 from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, evaluate_model
 from pixelseg.engine.interrupt import StopSignals, TrainingInterrupted
 from pixelseg.engine.optimizer import adamw
@@ -87,13 +88,15 @@ def train_one_epoch(
     after_step: Callable[[Progress], None] | None = None,
     precision: Precision | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    ema: WeightAverage | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss of the epoch.
 
     ``progress`` holds the steps and loss of the part of the epoch done before (a run
     resumed mid-epoch) and is updated in place; ``after_step(progress)`` runs after every
     step (mid-epoch checkpoints, stop requests). ``precision``: autocast dtype and memory
-    layout (float32 NCHW when None); ``scaler``: fp16's gradient scaler.
+    layout (float32 NCHW when None); ``scaler``: fp16's gradient scaler; ``ema``: a weight
+    average to update after each optimizer step.
     """
     model.train()
     progress = progress if progress is not None else Progress()
@@ -116,6 +119,8 @@ def train_one_epoch(
             optimizer.step()
         if stepped:
             scheduler.step()
+            if ema is not None:
+                ema.update(unwrap(model))
         progress.add_loss(loss, len(images))  # summed on the device: no wait for the GPU
         if bar is not None and not bar.disable:
             bar.update(1)
@@ -445,6 +450,8 @@ def _setup(
         finetune.load_pretrained(model, cfg)
     precision = choose_precision(cfg.precision, cfg.channels_last, device)
     model = precision.prepare_model(model.to(device))
+    # a copy of the model as it starts (a resumed run's average is restored from last.pt)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     if cfg.sync_batchnorm and device.type != "cuda":
         raise ValueError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
     if world.distributed:
@@ -476,7 +483,7 @@ def _setup(
         optimizer, finetune.group_schedules(schedule, optimizer, cfg, len(loader))
     )
     t = TrainingState(model, optimizer, scheduler, schedule, history=[], precision=precision,
-                      scaler=precision.scaler())  # fmt: skip
+                      scaler=precision.scaler(), ema=ema)  # fmt: skip
     return t, loader, sampler
 
 
@@ -726,15 +733,16 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
               disable=None if cfg.progress else True) as bar:  # fmt: skip
         train_one_epoch(
             t.model, run.loader, run.train_tf, run.loss_fn, t.optimizer, t.scheduler,
-            run.device, bar, progress, after_step, t.precision, t.scaler,
+            run.device, bar, progress, after_step, t.precision, t.scaler, t.ema,
         )  # fmt: skip
     parts = world.gather((progress.loss_sum, progress.count))  # the loss over all processes
     train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
     # every process evaluates rank 0's model (the one saved), outside DDP: a process with no
     # validation image of its own must not be waited for inside a forward pass
-    world.broadcast_buffers(unwrap(t.model))
+    evaluated = t.evaluated_model()
+    world.broadcast_buffers(evaluated)
     metrics, _, _ = evaluate_model(
-        unwrap(t.model), run.val_set, run.eval_tf, run.device, cfg.threshold or 0.5,
+        evaluated, run.val_set, run.eval_tf, run.device, cfg.threshold or 0.5,
         cfg.ignore_index, cfg.class_names, cfg.batch_size, loss_fn=run.loss_fn, world=world,
     )  # fmt: skip
     score = metrics[name]
@@ -748,7 +756,7 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
     if improved:  # the best weights so far: these are what predict/evaluate use
         t.best_score, t.best_epoch = score, epoch
         if world.is_main:
-            checkpoint.save_weights(run.run_dir, unwrap(t.model))
+            checkpoint.save_weights(run.run_dir, evaluated)
             best = {"best": {"epoch": epoch, name: score}}
             write_json(run.run_dir / checkpoint.CONFIG_FILE, {**run.config, **best})
     run.save(epoch)
