@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import pixelseg
 from pixelseg.cli import main
 from pixelseg.config import TrainConfig
 from pixelseg.data.io import read_image, read_mask
@@ -324,3 +325,128 @@ def test_size_follows_the_images_aspect_ratio(tmp_path: Path) -> None:
     result = fit(TrainConfig(data=str(root), out=str(tmp_path / "run"), epochs=1, **settings))
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["size"] == [128, 256]  # 300x600 scaled to a longer side of 256, stride 4
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("damaged") / "run"
+    return fit(TrainConfig(data=str(tiny_data), out=str(out), epochs=1, **FAST)).run_dir
+
+
+def _damaged_copy(run: Path, tmp_path: Path, damage) -> Path:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    damage(copy)
+    return copy
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _drop_model_key(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    del config["model"]
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _other_model(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config["model_kwargs"] = {**config["model_kwargs"], "base_channels": 16}
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _unknown_model(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config["model"] = "no-such-net"
+    (run / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("damage", "names", "says"),
+    [
+        (lambda r: _truncate(r / "model.safetensors"), "model.safetensors", "truncated"),
+        (_drop_model_key, "config.json", "no model"),
+        (_other_model, "model.safetensors", "do not fit the unet"),
+        (_unknown_model, "config.json", "no-such-net"),
+        (lambda r: (r / "config.json").write_text("[1, 2]"), "config.json", "JSON object"),
+    ],
+    ids=[
+        "truncated-weights",
+        "config-without-model",
+        "weights-of-another-model",
+        "unknown-model",
+        "config-not-an-object",
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_damaged_run_folder_is_one_clear_line(
+    small_run: Path, tiny_data: Path, tmp_path: Path, capsys, damage, names: str, says: str,
+    command: str,
+) -> None:  # fmt: skip
+    run = _damaged_copy(small_run, tmp_path, damage)
+    image = next((tiny_data / "images").iterdir())
+    target = [str(image), "--out", str(tmp_path / "o")] if command == "predict" else [
+        str(tiny_data), "--split", "all"]  # fmt: skip
+    assert main([command, str(run), *target, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert str(run / names) in err and says in err, err
+
+
+def test_a_damaged_training_state_is_one_clear_line(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+
+    def crash_after_epoch_1(row: dict) -> None:
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=2, **FAST),
+            on_epoch_end=crash_after_epoch_1)  # fmt: skip
+    _truncate(run / "last.pt")
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run / 'last.pt'}: unreadable, truncated or damaged" in err and "Traceback" not in err
+
+
+def test_output_names_never_collide_or_leave_the_folder(
+    small_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    from pixelseg.outputs import unique_stems
+
+    names = ["a.png", "a.jpg", "a_2.png", "A.png", "..png", "b.png"]
+    assert unique_stems([Path(n) for n in names]) == ["a", "a_2", "a_2_2", "A_3", "unnamed", "b"]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    source = Image.open(next((tiny_data / "images").iterdir()))
+    for name in names[:3] + ["..png"]:
+        source.save(inputs / name, format="PNG")
+    out = tmp_path / "out"
+    files = [str(inputs / name) for name in names[:3] + ["..png"]]  # (a folder skips dot files)
+    assert main(["predict", str(small_run), *files, "--out", str(out)]) == 0
+    masks = sorted(p.name for p in out.glob("*_mask.png"))
+    assert masks == ["a_2_2_mask.png", "a_2_mask.png", "a_mask.png", "unnamed_mask.png"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == ["out"]
+
+
+def test_evaluate_says_how_many_split_images_are_missing(
+    small_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    wanted = json.loads((small_run / "split.json").read_text())["test"]
+    assert len(wanted) >= 2
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    gone = sorted(copy.rglob(f"{wanted[0]}.*"))
+    assert gone
+    for p in gone:
+        p.unlink()
+    with pytest.warns(UserWarning, match=f"1 of the run's {len(wanted)} test images are not in"):
+        metrics = pixelseg.evaluate(small_run, copy, out=tmp_path / "scores", progress=False)
+    assert metrics["missing_images"] == 1 and metrics["n_images"] == len(wanted) - 1

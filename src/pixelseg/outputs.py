@@ -19,13 +19,23 @@ __all__ = ["predict_files", "unique_stems", "write_legend", "write_mask_outputs"
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """File stems, made unique (``a``, ``a_2``…) when two inputs share a name."""
-    seen: dict[str, int] = {}
+    """Names for the inputs' outputs: their stems, made unique (``a``, ``a_2``…).
+
+    Unique against every name given so far (``a.png``, ``a.jpg``, ``a_2.png`` give ``a``,
+    ``a_2``, ``a_2_2``), ignoring case (macOS and Windows folders do), and never a name of
+    dots only: ``..png``'s stem ``.`` would name the output folder itself and write
+    ``<out>_mask.png`` beside it.
+    """
+    taken: set[str] = set()
     stems = []
     for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        stems.append(p.stem if n == 1 else f"{p.stem}_{n}")
+        base = p.stem if p.stem.strip(".") else "unnamed"
+        stem, n = base, 1
+        while stem.lower() in taken:
+            n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem.lower())
+        stems.append(stem)
     return stems
 
 

@@ -8,6 +8,7 @@ structures and borders are blurred away by the down-sampling).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -263,6 +264,7 @@ def _evaluate_run(
     if tta:
         model = TTAModel(model, tta_rotations)
     _, samples = find_samples(data, format)
+    missing: list[str] = []  # the split's images that are not in data
     if split != "all":
         split_file = run / "split.json"
         if not split_file.is_file():
@@ -277,6 +279,14 @@ def _evaluate_run(
             raise PixelsegError(
                 f"none of the run's {split} images are in {data}; "
                 f"use --split all to score every image there"
+            )
+        missing = sorted(set(wanted) - {s.stem for s in samples})
+        if missing:  # scored on fewer images than the split holds: never silently
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            warnings.warn(
+                f"{len(missing)} of the run's {len(wanted)} {split} images are not in {data} "
+                f"({shown}); scoring the other {len(samples)}",
+                stacklevel=3,
             )
     dataset = SegmentationDataset(
         samples,
@@ -303,7 +313,8 @@ def _evaluate_run(
         world=world,
     )
     views = "flips and rotations" if tta_rotations else "flips" if tta else None
-    metrics = {**metrics, "split": split, "data": str(data), "tta": views}
+    metrics = {**metrics, "split": split, "data": str(data), "tta": views,
+               "missing_images": len(missing)}  # fmt: skip
     if config["num_classes"] == 1:
         metrics["threshold"] = t
         metrics["postprocess"] = steps
