@@ -228,3 +228,30 @@ def test_colour_coded_masks_train_and_evaluate(tmp_path: Path) -> None:
     assert config["num_classes"] == 2 and config["class_colors"] == colors
     metrics = evaluate_run(run, root, split="all", progress=False)
     assert metrics["n_images"] == 8 and set(metrics["per_class"]) == {"ground", "sun"}
+
+
+def test_a_test_only_segnet_folder_is_scored_and_refused_for_training(
+    tiny_camvid: Path, tmp_path: Path, capsys
+) -> None:
+    """A held-out set kept as test/ + testannot/ alone: evaluate scores it (--split test
+    picks that folder), training asks for train/."""
+    import shutil
+
+    from pixelseg.config import TrainConfig
+    from pixelseg.engine.train import fit
+    from settings import FAST
+
+    run = fit(TrainConfig(data=str(tiny_camvid), out=str(tmp_path / "run"), epochs=1, **FAST))
+    held = tmp_path / "held-out"
+    held.mkdir()
+    shutil.copytree(tiny_camvid / "val", held / "test")
+    shutil.copytree(tiny_camvid / "valannot", held / "testannot")
+    fmt, samples = find_samples(held)
+    assert fmt == "segnet" and {s.subset for s in samples} == {"test"} and len(samples) == 4
+    out = tmp_path / "scores"
+    assert main(["evaluate", str(run.run_dir), str(held), "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_images"] == 4
+    assert main(["evaluate", str(run.run_dir), str(held), "--split", "val"]) == 2
+    assert "has no val/ images (it holds test); use --split test" in capsys.readouterr().err
+    with pytest.raises(DataError, match="no training images .*holds test/ only"):
+        fit(TrainConfig(data=str(held), out=str(tmp_path / "bad"), epochs=1, **FAST))

@@ -129,7 +129,8 @@ def test_serve_with_the_onnx_engine(run: Path, tiny_data: Path, tmp_path: Path) 
     image = next((tiny_data / "images").iterdir()).read_bytes()
     answers = {}
     for engine in ("torch", "onnx"):
-        with TestClient(create_app(ServeSettings(run=str(run), engine=engine))) as c:
+        app = create_app(ServeSettings(run=str(run), engine=engine))
+        with TestClient(app, base_url="http://127.0.0.1:8000") as c:
             png = {"content-type": "image/png"}
             answers[engine] = c.post("/predict", content=image, headers=png).content
             summary = c.post("/predict?output=json", content=image, headers=png).json()

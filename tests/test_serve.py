@@ -19,6 +19,7 @@ from PIL import Image
 
 from pixelseg.config import TrainConfig
 from pixelseg.engine.train import fit
+from pixelseg.errors import PixelsegError
 from settings import FAST
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
@@ -26,6 +27,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from pixelseg.serve.app import ServeSettings, create_app  # noqa: E402
 from pixelseg.serve.batcher import Batcher, Overloaded  # noqa: E402
+
+LOCAL = "http://127.0.0.1:8000"  # what a browser on this machine sends as Host
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run: Path):
-    with TestClient(create_app(ServeSettings(run=str(run), device="cpu"))) as c:
+    with TestClient(create_app(ServeSettings(run=str(run), device="cpu")), base_url=LOCAL) as c:
         yield c
 
 
@@ -157,7 +160,7 @@ def test_missing_field_bad_query_and_byte_limit(run: Path, client: TestClient) -
                            headers={"content-type": "image/png"})  # fmt: skip
     assert response.status_code == 422 and "output" in response.json()["error"]
     small = ServeSettings(run=str(run), device="cpu", max_bytes=1000)
-    with TestClient(create_app(small)) as limited:
+    with TestClient(create_app(small), base_url=LOCAL) as limited:
         response = limited.post("/predict", content=_png((64, 64)),
                                 headers={"content-type": "image/png"})  # fmt: skip
         assert response.status_code == 413 and "MB limit" in response.json()["error"]
@@ -165,7 +168,7 @@ def test_missing_field_bad_query_and_byte_limit(run: Path, client: TestClient) -
 
 def test_api_key(run: Path) -> None:
     keyed = ServeSettings(run=str(run), device="cpu", api_key="s3cret")
-    with TestClient(create_app(keyed)) as c:
+    with TestClient(create_app(keyed), base_url=LOCAL) as c:
         assert c.get("/health").status_code == 200  # liveness stays open
         assert c.get("/model").status_code == 401
         assert c.get("/model", headers={"x-api-key": "wrong"}).status_code == 401
@@ -212,7 +215,7 @@ def test_overload_answers_503_with_retry_after(run: Path, monkeypatch) -> None:
     app.state.batcher.run_batch = slow
     statuses, headers = [], []
 
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
 
         def post():
             r = c.post("/predict", content=_png(), headers={"content-type": "image/png"})
@@ -299,7 +302,7 @@ def test_pixelseg_serve_command_end_to_end(run: Path, real_data: Path) -> None:
 
 def test_odd_keys_unknown_routes_and_a_failing_model(run: Path) -> None:
     keyed = ServeSettings(run=str(run), device="cpu", api_key="s3cret")
-    with TestClient(create_app(keyed)) as c:
+    with TestClient(create_app(keyed), base_url=LOCAL) as c:
         odd = c.get("/model", headers={"x-api-key": "clé".encode("latin-1")})
         assert odd.status_code == 401  # not a 500 from comparing non-ASCII text
         missing = c.get("/no-such-page")
@@ -314,12 +317,158 @@ def test_odd_keys_unknown_routes_and_a_failing_model(run: Path) -> None:
 
     app.state.batcher.run_batch = fails_on_dark
     # (Starlette re-raises after answering, so servers log it; the test client must not)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as c:
         buffer = io.BytesIO()
         Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(buffer, "PNG")
         png = {"content-type": "image/png"}
         failed = c.post("/predict", content=buffer.getvalue(), headers=png)
-        assert failed.status_code == 500 and "the model failed" in failed.json()["error"]
+        assert failed.status_code == 500 and "internal error" in failed.json()["error"]
+        assert "the model failed" not in failed.text  # internals stay in the server's log
         ok = c.post("/predict", content=_png(), headers=png)
         assert ok.status_code == 200  # the service goes on
         assert c.get("/health").json() == {"status": "ok"} and app.state.in_flight == 0
+
+
+def test_foreign_host_and_origin_are_refused(run: Path) -> None:
+    """DNS rebinding (a foreign Host) and other sites' pages (a foreign Origin) get 403;
+    the service's own page, clients without an Origin, and listed sites are served."""
+    app = create_app(ServeSettings(run=str(run), device="cpu"))
+    png = {"content-type": "image/png"}
+    with TestClient(app, base_url=LOCAL) as c:
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+            assert c.get("/model", headers={"host": host}).status_code == 200, host
+        rebound = c.get("/model", headers={"host": "attacker.example"})
+        assert rebound.status_code == 403 and "--allowed-hosts" in rebound.json()["error"]
+        foreign = c.post("/predict", content=_png(),
+                         headers={**png, "origin": "https://attacker.example"})  # fmt: skip
+        assert foreign.status_code == 403 and "--cors-origins" in foreign.json()["error"]
+        assert (
+            c.post("/predict", content=_png(), headers={**png, "origin": "null"}).status_code == 403
+        )
+        own = c.post("/predict", content=_png(), headers={**png, "origin": LOCAL})
+        assert own.status_code == 200
+    opened = ServeSettings(run=str(run), device="cpu", allowed_hosts=("seg.example",),
+                           cors_origins=("https://app.example",))  # fmt: skip
+    with TestClient(create_app(opened), base_url="http://seg.example") as c:
+        listed = c.post("/predict", content=_png(),
+                        headers={**png, "origin": "https://app.example"})  # fmt: skip
+        assert listed.status_code == 200
+        assert listed.headers["access-control-allow-origin"] == "https://app.example"
+        assert c.get("/model", headers={"host": "127.0.0.1"}).status_code == 403
+    anywhere = ServeSettings(run=str(run), device="cpu", host="0.0.0.0")
+    with TestClient(create_app(anywhere), base_url="http://192.168.1.20:8000") as c:
+        assert c.get("/model").status_code == 200  # every interface: any name
+
+
+def test_phone_photos_are_upright_and_multi_picture_jpegs_read(run: Path, client) -> None:
+    """EXIF orientation 6 gives the mask `predict` gives (rotated upright); a camera's MPO
+    file is read like its first picture."""
+    from pixelseg.predict import load
+
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 64, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif)
+    answer = client.post(
+        "/predict", content=buffer.getvalue(), headers={"content-type": "image/jpeg"}
+    )
+    assert answer.status_code == 200
+    mask = np.asarray(Image.open(io.BytesIO(answer.content)))
+    assert mask.shape == (64, 40)  # upright: the width and height swapped
+    path = Path(run) / "phone.jpg"
+    path.write_bytes(buffer.getvalue())
+    expected = load(run, "cpu").predict(path)
+    assert np.array_equal(mask > 0, np.asarray(expected) > 0)
+    mpo = io.BytesIO()
+    first, second = Image.fromarray(pixels), Image.fromarray(255 - pixels)
+    first.save(mpo, "MPO", save_all=True, append_images=[second])
+    answer = client.post("/predict", content=mpo.getvalue(), headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 200 and Image.open(io.BytesIO(answer.content)).size == (64, 40)
+
+
+class _Dies(BaseException):
+    """Escapes the batcher's per-batch ``except Exception``, as a real fault could."""
+
+
+def test_a_dead_model_thread_fails_fast_and_is_reported(run: Path) -> None:
+    deaths: list[BaseException] = []
+    app = create_app(ServeSettings(run=str(run), device="cpu"), on_model_death=deaths.append)
+
+    def dies(images):
+        raise _Dies("the model thread is gone")
+
+    app.state.batcher.run_batch = dies
+    png = {"content-type": "image/png"}
+    with TestClient(app, base_url=LOCAL) as c:
+        first = c.post("/predict", content=_png(), headers=png)
+        assert first.status_code == 503 and "thread stopped" in first.json()["error"]
+        started = time.monotonic()
+        later = c.post("/predict", content=_png(), headers=png)
+        assert later.status_code == 503 and time.monotonic() - started < 5  # no wait
+        health = c.get("/health")
+        assert health.status_code == 503 and "thread stopped" in health.json()["error"]
+    assert len(deaths) == 1 and isinstance(deaths[0], _Dies)
+
+
+def test_a_hanging_model_times_out_and_marks_the_service_unhealthy(run: Path) -> None:
+    app = create_app(ServeSettings(run=str(run), device="cpu", model_timeout=1.0))
+    release = threading.Event()
+
+    def hangs(images):
+        release.wait(30)
+        raise RuntimeError("released")
+
+    app.state.batcher.run_batch = hangs
+    png = {"content-type": "image/png"}
+    try:
+        with TestClient(app, base_url=LOCAL) as c:
+            started = time.monotonic()
+            stuck = c.post("/predict", content=_png(), headers=png)
+            assert stuck.status_code == 503 and "no answer from the model in 1 s" in stuck.text
+            assert time.monotonic() - started < 10
+            time.sleep(0.2)
+            health = c.get("/health")
+            assert health.status_code == 503 and "running one batch for over 1 s" in health.text
+            refused = c.post("/predict", content=_png(), headers=png)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+            release.set()
+            time.sleep(0.3)
+            assert c.get("/health").status_code == 200  # it answered again: healthy
+    finally:
+        release.set()
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment(
+    run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import argparse
+
+    from pixelseg.cli import _api_key
+
+    def args(**kw) -> argparse.Namespace:
+        return argparse.Namespace(**{"api_key": None, "api_key_file": None, **kw})
+
+    monkeypatch.delenv("PIXELSEG_API_KEY", raising=False)
+    assert _api_key(args()) is None
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    assert _api_key(args(api_key_file=str(key_file))) == "s3cret"
+    key_file.write_text("\n")
+    with pytest.raises(PixelsegError, match="key file is empty"):
+        _api_key(args(api_key_file=str(key_file)))
+    monkeypatch.setenv("PIXELSEG_API_KEY", "from-env")
+    assert _api_key(args()) == "from-env"
+    monkeypatch.setenv("PIXELSEG_API_KEY", " ")
+    with pytest.raises(PixelsegError, match="set but empty"):
+        _api_key(args())
+    monkeypatch.delenv("PIXELSEG_API_KEY")
+    assert _api_key(args(api_key="typed")) == "typed"
+    assert "visible to other users" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="empty API key"):
+        ServeSettings(run=str(run), api_key="")
+    keyed = create_app(ServeSettings(run=str(run), device="cpu", api_key="s3cret"))
+    with TestClient(keyed, base_url=LOCAL) as c:
+        schema = c.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+        assert c.get("/model", headers={"x-api-key": "s3cret"}).status_code == 200

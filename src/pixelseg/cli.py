@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -530,15 +531,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"serving needs FastAPI and uvicorn ({exc.name} is missing): "
             "pip install 'pixelseg[serve]'"
         ) from None
+    from pixelseg.serve.app import stop_server
+
+    key = _api_key(args)
     settings = ServeSettings(
         run=str(args.run), device=args.device, engine=args.engine,
         max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-        max_queue=args.max_queue, batch_size=args.batch_size, api_key=args.api_key,
+        max_queue=args.max_queue, batch_size=args.batch_size, api_key=key,
+        model_timeout=args.model_timeout, host=args.host,
+        allowed_hosts=tuple(_listed(args.allowed_hosts)),
+        cors_origins=tuple(_listed(args.cors_origins)),
     )  # fmt: skip
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: listening on {args.host}: anyone who can reach this machine can use the "
-            "model" + ("" if args.api_key else "; consider --api-key"),
+            "model" + ("" if key else "; consider --api-key-file"),
             file=sys.stderr,
         )
     # a stop (Ctrl-C, SIGTERM) waits at most this long for requests in progress
@@ -548,8 +555,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run("pixelseg.serve.app:create_app_from_env", factory=True,
                     workers=args.workers, **options)  # fmt: skip
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, stop_server), **options)
     return 0
+
+
+API_KEY_ENV = "PIXELSEG_API_KEY"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The service's key: --api-key-file, else $PIXELSEG_API_KEY, else --api-key (which
+    other users of the machine can read in ps), else none."""
+    if args.api_key_file:
+        path = Path(args.api_key_file)
+        try:
+            key = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PixelsegError(f"{path}: cannot read the API key ({exc})") from None
+        if not key:
+            raise PixelsegError(f"{path}: the API key file is empty")
+        return key
+    if API_KEY_ENV in os.environ:
+        if not os.environ[API_KEY_ENV].strip():
+            raise PixelsegError(f"{API_KEY_ENV} is set but empty: give a key, or unset it")
+        return os.environ[API_KEY_ENV].strip()
+    if args.api_key is not None:
+        print(
+            "warning: a key given with --api-key is visible to other users of this machine "
+            f"(ps); prefer --api-key-file or {API_KEY_ENV}",
+            file=sys.stderr,
+        )
+    return args.api_key
+
+
+def _listed(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -768,7 +807,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="torch, or onnx: the run's model.onnx (pixelseg export) with ONNX Runtime",
     )  # fmt: skip
     p.add_argument("--device", default="auto")
-    p.add_argument("--api-key", help="require this key in the X-API-Key header")
+    p.add_argument(
+        "--api-key-file",
+        help="require the key in this file (first line) in the X-API-Key header; or set "
+        "PIXELSEG_API_KEY",
+    )
+    p.add_argument("--api-key", help="the key itself (visible in ps: prefer --api-key-file)")
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host names to answer to besides the default (localhost, "
+        "127.0.0.1 and ::1 on a loopback address, else the address itself); * for any",
+    )
+    p.add_argument(
+        "--cors-origins",
+        help="comma-separated origins (https://app.example) whose pages may call the service",
+    )
+    p.add_argument(
+        "--model-timeout", type=float, default=120.0,
+        help="seconds a request waits for the model before a 503 (120); a batch running "
+        "longer marks the service unhealthy",
+    )  # fmt: skip
     p.add_argument("--max-mb", type=float, default=20.0, help="largest upload in MB (20)")
     p.add_argument(
         "--max-megapixels", type=float, default=25.0, help="largest image in megapixels (25)"

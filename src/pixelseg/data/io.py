@@ -35,9 +35,7 @@ def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return (
-                ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im.copy()
-            )
+            return upright(im)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Image.DecompressionBombError as exc:
@@ -47,6 +45,15 @@ def _open(path: Path) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """A decoded image turned as its EXIF orientation says (a copy either way): files and
+    the service's uploads go through here, so a phone photo gets one mask whichever way it
+    comes in. A multi-picture JPEG (MPO) gives its first picture."""
+    if im.getexif().get(_ORIENTATION, 1) != 1:
+        return ImageOps.exif_transpose(im)
+    return im.copy()
 
 
 def to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:

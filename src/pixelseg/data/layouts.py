@@ -144,21 +144,24 @@ SUBSETS = ("train", "val", "test")
 
 
 def _segnet_dirs(root: Path) -> dict[str, tuple[Path, Path]]:
-    """The subsets present as ``X/`` + ``Xannot/`` folder pairs (``train`` must be one)."""
+    """The subsets present as ``X/`` + ``Xannot/`` folder pairs: any of them, so a held-out
+    ``test/`` + ``testannot/`` alone can be scored (training needs ``train/``)."""
     if not root.is_dir():
         return {}
-    found = {
+    return {
         subset: (root / subset, root / f"{subset}annot")
         for subset in SUBSETS
         if (root / subset).is_dir() and (root / f"{subset}annot").is_dir()
     }
-    return found if "train" in found else {}
 
 
 def _find_segnet(root: Path) -> list[Sample]:
     dirs = _segnet_dirs(root)
     if not dirs:
-        raise DataError(f"{root}: expected 'train/' and 'trainannot/' folders (SegNet layout)")
+        raise DataError(
+            f"{root}: expected folder pairs such as 'train/' + 'trainannot/' (SegNet layout: "
+            "train, val and test, each with its annot folder)"
+        )
     samples = []
     for subset, (images_dir, masks_dir) in dirs.items():
         images = _index_by_stem(sorted(p for p in images_dir.iterdir() if is_image_file(p)))

@@ -265,7 +265,17 @@ def _evaluate_run(
         model = TTAModel(model, tta_rotations)
     _, samples = find_samples(data, format)
     missing: list[str] = []  # the split's images that are not in data
-    if split != "all":
+    if split != "all" and all(s.subset is not None for s in samples):
+        # a data set with its own split (SegNet's test/ + testannot/...): the split named
+        # is its folder, which is also what a run trained on it kept
+        present = sorted({s.subset for s in samples}, key=SPLITS.index)
+        samples = [s for s in samples if s.subset == split]
+        if not samples:
+            raise PixelsegError(
+                f"{data} has no {split}/ images (it holds {', '.join(present)}); "
+                f"use --split {' or --split '.join(present)}, or --split all"
+            )
+    elif split != "all":
         split_file = run / "split.json"
         if not split_file.is_file():
             raise PixelsegError(f"{run}: no split.json; use --split all")

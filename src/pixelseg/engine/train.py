@@ -146,6 +146,12 @@ def prepare_split(
         return load_split(path)
     if all(s.subset is not None for s in samples):  # keep the data set's own split (CamVid)
         split = {k: sorted(s.stem for s in samples if s.subset == k) for k in SPLITS}
+        if not split["train"]:
+            present = ", ".join(f"{k}/" for k in SPLITS if split[k])
+            raise DataError(
+                f"{cfg.data}: the data set's own split has no training images (it holds "
+                f"{present} only); training needs train/ + trainannot/"
+            )
         shared = _shared_sequences(split)
         if shared:
             log(f"note: the data set's own validation images come from sequences that "

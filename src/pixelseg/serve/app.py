@@ -14,25 +14,30 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import secrets
+import signal
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 import pixelseg
-from pixelseg.serve.batcher import Batcher, Overloaded
+from pixelseg.serve.batcher import Batcher, ModelUnavailable, Overloaded
+from pixelseg.serve.guard import BrowserGuard, default_hosts
 from pixelseg.serve.uploads import (
     ApiError,
     Limits,
@@ -41,6 +46,7 @@ from pixelseg.serve.uploads import (
     decode_image,
 )
 
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 SETTINGS_ENV = "PIXELSEG_SERVE_SETTINGS"  # how worker processes get their settings
 
@@ -55,8 +61,19 @@ class ServeSettings:
     max_queue: int = 64
     batch_size: int = 4
     api_key: str | None = None
+    model_timeout: float = 120.0  # seconds a request waits for the model before a 503
+    host: str = "127.0.0.1"  # the address listened on: it decides the default allowed_hosts
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered (guard.py); () = from host
+    cors_origins: tuple[str, ...] = ()  # other sites whose pages may call the service
 
     def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("an empty API key would let anyone in: give a key, or none")
+        if self.model_timeout <= 0:
+            raise ValueError("model_timeout must be > 0 seconds")
+        # (lists when read back from JSON by a worker process)
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         if self.engine not in ("torch", "onnx"):
             raise ValueError(f"engine must be torch or onnx, got {self.engine!r}")
         if min(self.max_bytes, self.max_pixels, self.max_queue, self.batch_size) < 1:
@@ -71,14 +88,23 @@ class Output(str, Enum):
     json = "json"
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
-    """The application for one run; loads the model now (once per process)."""
+def create_app(
+    settings: ServeSettings, on_model_death: Callable[[BaseException], None] | None = None
+) -> FastAPI:
+    """The application for one run; loads the model now (once per process).
+
+    ``on_model_death`` is called if the model's thread dies (``pixelseg serve`` stops the
+    server, which exits non-zero so that a supervisor restarts it); requests get 503 then.
+    """
     # Pillow's bomb warning (pixelseg's own limit decides) and dropped alpha channels are
     # not worth a log line per request; set once here, not per request (not thread-safe).
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     warnings.filterwarnings("ignore", message="upload: alpha channel dropped")
     predictor = _load(settings)
-    batcher = Batcher(predictor.logits, settings.batch_size, settings.max_queue)
+    batcher = Batcher(
+        predictor.logits, settings.batch_size, settings.max_queue,
+        stuck_after=settings.model_timeout, on_death=on_model_death,
+    )  # fmt: skip
     limits = Limits(settings.max_bytes, settings.max_pixels)
 
     @contextlib.asynccontextmanager
@@ -95,6 +121,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.settings, app.state.in_flight = settings, 0
     _add_error_handlers(app)
     _add_routes(app)
+    if settings.cors_origins:  # answers the preflights of the sites allowed
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Content-Type"],
+        )  # fmt: skip
+    hosts = settings.allowed_hosts or default_hosts(settings.host)
+    app.add_middleware(BrowserGuard, hosts=hosts, origins=settings.cors_origins)  # outermost
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
     return app
@@ -113,7 +146,14 @@ def _load(settings: ServeSettings):
 
 def create_app_from_env() -> FastAPI:
     """For ``uvicorn --factory`` worker processes: settings from the environment."""
-    return create_app(ServeSettings(**json.loads(os.environ[SETTINGS_ENV])))
+    return create_app(ServeSettings(**json.loads(os.environ[SETTINGS_ENV])), stop_server)
+
+
+def stop_server(exc: BaseException) -> None:
+    """A dead model thread stops the server process: uvicorn shuts down on SIGTERM and
+    exits by that signal (non-zero), so a supervisor (systemd, Kubernetes) restarts it."""
+    log.critical("the model's thread died (%r): stopping the server", exc)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def settings_to_env(settings: ServeSettings) -> None:
@@ -137,6 +177,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(ModelUnavailable)
+    async def unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
+        return JSONResponse({"error": f"the model cannot answer: {exc}"}, 503,
+                            headers={"Retry-After": "5"})  # fmt: skip
+
     @app.exception_handler(MemoryError)
     async def out_of_memory(request: Request, exc: MemoryError) -> JSONResponse:
         message = "the server ran out of memory on this image; retry later or send a smaller one"
@@ -144,9 +189,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        # not the client's fault: a bug or a failing model, reported as JSON all the same
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        return JSONResponse({"error": message}, 500)
+        # not the client's fault: a bug or a failing model. The details go to the server's
+        # log, never to the client (they can hold paths and internals).
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal error (details are in the server's log)"}, 500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -157,10 +203,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": f"invalid request: {problems}"}, 422)
 
 
-def _check_key(request: Request) -> None:
+# declared in the OpenAPI schema, so that /docs has an "Authorize" button that sends it
+API_KEY = APIKeyHeader(
+    name="X-API-Key", auto_error=False,
+    description="the key given to pixelseg serve (--api-key-file or PIXELSEG_API_KEY), if any",
+)  # fmt: skip
+
+
+def _check_key(request: Request, given: str | None = Security(API_KEY)) -> None:
     key = request.app.state.settings.api_key
-    given = request.headers.get("x-api-key", "").encode("latin-1")  # as HTTP decoded it
-    if key is not None and not secrets.compare_digest(given, key.encode()):
+    sent = (given or "").encode("latin-1")  # the bytes as HTTP sent them
+    if key is not None and not secrets.compare_digest(sent, key.encode()):
         raise ApiError(401, "missing or wrong API key (send it in the X-API-Key header)")
 
 
@@ -171,13 +224,13 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/health", summary="Liveness: the service is up and its model thread runs")
     async def health(request: Request) -> JSONResponse:
-        if not request.app.state.batcher.alive:
-            return JSONResponse({"status": "error", "error": "the model thread stopped"}, 503)
+        problem = request.app.state.batcher.problem()
+        if problem:
+            return JSONResponse({"status": "error", "error": problem}, 503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/model", summary="The model: classes, input size, threshold, version")
-    async def model(request: Request) -> dict:
-        _check_key(request)
+    async def model(request: Request, _: None = Depends(_check_key)) -> dict:
         p = request.app.state.predictor
         return {
             "name": p.config["model"], "num_classes": p.num_classes, "classes": _names(p),
@@ -200,8 +253,8 @@ def _add_routes(app: FastAPI) -> None:
         threshold: float | None = Query(None, ge=0, le=1, description="binary runs"),
         opacity: float = Query(0.45, ge=0, le=1, description="overlay tint"),
         feather: float = Query(0.0, ge=0, le=50, description="cut-out edge blur, pixels"),
+        _: None = Depends(_check_key),
     ) -> Response:
-        _check_key(request)
         state = request.app.state
         if state.in_flight >= state.settings.max_queue:  # full: refuse before holding more
             await _drain(request, state.limits)
@@ -292,7 +345,8 @@ def _render(
     else:
         array = (predictor.top_proba(logit) * 255).round()
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    # level 1: several times faster than Pillow's default 6 on a large image, a little bigger
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG", compress_level=1)
     return Response(buffer.getvalue(), media_type="image/png")
 
 

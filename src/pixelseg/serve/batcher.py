@@ -11,43 +11,94 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 class Overloaded(Exception):
     """The queue is full: the client should retry later."""
 
 
+class ModelUnavailable(Exception):
+    """The model's thread has stopped, or one batch has run too long: the service cannot
+    answer, and says so at once instead of queueing requests that would never end."""
+
+
 class Batcher:
     def __init__(
         self, run_batch: Callable[[Sequence[Any]], Sequence[Any]], batch_size: int = 4,
-        max_queue: int = 16, max_wait: float = 0.005,
+        max_queue: int = 16, max_wait: float = 0.005, stuck_after: float = 120.0,
+        on_death: Callable[[BaseException], None] | None = None,
     ) -> None:  # fmt: skip
-        if batch_size < 1 or max_queue < 1:
-            raise ValueError("batch_size and max_queue must be >= 1")
+        if batch_size < 1 or max_queue < 1 or stuck_after <= 0:
+            raise ValueError("batch_size and max_queue must be >= 1, stuck_after > 0")
         self.run_batch, self.batch_size, self.max_wait = run_batch, batch_size, max_wait
+        self.stuck_after, self.on_death = stuck_after, on_death
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="pixelseg-batcher", daemon=True)
+        self._busy_since: float | None = None  # when the batch now running started
+        self.death: BaseException | None = None
+        self._thread = threading.Thread(target=self._guarded, name="pixelseg-batcher", daemon=True)
         self._thread.start()
 
     async def submit(self, item: Any) -> Any:
-        """The result of ``run_batch`` for ``item``; :class:`Overloaded` if the queue is full."""
+        """The result of ``run_batch`` for ``item``. :class:`Overloaded` if the queue is
+        full; :class:`ModelUnavailable` if the model's thread is dead or stuck, or when no
+        answer comes within ``stuck_after`` seconds."""
+        problem = self.problem()
+        if problem:
+            raise ModelUnavailable(problem)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         try:
             self.queue.put_nowait((item, future, loop))
         except queue.Full:
             raise Overloaded from None
-        return await future
+        try:  # (a wait longer than one stuck batch means the model will not answer)
+            return await asyncio.wait_for(future, self.stuck_after)
+        except TimeoutError:
+            raise ModelUnavailable(f"no answer from the model in {self.stuck_after:g} s") from None
+
+    def problem(self) -> str | None:
+        """Why the model cannot answer now, or None when it can."""
+        if not self._thread.is_alive():
+            return "the model's thread stopped" + (f" ({self.death!r})" if self.death else "")
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > self.stuck_after:
+            return f"the model has been running one batch for over {self.stuck_after:g} s"
+        return None
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def _guarded(self) -> None:
+        """The worker loop; if it dies (a BaseException escapes the model), every waiting
+        request fails at once instead of waiting forever, and ``on_death`` is told."""
+        try:
+            self._work()
+        except BaseException as exc:
+            log.critical("the model's thread died", exc_info=exc)
+            self.death = exc
+            self._fail_waiting(exc)
+            if self.on_death is not None:
+                self.on_death(exc)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        error = ModelUnavailable(f"the model's thread stopped ({exc!r})")
+        while True:
+            try:
+                _, future, loop = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, None, error)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -61,9 +112,23 @@ class Batcher:
                     batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-            for (_, future, loop), (result, error) in zip(batch, self._run(batch), strict=True):
-                with contextlib.suppress(RuntimeError):  # that request's loop has closed
-                    loop.call_soon_threadsafe(_settle, future, result, error)
+            self._busy_since = time.monotonic()
+            try:
+                results = self._run(batch)
+            except BaseException as exc:  # this batch's requests fail with the thread
+                results = [(None, ModelUnavailable(f"the model's thread stopped ({exc!r})"))]
+                results *= len(batch)
+                self._answer(batch, results)
+                raise
+            finally:
+                self._busy_since = None
+            self._answer(batch, results)
+
+    @staticmethod
+    def _answer(batch: list, results: list[tuple[Any, BaseException | None]]) -> None:
+        for (_, future, loop), (result, error) in zip(batch, results, strict=True):
+            with contextlib.suppress(RuntimeError):  # that request's loop has closed
+                loop.call_soon_threadsafe(_settle, future, result, error)
 
     def _run(self, batch: list) -> list[tuple[Any, BaseException | None]]:
         """Each item's (result, error): a failing batch is retried one item at a time, so
@@ -77,7 +142,7 @@ class Batcher:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self.problem() is None
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

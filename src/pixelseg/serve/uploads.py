@@ -14,6 +14,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+# the parsers Pillow may try on untrusted bytes (a camera's multi-picture JPEG is MPO, which
+# Pillow's JPEG parser opens itself); no other parser ever sees an upload
+_PARSERS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+_READABLE = (*FORMATS, "MPO")
 MIN_SIDE = 8  # pixels: anything smaller is no picture to segment
 
 
@@ -57,12 +61,15 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     """Upload bytes (already through :func:`check_size`) → HxWx3 uint8 RGB, or
     :class:`ApiError` naming the problem."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=_PARSERS)
     except Image.DecompressionBombError as exc:
         raise ApiError(413, f"image refused as a decompression bomb: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        known = _sniff(data)
+        if known:
+            raise ApiError(415, f"unsupported image format {known}; send {_formats()}") from None
         raise ApiError(415, f"not an image in a format pixelseg reads ({_formats()})") from None
-    if image.format not in FORMATS:
+    if image.format not in _READABLE:
         raise ApiError(415, f"unsupported image format {image.format}; send {_formats()}")
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -82,10 +89,27 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    """Any mode (greyscale, 16-bit, palette, alpha, CMYK) → HxWx3 uint8, as files are read."""
-    from pixelseg.data.io import to_rgb
+    """Any mode (greyscale, 16-bit, palette, alpha, CMYK) → HxWx3 uint8, turned upright by
+    its EXIF orientation: exactly as files are read."""
+    from pixelseg.data.io import to_rgb, upright
 
-    return to_rgb(image, "upload")
+    return to_rgb(upright(image), "upload")
+
+
+# Image formats that are not read, named from their first bytes for a clearer refusal
+# (no parser runs on them).
+_SIGNATURES = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"8BPS": "PSD", b"%PDF": "PDF",
+               b"\x00\x00\x01\x00": "ICO", b"\xff\x0a": "JPEG XL"}  # fmt: skip
+_ISO_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+
+def _sniff(data: bytes) -> str | None:
+    for signature, name in _SIGNATURES.items():
+        if data.startswith(signature):
+            return name
+    if data[4:8] == b"ftyp":
+        return _ISO_BRANDS.get(data[8:12])
+    return None
 
 
 def _formats() -> str:
