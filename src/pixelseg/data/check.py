@@ -93,7 +93,7 @@ def inspect_sample(
         problems.append(f"{sample.image}: no mask found for this image")
     else:
         try:
-            mask = read_mask(sample.mask, num_classes, colors)
+            mask = read_mask(sample.mask, num_classes, colors, ignore_index)
         except DataError as exc:
             problems.append(str(exc))
     if image is None or mask is None:
@@ -112,7 +112,9 @@ def inspect_sample(
             hint = "; it looks like a binary mask (use 1 class)" if set(hist) <= {0, 255} else ""
             problems.append(f"{sample.mask}: class values {bad} outside 0..{num_classes - 1}{hint}")
     grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
-    info = SampleInfo(sample.stem, image.shape[0], image.shape[1], float((mask > 0).mean()), grey)
+    counted = mask != ignore_index if ignore_index is not None else np.ones(mask.shape, bool)
+    foreground = float(((mask > 0) & counted).sum() / max(counted.sum(), 1))  # void apart
+    info = SampleInfo(sample.stem, image.shape[0], image.shape[1], foreground, grey)
     return info, problems, hist
 
 

@@ -48,12 +48,14 @@ class SegmentationDataset(Dataset):
         progress: bool = False,
         channels: int = 3,
         colors: list[list[int]] | None = None,
+        ignore_index: int | None = None,
     ) -> None:
         if not samples:
             raise ValueError("a dataset needs at least one sample")
         self.samples = list(samples)
         self.size = (int(size[0]), int(size[1]))
         self.num_classes = num_classes
+        self.ignore_index = ignore_index  # masks hold it where pixels are void
         self.keep_original = keep_original
         self.original_masks: list[np.ndarray] = []
         self.original_sizes: list[tuple[int, int]] = []  # (height, width) before resizing
@@ -68,7 +70,7 @@ class SegmentationDataset(Dataset):
                 image = to_channels(read_image(sample.image), channels)
                 if sample.mask is None:
                     raise DataError(f"{sample.image}: no mask found for this image")
-                mask = read_mask(sample.mask, num_classes, colors)
+                mask = read_mask(sample.mask, num_classes, colors, ignore_index)
             except DataError as exc:
                 problems.append(str(exc))
                 continue

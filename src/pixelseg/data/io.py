@@ -97,8 +97,9 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(
-    path: str | Path, num_classes: int = 1, colors: list[list[int]] | None = None
-) -> np.ndarray:
+    path: str | Path, num_classes: int = 1, colors: list[list[int]] | None = None,
+    ignore_index: int | None = None,
+) -> np.ndarray:  # fmt: skip
     """Read a mask as an HxW uint8 array of class indices.
 
     Binary (``num_classes == 1``): any encoding becomes {0, 1}:
@@ -110,6 +111,10 @@ def read_mask(
       brightest channel is above 127;
     - several small values and nothing above 127 (class indices such as CamVid's 0..11)
       raise a :class:`DataError`, since thresholding would silently empty the mask.
+    - with ``ignore_index`` (e.g. 255, PASCAL VOC's void borders), pixels of that value
+      stay ``ignore_index`` (void: in no loss and no metric) and the others are read by the
+      rules above. Without it, a mask of 0, 1 and 255 is an error: 255 may be void or
+      foreground, and reading it as foreground would keep only the void ring.
 
     Multi-class: the file holds class indices 0..255 (greyscale or palette PNG), or, with
     ``colors`` (one RGB triple per class, from a class table), each class in its colour.
@@ -117,7 +122,7 @@ def read_mask(
     path = Path(path)
     im = _open(path)
     if num_classes == 1:
-        return _binary_mask(im, path)
+        return _binary_mask(im, path, ignore_index)
     if colors is not None and im.mode in ("RGB", "RGBA"):
         return _colour_mask(np.asarray(im.convert("RGB")), colors, path)
     if im.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
@@ -144,20 +149,36 @@ def _colour_mask(rgb: np.ndarray, colors: list[list[int]], path: Path) -> np.nda
     return lookup[inverse].reshape(codes.shape)
 
 
-def _binary_mask(im: Image.Image, path: Path) -> np.ndarray:
-    if im.mode == "P":
-        indices = np.asarray(im)
-        if indices.max() <= 1:
-            return indices.astype(np.uint8)
-    if im.mode in ("RGB", "RGBA", "P"):
+def _binary_mask(im: Image.Image, path: Path, ignore_index: int | None = None) -> np.ndarray:
+    if im.mode == "P" and (np.asarray(im).max() <= 1 or ignore_index is not None):
+        arr = np.asarray(im)  # palette indices (PASCAL VOC's masks: 0, 1, ..., 255 void)
+    elif im.mode in ("RGB", "RGBA", "P"):
         # a colour-coded mask (e.g. pure red on black) is foreground wherever any channel
         # is bright; converting to grey first would turn pure red into 76.
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8).max(axis=2)
     else:
         arr = np.asarray(im.convert("L"), dtype=np.uint8)
+    if ignore_index is None:
+        return _binarise(arr, path)
+    void = arr == ignore_index
+    mask = np.zeros(arr.shape, np.uint8)
+    if not void.all():
+        mask[~void] = _binarise(arr[~void], path)
+    mask[void] = ignore_index
+    return mask
+
+
+def _binarise(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Grey levels (any shape) → {0, 1} by the rules of :func:`read_mask`."""
     levels = np.unique(arr)
     if levels[-1] <= 1:
-        return arr.copy()
+        return arr.astype(np.uint8)
+    if set(levels.tolist()) == {0, 1, 255} or set(levels.tolist()) == {1, 255}:
+        raise DataError(
+            f"{path}: mask values 0, 1 and 255: is 255 void (as PASCAL VOC marks uncertain "
+            "borders) or foreground? If void, give --ignore-index 255; if foreground, save "
+            "the mask with one foreground value"
+        )
     if len(levels) == 2:
         return (arr > levels[0]).astype(np.uint8)
     if levels[-1] <= 127:

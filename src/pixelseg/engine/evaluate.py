@@ -98,7 +98,8 @@ def evaluate_model(
             pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
             if dataset.num_classes == 1 and postprocess_steps:
                 pred = postprocess(pred, postprocess_steps)
-            row = metrics.update(pred, truth)
+            row = metrics.update(pred, *_binary_truth(truth, ignore_index)) if (
+                dataset.num_classes == 1) else metrics.update(pred, truth)  # fmt: skip
             rows.append({"index": index, "stem": dataset.samples[index].stem, **row})
             if keep_predictions:
                 predictions[index] = pred
@@ -111,6 +112,15 @@ def evaluate_model(
     if loss_fn is not None:
         result["loss"] = total_loss / len(dataset)
     return result, [{k: v for k, v in r.items() if k != "index"} for r in rows], predictions
+
+
+def _binary_truth(
+    truth: np.ndarray, ignore_index: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A binary mask's (foreground, valid pixels): void pixels count in no score."""
+    if ignore_index is None:
+        return truth == 1, None
+    return truth == 1, truth != ignore_index
 
 
 def _new_metrics(
@@ -175,8 +185,9 @@ def calibrate_threshold(
     dice_sums = np.zeros(len(grid))
     for logit, truth in _original_size_logits(model, dataset, transform, device, batch_size):
         proba = torch.sigmoid(logit[0]).numpy()
+        truths = _binary_truth(truth, dataset.ignore_index)
         for k, t in enumerate(grid):
-            dice_sums[k] += BinaryMetrics().update(proba > t, truth == 1)["dice"]
+            dice_sums[k] += BinaryMetrics().update(proba > t, *truths)["dice"]
     best = max(range(len(grid)), key=lambda k: (round(dice_sums[k], 9), -abs(grid[k] - 0.5)))
     return grid[best], float(dice_sums[best] / len(dataset))
 
@@ -203,8 +214,9 @@ def choose_postprocess(
     sums = np.zeros(len(POSTPROCESS_OPTIONS))
     for logit, truth in _original_size_logits(model, dataset, transform, device, batch_size):
         pred = logits_to_mask(logit, threshold).numpy()
+        truths = _binary_truth(truth, dataset.ignore_index)
         for k, steps in enumerate(POSTPROCESS_OPTIONS):
-            sums[k] += BinaryMetrics().update(postprocess(pred, steps), truth)["dice"]
+            sums[k] += BinaryMetrics().update(postprocess(pred, steps), *truths)["dice"]
     means = sums / len(dataset)
     best = 0  # no clean-up, unless an option beats the best so far by MIN_POSTPROCESS_GAIN
     for k in range(1, len(POSTPROCESS_OPTIONS)):
@@ -306,6 +318,7 @@ def _evaluate_run(
         progress=progress,
         channels=config["in_channels"],
         colors=config.get("class_colors"),
+        ignore_index=config.get("ignore_index"),
     )
     t = float(config.get("threshold", 0.5)) if threshold is None else threshold
     steps = list(config.get("postprocess") or []) if apply_postprocess else []

@@ -289,7 +289,7 @@ def build_datasets(
     cfg = choose_size(cfg, heights, widths, stride, log)
     train_set = SegmentationDataset(
         select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels,
-        colors=cfg.class_colors,
+        colors=cfg.class_colors, ignore_index=cfg.ignore_index,
     )  # fmt: skip
     val_samples = select(samples, split["val"])
     if not val_samples:
@@ -301,7 +301,7 @@ def build_datasets(
         val_samples = select(samples, split["train"])
     val_set = SegmentationDataset(
         val_samples, cfg.size, cfg.num_classes, keep_original=True, channels=channels,
-        colors=cfg.class_colors,
+        colors=cfg.class_colors, ignore_index=cfg.ignore_index,
     )  # fmt: skip
     return train_set, val_set, cfg
 
