@@ -9,6 +9,13 @@ as its Retry-After header says, as a well-behaved client would:
 
     python benchmarks/serve_load.py --run RUN --image ../shared/data/ph2/.../IMD002.bmp \\
         --clients 32 --seconds 60
+
+``--blocky 6000x4000`` sends a picture of that size made of flat colour blocks instead (a
+few hundred KB as PNG, 24 MP decoded: what bounds the server's memory), and ``--outputs
+json,overlay`` gives the clients these outputs in turn:
+
+    python benchmarks/serve_load.py --run CAMVID_RUN --blocky 6000x4000 --clients 16 \\
+        --outputs json,overlay --seconds 60
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,24 +65,38 @@ def wait_healthy(port: int, server: subprocess.Popen, timeout: float = 120) -> N
     raise RuntimeError("the server did not become healthy")
 
 
-def client(port: int, body: bytes, kind: str, until: float, results: list, lock) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+def blocky_png(width: int, height: int, path: Path) -> None:
+    """A picture of flat colour blocks: small as a PNG, large once decoded."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (height // 200 + 1, width // 200 + 1, 3), dtype=np.uint8)
+    image = np.repeat(np.repeat(blocks, 200, axis=0), 200, axis=1)[:height, :width]
+    Image.fromarray(image).save(path, optimize=True)
+
+
+def client(
+    port: int, body: bytes, kind: str, until: float, results: list, lock, output: str
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     mine = []
     while time.monotonic() < until:
         start = time.perf_counter()
         try:
-            conn.request("POST", "/predict", body=body, headers={"content-type": kind})
+            conn.request("POST", f"/predict?output={output}", body=body,
+                         headers={"content-type": kind})  # fmt: skip
             response = conn.getresponse()
             response.read()
             mine.append((response.status, time.perf_counter() - start))
             if response.status == 503:  # as a polite client does: wait as told, reconnect
                 conn.close()
                 time.sleep(float(response.getheader("retry-after") or 1))
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         except OSError as exc:
             mine.append((f"connection error: {type(exc).__name__}", time.perf_counter() - start))
             conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     conn.close()
     with lock:
         results.extend(mine)
@@ -83,13 +105,23 @@ def client(port: int, body: bytes, kind: str, until: float, results: list, lock)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True)
-    parser.add_argument("--image", required=True, help="the image every request sends")
+    parser.add_argument("--image", help="the image every request sends")
+    parser.add_argument("--blocky", help="send a made-up picture of flat blocks, WIDTHxHEIGHT")
+    parser.add_argument("--outputs", default="mask", help="outputs the clients ask in turn")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--serve-args", default="", help="more options for pixelseg serve")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    if (args.image is None) == (args.blocky is None):
+        parser.error("give --image or --blocky")
+    if args.blocky:
+        width, height = (int(v) for v in args.blocky.lower().split("x"))
+        args.image = str(Path(tempfile.mkdtemp()) / f"blocky_{width}x{height}.png")
+        blocky_png(width, height, Path(args.image))
+        print(f"sending {args.image}: {Path(args.image).stat().st_size / 1e3:.0f} KB")
+    outputs = args.outputs.split(",")
 
     port = free_port()
     command = [sys.executable, "-m", "pixelseg", "serve", args.run, "--port", str(port),
@@ -105,8 +137,11 @@ def main() -> None:
         until = time.monotonic() + args.seconds
         start = time.perf_counter()
         threads = [
-            threading.Thread(target=client, args=(port, body, kind, until, results, lock))
-            for _ in range(args.clients)
+            threading.Thread(
+                target=client,
+                args=(port, body, kind, until, results, lock, outputs[i % len(outputs)]),
+            )
+            for i in range(args.clients)
         ]
         for t in threads:
             t.start()
@@ -125,7 +160,8 @@ def main() -> None:
     answered = sorted(seconds for status, seconds in results if status == 200)
     q = statistics.quantiles(answered, n=100) if len(answered) > 1 else [float("nan")] * 99
     figures = {
-        "clients": args.clients, "seconds": round(elapsed, 1), "requests": len(results),
+        "clients": args.clients, "outputs": outputs, "image": Path(args.image).name,
+        "seconds": round(elapsed, 1), "requests": len(results),
         "ok": len(answered), "requests_per_s": round(len(answered) / elapsed, 2),
         "p50_ms": round(q[49] * 1000), "p95_ms": round(q[94] * 1000),
         "p99_ms": round(q[98] * 1000), "status_counts": {str(k): v for k, v in codes.items()},

@@ -259,32 +259,41 @@ def test_fuzz_never_a_server_error(client: TestClient, seed, cut, flips, noise, 
         assert response.json()["error"]
 
 
-def test_pixelseg_serve_command_end_to_end(run: Path, real_data: Path) -> None:
-    """``pixelseg serve`` as a user starts it: a PH2 image in, a mask of its size out; then
-    SIGTERM stops it promptly."""
+def _start_server(run: Path, *options: str):
+    """``pixelseg serve RUN`` in a process of its own, once healthy: (process, port)."""
     import http.client
     import socket
     import subprocess
     import sys
-
-    from pixelseg.data.layouts import find_samples
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "pixelseg", "serve", str(run), "--port", str(port),
-         "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         "--device", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    for _ in range(600):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return server, port
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"the server did not start: {server.communicate()[0][-2000:]}")
+
+
+def test_pixelseg_serve_command_end_to_end(run: Path, real_data: Path) -> None:
+    """``pixelseg serve`` as a user starts it: a PH2 image in, a mask of its size out; then
+    SIGTERM stops it promptly."""
+    import http.client
+
+    from pixelseg.data.layouts import find_samples
+
+    server, port = _start_server(run)
     try:
-        for _ in range(300):
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
         image = find_samples(real_data / "ph2")[1][0].image
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/predict", body=image.read_bytes(),
@@ -472,3 +481,71 @@ def test_the_api_key_comes_from_a_file_or_the_environment(
         schema = c.get("/openapi.json").json()
         assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
         assert c.get("/model", headers={"x-api-key": "s3cret"}).status_code == 200
+
+
+def test_slow_uploads_hold_no_slot_and_are_dropped_in_time(run: Path) -> None:
+    """70 clients that send their headers and then trickle their bodies: a normal request
+    is still answered (they hold no place in the model's line), and after --upload-timeout
+    each slow one gets 408 and its connection is closed."""
+    import http.client
+    import select
+    import socket
+
+    server, port = _start_server(run, "--upload-timeout", "10", "--max-queue", "8")
+    slow = []
+    try:
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n")  # fmt: skip
+        for _ in range(70):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(head.encode() + _png()[:20])
+            slow.append(sock)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/predict", body=_png(), headers={"content-type": "image/png"})
+        assert conn.getresponse().status == 200
+        # answered while every slow client still waits (none has its 408 yet)
+        assert select.select(slow, [], [], 0)[0] == []
+        answers = [_answer(sock) for sock in slow]  # each waits for its 408
+        assert all(a.startswith("HTTP/1.1 408") for a in answers), answers[0][:200]
+        assert "did not arrive within 10 s" in answers[0]
+    finally:
+        for sock in slow:
+            sock.close()
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def _answer(sock) -> str:
+    """What the server sent on a raw connection, up to the end of a JSON body or the close."""
+    received = b""
+    while not received.endswith(b"}"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received.decode("latin-1")
+
+
+def test_the_memory_budget_bounds_what_full_size_steps_hold() -> None:
+    from pixelseg.serve.memory import MemoryBudget, render_cost
+
+    budget = MemoryBudget(100)
+    peak, order = [0], []
+
+    async def step(name: str, nbytes: int) -> None:
+        async with budget.hold(nbytes):
+            peak[0] = max(peak[0], budget.used)
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        # 60 + 60 cannot run together; 500 is more than the whole budget and runs alone
+        await asyncio.gather(step("a", 60), step("b", 60), step("huge", 500), step("c", 30))
+
+    asyncio.run(scenario())
+    assert peak[0] <= 100 and budget.used == 0
+    assert order == ["a", "b", "huge", "c"]  # first come, first served: nobody overtakes
+    # 24 MP and 11 classes: logits and their temporaries dominate
+    assert render_cost(24_000_000, 11) > render_cost(24_000_000, 1) > 0
+    with pytest.raises(ValueError):
+        MemoryBudget(0)

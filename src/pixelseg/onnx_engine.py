@@ -111,15 +111,24 @@ class OnnxPredictor:
 
     def logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(C, H, W) float32 logits at each HxWx3 uint8 image's own size."""
+        small = self.model_logits(images)
+        return [resize_logits(o, a.shape[:2]) for o, a in zip(small, images, strict=True)]
+
+    def model_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """(C, h, w) float32 logits at the model's size; :meth:`upsample` takes them to an
+        image's size."""
         channels = int(self.config.get("in_channels", 3))
         arrays = [to_channels(image, channels) for image in images]
         batch = np.stack([resize_image(a, self.size) for a in arrays]).transpose(0, 3, 1, 2)
         batch = (batch.astype(np.float32) / 255.0 - self.mean) / self.std
         if isinstance(self.batch_dim, int):  # a graph exported for one batch size
-            outs = [self.session.run(None, {"image": x[None]})[0][0] for x in batch]
-        else:
-            outs = list(self.session.run(None, {"image": batch})[0])
-        return [resize_logits(o, a.shape[:2]) for o, a in zip(outs, arrays, strict=True)]
+            return [self.session.run(None, {"image": x[None]})[0][0] for x in batch]
+        return list(self.session.run(None, {"image": batch})[0])
+
+    @staticmethod
+    def upsample(logit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """(C, h, w) logits → (C, H, W) at ``size`` = (H, W), bilinear."""
+        return resize_logits(logit, size)
 
     def top_proba(self, logit: np.ndarray) -> np.ndarray:
         """HxW probability of the foreground (binary) or of the winning class."""

@@ -95,9 +95,22 @@ class Predictor:
         arrays = [to_channels(as_rgb_array(im), self.in_channels) for im in images]
         if self.tile is not None:
             return [self._tiled_logits(a) for a in arrays]
+        small = self.model_logits(arrays)
+        return [self.upsample(logit, a.shape[:2]) for logit, a in zip(small, arrays, strict=True)]
+
+    @torch.no_grad()
+    def model_logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
+        """(C, h, w) logits at the model's size (whole images, no tiling): what
+        :meth:`upsample` takes to an image's size, as late as a caller wants (the service
+        keeps them small while a request waits)."""
+        arrays = [to_channels(as_rgb_array(im), self.in_channels) for im in images]
         batch = torch.stack([to_uint8_tensor(resize_image(a, self.size)) for a in arrays])
-        out = self._forward(batch).cpu()
-        return [resize_logits(logit, a.shape[:2]) for logit, a in zip(out, arrays, strict=True)]
+        return list(self._forward(batch).cpu())
+
+    @staticmethod
+    def upsample(logit: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(C, h, w) logits → (C, H, W) at ``size`` = (H, W), bilinear."""
+        return resize_logits(logit, size)
 
     @property
     def in_channels(self) -> int:

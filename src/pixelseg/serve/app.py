@@ -11,6 +11,7 @@ the server answers 503 with Retry-After.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -38,12 +39,14 @@ from starlette.requests import ClientDisconnect
 import pixelseg
 from pixelseg.serve.batcher import Batcher, ModelUnavailable, Overloaded
 from pixelseg.serve.guard import BrowserGuard, default_hosts
+from pixelseg.serve.memory import MemoryBudget, decode_cost, render_cost
 from pixelseg.serve.uploads import (
     ApiError,
     Limits,
     check_content_length,
     check_size,
     decode_image,
+    header_pixels,
 )
 
 log = logging.getLogger(__name__)
@@ -65,19 +68,28 @@ class ServeSettings:
     host: str = "127.0.0.1"  # the address listened on: it decides the default allowed_hosts
     allowed_hosts: tuple[str, ...] = ()  # Host names answered (guard.py); () = from host
     cors_origins: tuple[str, ...] = ()  # other sites whose pages may call the service
+    # bytes that full-size decoding and rendering may hold at once (serve/memory.py)
+    render_memory: int = 2 * 2**30
+    upload_timeout: float = 60.0  # seconds an upload may take to arrive (then 408)
+    max_connections: int = 256  # open connections and requests; more get 503 (uvicorn)
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("an empty API key would let anyone in: give a key, or none")
-        if self.model_timeout <= 0:
-            raise ValueError("model_timeout must be > 0 seconds")
+        if self.model_timeout <= 0 or self.upload_timeout <= 0:
+            raise ValueError("model_timeout and upload_timeout must be > 0 seconds")
+        if self.max_connections < self.max_queue:
+            raise ValueError("max_connections must be at least max_queue")
         # (lists when read back from JSON by a worker process)
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         if self.engine not in ("torch", "onnx"):
             raise ValueError(f"engine must be torch or onnx, got {self.engine!r}")
-        if min(self.max_bytes, self.max_pixels, self.max_queue, self.batch_size) < 1:
-            raise ValueError("max_bytes, max_pixels, max_queue and batch_size must be >= 1")
+        if min(self.max_bytes, self.max_pixels, self.max_queue, self.batch_size,
+               self.render_memory) < 1:  # fmt: skip
+            raise ValueError(
+                "max_bytes, max_pixels, max_queue, batch_size and render_memory must be >= 1"
+            )
 
 
 class Output(str, Enum):
@@ -101,8 +113,10 @@ def create_app(
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     warnings.filterwarnings("ignore", message="upload: alpha channel dropped")
     predictor = _load(settings)
+    # The model's thread takes pictures already at the model's size and answers logits at
+    # that size: nothing full-size waits in its queue (serve/memory.py).
     batcher = Batcher(
-        predictor.logits, settings.batch_size, settings.max_queue,
+        predictor.model_logits, settings.batch_size, settings.max_queue,
         stuck_after=settings.model_timeout, on_death=on_model_death,
     )  # fmt: skip
     limits = Limits(settings.max_bytes, settings.max_pixels)
@@ -119,6 +133,7 @@ def create_app(
     )  # fmt: skip
     app.state.predictor, app.state.batcher, app.state.limits = predictor, batcher, limits
     app.state.settings, app.state.in_flight = settings, 0
+    app.state.memory = MemoryBudget(settings.render_memory)
     _add_error_handlers(app)
     _add_routes(app)
     if settings.cors_origins:  # answers the preflights of the sites allowed
@@ -256,33 +271,35 @@ def _add_routes(app: FastAPI) -> None:
         _: None = Depends(_check_key),
     ) -> Response:
         state = request.app.state
-        if state.in_flight >= state.settings.max_queue:  # full: refuse before holding more
-            await _drain(request, state.limits)
+        # The upload is read before the request takes a slot: a slow client holds its
+        # connection (at most --upload-timeout seconds), never a place in the model's line.
+        timeout = state.settings.upload_timeout
+        try:
+            data = await asyncio.wait_for(_read_upload(request, state.limits), timeout)
+        except TimeoutError:
+            raise ApiError(
+                408, f"the upload did not arrive within {timeout:g} s",
+                headers={"Connection": "close"},
+            ) from None  # fmt: skip
+        if state.in_flight >= state.settings.max_queue:  # full: the bytes are dropped now
             raise Overloaded
         state.in_flight += 1  # (only the event loop's thread counts: no lock needed)
         try:
-            data = await _read_upload(request, state.limits)
-            image = await run_in_threadpool(decode_image, data, state.limits)
-            logit = await state.batcher.submit(image)
-            return await run_in_threadpool(
-                _render, state.predictor, image, logit, output, threshold, opacity, feather
-            )
+            predictor, pixels = state.predictor, header_pixels(data, state.limits)
+            async with state.memory.hold(decode_cost(pixels)):
+                size, small = await run_in_threadpool(_decode_small, data, state.limits, predictor)
+            logit = await state.batcher.submit(small)
+            # overlays and cut-outs need the picture again: decoded anew rather than kept
+            # at full size while the request waited for the model
+            picture = data if output in (Output.overlay, Output.cutout) else None
+            cost = render_cost(pixels, predictor.num_classes)
+            async with state.memory.hold(cost + (decode_cost(pixels) if picture else 0)):
+                return await run_in_threadpool(
+                    _render, predictor, picture, state.limits, size, logit, output, threshold,
+                    opacity, feather,
+                )  # fmt: skip
         finally:
             state.in_flight -= 1
-
-
-async def _drain(request: Request, limits: Limits) -> None:
-    """Read a refused upload away, keeping nothing, so the client gets its answer on a
-    connection still in order; stop (and close the connection) past the byte limit."""
-    check_content_length(request.headers.get("content-length"), limits)
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_bytes + 64 * 1024:
-                raise Overloaded
-    except ClientDisconnect:
-        raise ApiError(400, "the client went away during the upload") from None
 
 
 async def _read_upload(request: Request, limits: Limits) -> bytes:
@@ -326,16 +343,26 @@ async def _read_upload(request: Request, limits: Limits) -> bytes:
     return data
 
 
+def _decode_small(data: bytes, limits: Limits, predictor) -> tuple[tuple[int, int], np.ndarray]:
+    """(the picture's (height, width), the picture at the model's input size)."""
+    from pixelseg.data.imageops import resize_image
+
+    image = decode_image(data, limits)
+    return image.shape[:2], resize_image(image, predictor.size)
+
+
 def _render(
-    predictor, image: np.ndarray, logit, output: Output, threshold: float | None,
-    opacity: float, feather: float,
+    predictor, picture: bytes | None, limits: Limits, size: tuple[int, int], small_logit,
+    output: Output, threshold: float | None, opacity: float, feather: float,
 ) -> Response:  # fmt: skip
     from pixelseg.cutout import cutout
     from pixelseg.report import overlay
 
+    logit = predictor.upsample(small_logit, size)
     mask = predictor.to_mask(logit, threshold)
     if output is Output.json:
-        return JSONResponse(_summary(predictor, image, logit, mask, threshold))
+        return JSONResponse(_summary(predictor, size, logit, mask, threshold))
+    image = decode_image(picture, limits) if picture is not None else None
     if output is Output.mask:
         array = mask * 255 if predictor.num_classes == 1 else mask
     elif output is Output.overlay:
@@ -358,14 +385,14 @@ def _names(predictor) -> list[str]:
     return names or [str(i) for i in range(predictor.num_classes)]
 
 
-def _summary(predictor, image: np.ndarray, logit, mask: np.ndarray, threshold) -> dict:
+def _summary(predictor, size: tuple[int, int], logit, mask: np.ndarray, threshold) -> dict:
     from pixelseg.instances import class_name, to_coco
 
     names = _names(predictor)
     counts = np.bincount(mask.ravel(), minlength=len(names))
     found = predictor.instances_of(logit, mask)
     return {
-        "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "width": int(size[1]), "height": int(size[0]),
         "threshold": predictor.threshold if threshold is None else threshold,
         "classes": [
             {"id": c, "name": class_name(names, c), "pixels": int(n),

@@ -57,9 +57,27 @@ def _too_many_bytes(n: int, limits: Limits) -> str:
     return f"upload of {n / 2**20:.1f} MB is over the {limits.max_bytes / 2**20:g} MB limit"
 
 
+def header_pixels(data: bytes, limits: Limits) -> int:
+    """The upload's pixel count from its header alone (nothing is decoded), after the
+    format and size checks of :func:`decode_image`."""
+    width, height = _checked_header(data, limits).size
+    return width * height
+
+
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     """Upload bytes (already through :func:`check_size`) → HxWx3 uint8 RGB, or
     :class:`ApiError` naming the problem."""
+    image = _checked_header(data, limits)
+    try:
+        image.load()
+        rgb = _to_rgb(image)
+    except Exception as exc:  # truncated or corrupt data: Pillow raises many kinds
+        raise ApiError(400, f"cannot decode the {image.format} image: {exc}") from None
+    return rgb
+
+
+def _checked_header(data: bytes, limits: Limits) -> Image.Image:
+    """The upload opened lazily (header only), its format and size checked."""
     try:
         image = Image.open(io.BytesIO(data), formats=_PARSERS)
     except Image.DecompressionBombError as exc:
@@ -80,12 +98,7 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
         )
     if min(width, height) < MIN_SIDE:
         raise ApiError(422, f"image is {width}x{height}; it must be at least 8x8 pixels")
-    try:
-        image.load()
-        rgb = _to_rgb(image)
-    except Exception as exc:  # truncated or corrupt data: Pillow raises many kinds
-        raise ApiError(400, f"cannot decode the {image.format} image: {exc}") from None
-    return rgb
+    return image
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

@@ -1,0 +1,66 @@
+"""How much memory the service's full-size steps may hold at once.
+
+A request's big arrays live in two steps: decoding the upload (the picture at full size)
+and rendering the answer (logits upsampled to the picture's size, probabilities, the mask
+and the overlay). Waiting for the model, a request keeps only its upload's bytes and the
+picture resized to the model's input. Each full-size step first reserves what it will
+need (an estimate from the pixel count and the number of classes) from one budget, and
+waits while the budget is taken, so the process's peak stays near
+``model + max_queue x max_bytes + budget`` whatever the clients send. One step larger than
+the whole budget runs alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+# Bytes per pixel of each step, counted from the arrays it makes: decoding holds the RGB
+# picture and one converted copy (3 + 3, rounded up); rendering holds the float32 logits
+# and one float32 array of the same size (probabilities, or the argmax's temporaries) per
+# class, plus the picture, the mask and a float32 overlay (3 + 1 + 12, rounded up).
+DECODE_BYTES_PER_PIXEL = 8
+RENDER_BYTES_PER_PIXEL_PER_CLASS = 8
+RENDER_BYTES_PER_PIXEL = 24
+
+
+def decode_cost(pixels: int) -> int:
+    return pixels * DECODE_BYTES_PER_PIXEL
+
+
+def render_cost(pixels: int, num_classes: int) -> int:
+    return pixels * (RENDER_BYTES_PER_PIXEL + RENDER_BYTES_PER_PIXEL_PER_CLASS * num_classes)
+
+
+class MemoryBudget:
+    """A weighted semaphore over bytes: ``async with budget.hold(n):`` waits until ``n``
+    bytes (at most the whole budget) are free, first come first served."""
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError(f"a memory budget must be at least one byte, got {total}")
+        self.total, self.used = total, 0
+        self._changed = asyncio.Condition()
+        self._queue: list[object] = []  # waiting holders in arrival order (no overtaking)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        nbytes = min(max(int(nbytes), 1), self.total)
+        me = object()
+        async with self._changed:
+            self._queue.append(me)
+            try:
+                await self._changed.wait_for(
+                    lambda: self._queue[0] is me and self.used + nbytes <= self.total
+                )
+            finally:
+                self._queue.remove(me)
+                self._changed.notify_all()
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= nbytes
+                self._changed.notify_all()
