@@ -549,3 +549,26 @@ def test_the_memory_budget_bounds_what_full_size_steps_hold() -> None:
     assert render_cost(24_000_000, 11) > render_cost(24_000_000, 1) > 0
     with pytest.raises(ValueError):
         MemoryBudget(0)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "CMYK", "P", "LA"])
+def test_uploads_of_every_mode_get_the_mask_predict_gives(
+    run: Path, client, tmp_path: Path, mode: str
+) -> None:
+    """16-bit grey, CMYK (as JPEG), palette and grey+alpha pictures: the service reads them
+    as the CLI reads files (one reader), so both give the same mask."""
+    from pixelseg.predict import load
+
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 56, 3), np.uint8))
+    if mode == "I;16":
+        picture = Image.fromarray(rng.integers(0, 65535, (40, 56)).astype(np.uint16))
+    else:
+        picture = rgb.convert(mode)
+    fmt, kind = ("JPEG", "image/jpeg") if mode == "CMYK" else ("PNG", "image/png")
+    path = tmp_path / f"picture.{fmt.lower()}"
+    picture.save(path, fmt)
+    answer = client.post("/predict", content=path.read_bytes(), headers={"content-type": kind})
+    assert answer.status_code == 200, answer.text
+    served = np.asarray(Image.open(io.BytesIO(answer.content))) > 0
+    assert np.array_equal(served, load(run, "cpu").predict(path) > 0)
