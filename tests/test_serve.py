@@ -572,3 +572,22 @@ def test_uploads_of_every_mode_get_the_mask_predict_gives(
     assert answer.status_code == 200, answer.text
     served = np.asarray(Image.open(io.BytesIO(answer.content))) > 0
     assert np.array_equal(served, load(run, "cpu").predict(path) > 0)
+
+
+def test_uploads_still_arriving_are_bounded_in_bytes(run: Path) -> None:
+    """Past --upload-memory-mb of bytes held by uploads in progress, a new one gets 503;
+    the count goes back to zero after every upload, answered or refused."""
+    settings = ServeSettings(run=str(run), device="cpu", max_bytes=20_000, upload_memory=20_000)
+    app = create_app(settings)
+    png = {"content-type": "image/png"}
+    with TestClient(app, base_url=LOCAL) as c:
+        assert c.post("/predict", content=_png(), headers=png).status_code == 200
+        assert app.state.receiving == 0
+        app.state.receiving = 19_990  # as if other uploads were arriving now
+        busy = c.post("/predict", content=_png(), headers=png)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "receiving too many uploads" in busy.json()["error"]
+        assert app.state.receiving == 19_990  # the refused one gave back what it took
+        app.state.receiving = 0
+    with pytest.raises(ValueError, match="upload_memory"):
+        ServeSettings(run=str(run), max_bytes=10_000, upload_memory=5000)

@@ -540,7 +540,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, batch_size=args.batch_size, api_key=key,
         model_timeout=args.model_timeout, host=args.host,
         render_memory=int(args.render_memory_mb * 2**20), upload_timeout=args.upload_timeout,
-        max_connections=args.max_connections,
+        upload_memory=int(args.upload_memory_mb * 2**20),
         allowed_hosts=tuple(_listed(args.allowed_hosts)),
         cors_origins=tuple(_listed(args.cors_origins)),
     )  # fmt: skip
@@ -551,12 +551,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     # a stop (Ctrl-C, SIGTERM) waits at most this long for requests in progress
-    options = {
-        "host": args.host, "port": args.port, "timeout_graceful_shutdown": 10,
-        # more connections than this get 503 from uvicorn before any byte is buffered; idle
-        # keep-alive connections are closed after 5 s
-        "limit_concurrency": settings.max_connections, "timeout_keep_alive": 5,
-    }  # fmt: skip
+    # (no uvicorn limit_concurrency: it answers 503 without reading the upload, and a client
+    # still sending its body then hangs; pixelseg bounds the bytes it buffers instead)
+    options = {"host": args.host, "port": args.port, "timeout_graceful_shutdown": 10,
+               "timeout_keep_alive": 5}  # fmt: skip
     if args.workers > 1:  # each worker process loads the model from the settings
         settings_to_env(settings)
         uvicorn.run("pixelseg.serve.app:create_app_from_env", factory=True,
@@ -854,8 +852,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="seconds an upload may take to arrive; slower ones get 408 (60)",
     )  # fmt: skip
     p.add_argument(
-        "--max-connections", type=int, default=256,
-        help="open connections at once; more get 503 (256)",
+        "--upload-memory-mb", type=float, default=512.0,
+        help="bytes of uploads still arriving that may be held at once, MB (512); more: 503",
     )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 

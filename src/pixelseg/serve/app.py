@@ -71,15 +71,17 @@ class ServeSettings:
     # bytes that full-size decoding and rendering may hold at once (serve/memory.py)
     render_memory: int = 2 * 2**30
     upload_timeout: float = 60.0  # seconds an upload may take to arrive (then 408)
-    max_connections: int = 256  # open connections and requests; more get 503 (uvicorn)
+    # bytes of uploads still arriving that may be held at once (raw bodies; multipart
+    # files beyond 1 MB are spooled to disk by Starlette); beyond it: 503
+    upload_memory: int = 512 * 2**20
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("an empty API key would let anyone in: give a key, or none")
         if self.model_timeout <= 0 or self.upload_timeout <= 0:
             raise ValueError("model_timeout and upload_timeout must be > 0 seconds")
-        if self.max_connections < self.max_queue:
-            raise ValueError("max_connections must be at least max_queue")
+        if self.upload_memory < self.max_bytes:
+            raise ValueError("upload_memory must hold at least one upload of max_bytes")
         # (lists when read back from JSON by a worker process)
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
@@ -134,6 +136,7 @@ def create_app(
     app.state.predictor, app.state.batcher, app.state.limits = predictor, batcher, limits
     app.state.settings, app.state.in_flight = settings, 0
     app.state.memory = MemoryBudget(settings.render_memory)
+    app.state.receiving = 0  # bytes of uploads still arriving (the event loop's thread only)
     _add_error_handlers(app)
     _add_routes(app)
     if settings.cors_origins:  # answers the preflights of the sites allowed
@@ -323,16 +326,7 @@ async def _read_upload(request: Request, limits: Limits) -> bytes:
         finally:
             await form.close()
     elif kind.startswith("image/") or kind == "application/octet-stream":
-        chunks, size = [], 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limits.max_bytes:
-                    raise ApiError(413, f"upload is over the {limits.max_bytes / 2**20:g} MB limit")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise ApiError(400, "the client went away during the upload") from None
-        data = b"".join(chunks)
+        data = await _read_body(request, limits)
     else:
         raise ApiError(
             415,
@@ -341,6 +335,31 @@ async def _read_upload(request: Request, limits: Limits) -> bytes:
         )
     check_size(data, limits)
     return data
+
+
+async def _read_body(request: Request, limits: Limits) -> bytes:
+    """A raw image body. The bytes of all uploads still arriving count against the
+    service's ``upload_memory``: past it the upload is refused (503), so many clients
+    sending at once cannot fill the memory, while slow ones, holding few bytes, cost little."""
+    state = request.app.state
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            if state.receiving + len(chunk) > state.settings.upload_memory:
+                raise ApiError(
+                    503, "the server is receiving too many uploads; retry in a second",
+                    headers={"Retry-After": "1", "Connection": "close"},
+                )  # fmt: skip
+            size += len(chunk)
+            state.receiving += len(chunk)
+            chunks.append(chunk)
+            if size > limits.max_bytes:
+                raise ApiError(413, f"upload is over the {limits.max_bytes / 2**20:g} MB limit")
+    except ClientDisconnect:
+        raise ApiError(400, "the client went away during the upload") from None
+    finally:
+        state.receiving -= size
+    return b"".join(chunks)
 
 
 def _decode_small(data: bytes, limits: Limits, predictor) -> tuple[tuple[int, int], np.ndarray]:

@@ -16,13 +16,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-# Bytes per pixel of each step, counted from the arrays it makes: decoding holds the RGB
-# picture and one converted copy (3 + 3, rounded up); rendering holds the float32 logits
-# and one float32 array of the same size (probabilities, or the argmax's temporaries) per
-# class, plus the picture, the mask and a float32 overlay (3 + 1 + 12, rounded up).
+# Bytes per pixel of each step. Decoding holds the RGB picture and one converted copy
+# (3 + 3, rounded up). Rendering holds the float32 logits and float32 arrays of the same
+# size (probabilities, the argmax's temporaries), plus the picture, the mask and a float32
+# overlay: 32 + 12 per class, set from the peak measured with 16 clients sending 24 MP
+# pictures to an 11-class run (docs/benchmarks.md: 4,457 MiB, 4,181 above the idle
+# server, about 174 bytes per pixel, where this gives 164).
 DECODE_BYTES_PER_PIXEL = 8
-RENDER_BYTES_PER_PIXEL_PER_CLASS = 8
-RENDER_BYTES_PER_PIXEL = 24
+RENDER_BYTES_PER_PIXEL_PER_CLASS = 12
+RENDER_BYTES_PER_PIXEL = 32
 
 
 def decode_cost(pixels: int) -> int:
