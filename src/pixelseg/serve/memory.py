@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 # (3 + 3, rounded up). Rendering holds the float32 logits and float32 arrays of the same
 # size (probabilities, the argmax's temporaries), plus the picture, the mask and a float32
 # overlay: 32 + 12 per class, set from the peak measured with 16 clients sending 24 MP
-# pictures to an 11-class run (docs/benchmarks.md: 4,457 MiB, 4,181 above the idle
-# server, about 174 bytes per pixel, where this gives 164).
+# pictures to an 11-class run (docs/benchmarks.md: 4,457 and 4,594 MiB in two runs, about
+# 175-180 bytes per pixel above the idle server, where this gives 164).
 DECODE_BYTES_PER_PIXEL = 8
 RENDER_BYTES_PER_PIXEL_PER_CLASS = 12
 RENDER_BYTES_PER_PIXEL = 32
