@@ -363,10 +363,20 @@ def test_foreign_host_and_origin_are_refused(run: Path) -> None:
                         headers={**png, "origin": "https://app.example"})  # fmt: skip
         assert listed.status_code == 200
         assert listed.headers["access-control-allow-origin"] == "https://app.example"
-        assert c.get("/model", headers={"host": "127.0.0.1"}).status_code == 403
+        assert c.get("/model", headers={"host": "127.0.0.1"}).status_code == 200  # kept
+        assert c.get("/model", headers={"host": "other.example"}).status_code == 403
     anywhere = ServeSettings(run=str(run), device="cpu", host="0.0.0.0")
     with TestClient(create_app(anywhere), base_url="http://192.168.1.20:8000") as c:
-        assert c.get("/model").status_code == 200  # every interface: any name
+        assert c.get("/model").status_code == 200  # every interface, no names: any name
+    named = ServeSettings(run=str(run), device="cpu", host="0.0.0.0", allowed_hosts=("box",))
+    with TestClient(create_app(named), base_url="http://box:8000") as c:
+        assert c.get("/model").status_code == 200
+        assert c.get("/model", headers={"host": "attacker.example:8000"}).status_code == 403
+    mixed = ServeSettings(run=str(run), device="cpu", cors_origins=("https://App.example/",))
+    with TestClient(create_app(mixed), base_url=LOCAL) as c:
+        answer = c.post("/predict", content=_png(),
+                        headers={**png, "origin": "https://app.example"})  # fmt: skip
+        assert answer.headers["access-control-allow-origin"] == "https://app.example"
 
 
 def test_phone_photos_are_upright_and_multi_picture_jpegs_read(run: Path, client) -> None:
@@ -461,8 +471,8 @@ def test_the_api_key_comes_from_a_file_or_the_environment(
     monkeypatch.delenv("PIXELSEG_API_KEY", raising=False)
     assert _api_key(args()) is None
     key_file = tmp_path / "key"
-    key_file.write_text("s3cret\n")
-    assert _api_key(args(api_key_file=str(key_file))) == "s3cret"
+    key_file.write_text("s3cret\n# rotated in May\n")
+    assert _api_key(args(api_key_file=str(key_file))) == "s3cret"  # the first line
     key_file.write_text("\n")
     with pytest.raises(PixelsegError, match="key file is empty"):
         _api_key(args(api_key_file=str(key_file)))
@@ -591,3 +601,31 @@ def test_uploads_still_arriving_are_bounded_in_bytes(run: Path) -> None:
         app.state.receiving = 0
     with pytest.raises(ValueError, match="upload_memory"):
         ServeSettings(run=str(run), max_bytes=10_000, upload_memory=5000)
+
+
+def test_requests_that_gave_up_are_not_run() -> None:
+    """A request that gave up while queued (timed out, or its client went away) is
+    dropped before the model runs it."""
+    gate, seen = threading.Event(), []
+
+    def model(items):
+        gate.wait(5)
+        seen.extend(items)
+        return items
+
+    batcher = Batcher(model, batch_size=1, max_queue=4, max_wait=0.0)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit("first"))  # the model waits at the gate
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(batcher.submit("gave up"))  # queued behind it
+        await asyncio.sleep(0.05)
+        gone.cancel()  # as wait_for does on a timeout
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await first
+
+    assert asyncio.run(scenario()) == "first"
+    time.sleep(0.3)
+    assert seen == ["first"]  # "gave up" was never run
+    batcher.close()

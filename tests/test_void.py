@@ -57,6 +57,14 @@ def test_a_void_value_is_never_read_as_foreground(void_data: Path, tmp_path: Pat
     assert np.array_equal(
         read_mask(grey, ignore_index=128), raw.clip(0, 1) * (raw != 255) + (raw == 255) * 128
     )
+    all_void = tmp_path / "all_void.png"
+    Image.fromarray(np.full(raw.shape, 255, np.uint8)).save(all_void)
+    with pytest.raises(DataError, match="all_void.png: every pixel is void"):
+        read_mask(all_void, ignore_index=255)
+    from pixelseg.data.classes import resolve_classes
+
+    with pytest.raises(ValueError, match="--ignore-index 1 is a class of binary masks"):
+        resolve_classes("folders", void_data, None, ignore_index=1)
     # a palette mask as VOC stores it: indices 0, 1 and 255
     palette = Image.fromarray(raw, mode="P")
     palette.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192])

@@ -550,6 +550,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "model" + ("" if key else "; consider --api-key-file"),
             file=sys.stderr,
         )
+    if args.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
+        print(
+            "warning: on every interface any Host name is answered, so web pages can reach "
+            "the service by DNS rebinding; name this machine with --allowed-hosts",
+            file=sys.stderr,
+        )
     # a stop (Ctrl-C, SIGTERM) waits at most this long for requests in progress
     # (no uvicorn limit_concurrency: it answers 503 without reading the upload, and a client
     # still sending its body then hangs; pixelseg bounds the bytes it buffers instead)
@@ -573,9 +579,10 @@ def _api_key(args: argparse.Namespace) -> str | None:
     if args.api_key_file:
         path = Path(args.api_key_file)
         try:
-            key = path.read_text().strip()
+            lines = path.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise PixelsegError(f"{path}: cannot read the API key ({exc})") from None
+        key = lines[0].strip() if lines else ""  # the first line, as the help says
         if not key:
             raise PixelsegError(f"{path}: the API key file is empty")
         return key
@@ -820,8 +827,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="the key itself (visible in ps: prefer --api-key-file)")
     p.add_argument(
         "--allowed-hosts",
-        help="comma-separated Host names to answer to besides the default (localhost, "
-        "127.0.0.1 and ::1 on a loopback address, else the address itself); * for any",
+        help="comma-separated Host names to answer to besides localhost, 127.0.0.1, ::1 and "
+        "the --host address; * for any (listening on 0.0.0.0 without it: any)",
     )
     p.add_argument(
         "--cors-origins",

@@ -135,6 +135,11 @@ def resolve_classes(
     without one is binary (foreground vs background) unless told otherwise.
     """
     table = known_table(fmt, root)
+    if ignore_index in (0, 1) and (num_classes == 1 or (num_classes is None and table is None)):
+        raise ValueError(
+            f"--ignore-index {ignore_index} is a class of binary masks (0 background, 1 "
+            "foreground); void needs another value, e.g. 255"
+        )
     if num_classes is None:
         if class_names:
             num_classes = len(class_names)

@@ -161,9 +161,10 @@ def _binary_mask(im: Image.Image, path: Path, ignore_index: int | None = None) -
     if ignore_index is None:
         return _binarise(arr, path)
     void = arr == ignore_index
+    if void.all():  # nothing to learn from or score on
+        raise DataError(f"{path}: every pixel is void ({ignore_index}, the ignore index)")
     mask = np.zeros(arr.shape, np.uint8)
-    if not void.all():
-        mask[~void] = _binarise(arr[~void], path)
+    mask[~void] = _binarise(arr[~void], path)
     mask[void] = ignore_index
     return mask
 

@@ -4,9 +4,10 @@ The model is loaded once per worker process, at start-up. ``POST /predict`` take
 as the multipart form field ``file`` or as the raw body (with an image content type) and
 answers, by ``?output=``, a PNG (``mask``, ``overlay``, ``cutout``, ``probabilities``) or
 JSON (class areas and the separate objects, COCO-style). Every problem with a request is
-a 4xx JSON body ``{"error": "..."}``. At most ``max_queue`` requests are in progress at a
-time (read, decoded, waiting for the model or answered), which bounds memory; beyond that
-the server answers 503 with Retry-After.
+a 4xx JSON body ``{"error": "..."}``. An upload is read first (bounded in time and, over
+all uploads arriving, in bytes); then at most ``max_queue`` requests are in progress at a
+time (decoded, waiting for the model or answered), and full-size steps share a memory
+budget (serve/memory.py); beyond the queue the server answers 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from starlette.requests import ClientDisconnect
 
 import pixelseg
 from pixelseg.serve.batcher import Batcher, ModelUnavailable, Overloaded
-from pixelseg.serve.guard import BrowserGuard, default_hosts
+from pixelseg.serve.guard import BrowserGuard, allowed_hosts, normal_origin
 from pixelseg.serve.memory import MemoryBudget, decode_cost, render_cost
 from pixelseg.serve.uploads import (
     ApiError,
@@ -141,10 +142,10 @@ def create_app(
     _add_routes(app)
     if settings.cors_origins:  # answers the preflights of the sites allowed
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins),
+            CORSMiddleware, allow_origins=[normal_origin(o) for o in settings.cors_origins],
             allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Content-Type"],
         )  # fmt: skip
-    hosts = settings.allowed_hosts or default_hosts(settings.host)
+    hosts = allowed_hosts(settings.host, settings.allowed_hosts)
     app.add_middleware(BrowserGuard, hosts=hosts, origins=settings.cors_origins)  # outermost
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
@@ -279,7 +280,7 @@ def _add_routes(app: FastAPI) -> None:
         timeout = state.settings.upload_timeout
         try:
             data = await asyncio.wait_for(_read_upload(request, state.limits), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # (the builtin TimeoutError from Python 3.11 on)
             raise ApiError(
                 408, f"the upload did not arrive within {timeout:g} s",
                 headers={"Connection": "close"},
@@ -288,15 +289,15 @@ def _add_routes(app: FastAPI) -> None:
             raise Overloaded
         state.in_flight += 1  # (only the event loop's thread counts: no lock needed)
         try:
-            predictor, pixels = state.predictor, header_pixels(data, state.limits)
-            async with state.memory.hold(decode_cost(pixels)):
+            predictor, (pixels, mode) = state.predictor, header_pixels(data, state.limits)
+            async with state.memory.hold(decode_cost(pixels, mode)):
                 size, small = await run_in_threadpool(_decode_small, data, state.limits, predictor)
             logit = await state.batcher.submit(small)
             # overlays and cut-outs need the picture again: decoded anew rather than kept
             # at full size while the request waited for the model
             picture = data if output in (Output.overlay, Output.cutout) else None
             cost = render_cost(pixels, predictor.num_classes)
-            async with state.memory.hold(cost + (decode_cost(pixels) if picture else 0)):
+            async with state.memory.hold(cost + (decode_cost(pixels, mode) if picture else 0)):
                 return await run_in_threadpool(
                     _render, predictor, picture, state.limits, size, logit, output, threshold,
                     opacity, feather,
@@ -312,19 +313,7 @@ async def _read_upload(request: Request, limits: Limits) -> bytes:
     if kind == "multipart/form-data":
         if request.headers.get("content-length") is None:  # else the form could grow unseen
             raise ApiError(411, "a multipart upload needs a Content-Length header")
-        try:
-            form = await request.form(max_files=1, max_fields=10)
-        except ClientDisconnect:
-            raise ApiError(400, "the client went away during the upload") from None
-        except Exception as exc:  # a malformed multipart body
-            raise ApiError(400, f"cannot read the multipart form: {exc}") from None
-        try:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ApiError(422, "missing form field 'file' (the image to segment)")
-            data = await upload.read(limits.max_bytes + 1)
-        finally:
-            await form.close()
+        data = await _read_form(request, limits)
     elif kind.startswith("image/") or kind == "application/octet-stream":
         data = await _read_body(request, limits)
     else:
@@ -337,6 +326,39 @@ async def _read_upload(request: Request, limits: Limits) -> bytes:
     return data
 
 
+async def _read_form(request: Request, limits: Limits) -> bytes:
+    """The ``file`` field of a multipart upload. Its declared length counts against
+    ``upload_memory`` while it arrives (Starlette spools files over 1 MB to disk)."""
+    state = request.app.state
+    length = int(request.headers["content-length"])  # checked by check_content_length
+    if state.receiving + length > state.settings.upload_memory:
+        raise _too_many_uploads()
+    state.receiving += length
+    try:
+        try:
+            form = await request.form(max_files=1, max_fields=10)
+        except ClientDisconnect:
+            raise ApiError(400, "the client went away during the upload") from None
+        except Exception as exc:  # a malformed multipart body
+            raise ApiError(400, f"cannot read the multipart form: {exc}") from None
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(422, "missing form field 'file' (the image to segment)")
+            return await upload.read(limits.max_bytes + 1)
+        finally:
+            await form.close()
+    finally:
+        state.receiving -= length
+
+
+def _too_many_uploads() -> ApiError:
+    return ApiError(
+        503, "the server is receiving too many uploads; retry in a second",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )  # fmt: skip
+
+
 async def _read_body(request: Request, limits: Limits) -> bytes:
     """A raw image body. The bytes of all uploads still arriving count against the
     service's ``upload_memory``: past it the upload is refused (503), so many clients
@@ -346,10 +368,7 @@ async def _read_body(request: Request, limits: Limits) -> bytes:
     try:
         async for chunk in request.stream():
             if state.receiving + len(chunk) > state.settings.upload_memory:
-                raise ApiError(
-                    503, "the server is receiving too many uploads; retry in a second",
-                    headers={"Retry-After": "1", "Connection": "close"},
-                )  # fmt: skip
+                raise _too_many_uploads()
             size += len(chunk)
             state.receiving += len(chunk)
             chunks.append(chunk)

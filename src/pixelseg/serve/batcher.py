@@ -60,14 +60,16 @@ class Batcher:
             self.queue.put_nowait((item, future, loop))
         except queue.Full:
             raise Overloaded from None
+        if self.death is not None:  # died between the check and the put: nobody will answer
+            raise ModelUnavailable(self.problem() or "the model's thread stopped")
         try:  # (a wait longer than one stuck batch means the model will not answer)
             return await asyncio.wait_for(future, self.stuck_after)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # (the builtin TimeoutError from Python 3.11 on)
             raise ModelUnavailable(f"no answer from the model in {self.stuck_after:g} s") from None
 
     def problem(self) -> str | None:
         """Why the model cannot answer now, or None when it can."""
-        if not self._thread.is_alive():
+        if self.death is not None or not self._thread.is_alive():
             return "the model's thread stopped" + (f" ({self.death!r})" if self.death else "")
         busy = self._busy_since
         if busy is not None and time.monotonic() - busy > self.stuck_after:
@@ -112,6 +114,11 @@ class Batcher:
                     batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
+            # a request that gave up waiting (timed out, client gone) is not worth a forward
+            # pass: answers nobody waits for would only lengthen the line
+            batch = [entry for entry in batch if not entry[1].done()]
+            if not batch:
+                continue
             self._busy_since = time.monotonic()
             try:
                 results = self._run(batch)

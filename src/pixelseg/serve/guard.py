@@ -6,9 +6,10 @@ images to ``/predict``; and by DNS rebinding (a site's name re-pointed at 127.0.
 can even read the answers, since the browser then thinks they come from that site. Two
 checks stop both, as Jupyter does for its local server:
 
-- **Host**: the ``Host`` header must name this server. Listening on a loopback address,
-  that is ``localhost``, ``127.0.0.1`` or ``::1``; on another address, that address;
-  ``allowed_hosts`` adds names (a reverse proxy's), and ``*`` turns the check off.
+- **Host**: the ``Host`` header must name this server: ``localhost``, ``127.0.0.1``,
+  ``::1``, the address it listens on, and the names ``allowed_hosts`` adds (a reverse
+  proxy's); ``*`` turns the check off. Listening on every interface (0.0.0.0) with no
+  names given, any name is answered (the machine's names are unknown here).
   A rebound name (``attacker.example``) fails it.
 - **Origin**: a request that says where it comes from (browsers send ``Origin`` on every
   POST and every cross-site request) must come from this server's own pages, or from an
@@ -29,13 +30,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def default_hosts(listen: str) -> tuple[str, ...]:
-    """The host names a server listening on ``listen`` answers to by default."""
-    if listen in LOOPBACK_NAMES:
-        return LOOPBACK_NAMES
-    if listen in ("0.0.0.0", "::", ""):  # every interface: its names are unknown here
-        return ("*",)
-    return (listen,)
+def allowed_hosts(listen: str, extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The host names a server listening on ``listen`` answers to: the loopback names and
+    the address itself, plus ``extra``. On every interface (0.0.0.0) the names are unknown
+    here, so without ``extra`` any name is answered."""
+    extra = tuple(extra)
+    if listen in ("0.0.0.0", "::", ""):
+        return (*LOOPBACK_NAMES, *extra) if extra else ("*",)
+    own = () if listen in LOOPBACK_NAMES else (listen,)
+    return (*LOOPBACK_NAMES, *own, *extra)
+
+
+def normal_origin(origin: str) -> str:
+    """An origin as browsers send it: lower case, no trailing slash."""
+    return origin.strip().lower().rstrip("/")
 
 
 def host_name(value: str) -> str:
@@ -52,7 +60,7 @@ class BrowserGuard:
     def __init__(self, app: ASGIApp, hosts: Iterable[str], origins: Iterable[str] = ()) -> None:
         self.app = app
         self.hosts = {h.lower().strip("[]") for h in hosts}
-        self.origins = {o.lower().rstrip("/") for o in origins}
+        self.origins = {normal_origin(o) for o in origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -74,7 +82,7 @@ class BrowserGuard:
         origin = headers.get("origin")
         if origin is None:
             return None
-        if origin.lower().rstrip("/") in self.origins or "*" in self.origins:
+        if normal_origin(origin) in self.origins or "*" in self.origins:
             return None
         parts = urlsplit(origin)
         if origin != "null" and parts.netloc.lower() == host.strip().lower():

@@ -27,8 +27,14 @@ RENDER_BYTES_PER_PIXEL_PER_CLASS = 12
 RENDER_BYTES_PER_PIXEL = 32
 
 
-def decode_cost(pixels: int) -> int:
-    return pixels * DECODE_BYTES_PER_PIXEL
+# 16-bit, 32-bit and float pictures are scaled to 8 bits through float64 copies
+DEEP_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+DEEP_DECODE_BYTES_PER_PIXEL = 32
+
+
+def decode_cost(pixels: int, mode: str = "RGB") -> int:
+    per_pixel = DEEP_DECODE_BYTES_PER_PIXEL if mode in DEEP_MODES else DECODE_BYTES_PER_PIXEL
+    return pixels * per_pixel
 
 
 def render_cost(pixels: int, num_classes: int) -> int:

@@ -57,11 +57,11 @@ def _too_many_bytes(n: int, limits: Limits) -> str:
     return f"upload of {n / 2**20:.1f} MB is over the {limits.max_bytes / 2**20:g} MB limit"
 
 
-def header_pixels(data: bytes, limits: Limits) -> int:
-    """The upload's pixel count from its header alone (nothing is decoded), after the
-    format and size checks of :func:`decode_image`."""
-    width, height = _checked_header(data, limits).size
-    return width * height
+def header_pixels(data: bytes, limits: Limits) -> tuple[int, str]:
+    """The upload's pixel count and Pillow mode from its header alone (nothing is
+    decoded), after the format and size checks of :func:`decode_image`."""
+    image = _checked_header(data, limits)
+    return image.size[0] * image.size[1], image.mode
 
 
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
