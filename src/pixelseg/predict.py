@@ -95,7 +95,7 @@ class Predictor:
         arrays = [to_channels(as_rgb_array(im), self.in_channels) for im in images]
         if self.tile is not None:
             return [self._tiled_logits(a) for a in arrays]
-        small = self.model_logits(arrays)
+        small = self._model_logits(arrays)
         return [self.upsample(logit, a.shape[:2]) for logit, a in zip(small, arrays, strict=True)]
 
     @torch.no_grad()
@@ -103,7 +103,12 @@ class Predictor:
         """(C, h, w) logits at the model's size (whole images, no tiling): what
         :meth:`upsample` takes to an image's size, as late as a caller wants (the service
         keeps them small while a request waits)."""
-        arrays = [to_channels(as_rgb_array(im), self.in_channels) for im in images]
+        return self._model_logits(
+            [to_channels(as_rgb_array(im), self.in_channels) for im in images]
+        )
+
+    def _model_logits(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """:meth:`model_logits` of arrays already in the model's channels."""
         batch = torch.stack([to_uint8_tensor(resize_image(a, self.size)) for a in arrays])
         return list(self._forward(batch).cpu())
 

@@ -73,14 +73,18 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return edge & (m > 0)
 
 
-def save_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write an image array as PNG atomically (a crash never leaves a truncated file)."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """An image array encoded as PNG (files and the service's answers alike)."""
     buffer = io.BytesIO()
     # zlib level 1, not Pillow's 6: a 768x576 overlay takes 30 ms instead of 157 ms and
     # grows by 5% (650 vs 618 KiB); masks stay a few KiB either way
     Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    data = buffer.getvalue()
-    return write_bytes(path, data)
+    return buffer.getvalue()
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write an image array as PNG atomically (a crash never leaves a truncated file)."""
+    return write_bytes(path, png_bytes(array))
 
 
 def _figure(rows: int, cols: int, cell: float = 3.0):

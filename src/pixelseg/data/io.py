@@ -150,8 +150,9 @@ def _colour_mask(rgb: np.ndarray, colors: list[list[int]], path: Path) -> np.nda
 
 
 def _binary_mask(im: Image.Image, path: Path, ignore_index: int | None = None) -> np.ndarray:
-    if im.mode == "P" and (np.asarray(im).max() <= 1 or ignore_index is not None):
-        arr = np.asarray(im)  # palette indices (PASCAL VOC's masks: 0, 1, ..., 255 void)
+    indices = np.asarray(im) if im.mode == "P" else None
+    if indices is not None and (indices.max() <= 1 or ignore_index is not None):
+        arr = indices  # palette indices (PASCAL VOC's masks: 0, 1, ..., 255 void)
     elif im.mode in ("RGB", "RGBA", "P"):
         # a colour-coded mask (e.g. pure red on black) is foreground wherever any channel
         # is bright; converting to grey first would turn pure red into 76.
@@ -174,7 +175,7 @@ def _binarise(arr: np.ndarray, path: Path) -> np.ndarray:
     levels = np.unique(arr)
     if levels[-1] <= 1:
         return arr.astype(np.uint8)
-    if set(levels.tolist()) == {0, 1, 255} or set(levels.tolist()) == {1, 255}:
+    if set(levels.tolist()) in ({0, 1, 255}, {1, 255}):
         raise DataError(
             f"{path}: mask values 0, 1 and 255: is 255 void (as PASCAL VOC marks uncertain "
             "borders) or foreground? If void, give --ignore-index 255; if foreground, save "

@@ -98,8 +98,8 @@ def evaluate_model(
             pred = logits_to_mask(resize_logits(logit, truth.shape), threshold).numpy()
             if dataset.num_classes == 1 and postprocess_steps:
                 pred = postprocess(pred, postprocess_steps)
-            row = metrics.update(pred, *_binary_truth(truth, ignore_index)) if (
-                dataset.num_classes == 1) else metrics.update(pred, truth)  # fmt: skip
+            truths = _binary_truth(truth, ignore_index) if dataset.num_classes == 1 else (truth,)
+            row = metrics.update(pred, *truths)
             rows.append({"index": index, "stem": dataset.samples[index].stem, **row})
             if keep_predictions:
                 predictions[index] = pred

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import os
@@ -67,7 +66,7 @@ class ServeSettings:
     api_key: str | None = None
     model_timeout: float = 120.0  # seconds a request waits for the model before a 503
     host: str = "127.0.0.1"  # the address listened on: it decides the default allowed_hosts
-    allowed_hosts: tuple[str, ...] = ()  # Host names answered (guard.py); () = from host
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the local ones (guard.py)
     cors_origins: tuple[str, ...] = ()  # other sites whose pages may call the service
     # bytes that full-size decoding and rendering may hold at once (serve/memory.py)
     render_memory: int = 2 * 2**30
@@ -394,7 +393,7 @@ def _render(
     output: Output, threshold: float | None, opacity: float, feather: float,
 ) -> Response:  # fmt: skip
     from pixelseg.cutout import cutout
-    from pixelseg.report import overlay
+    from pixelseg.report import overlay, png_bytes
 
     logit = predictor.upsample(small_logit, size)
     mask = predictor.to_mask(logit, threshold)
@@ -409,10 +408,7 @@ def _render(
         array = cutout(image, mask, feather)
     else:
         array = (predictor.top_proba(logit) * 255).round()
-    buffer = io.BytesIO()
-    # level 1: several times faster than Pillow's default 6 on a large image, a little bigger
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG", compress_level=1)
-    return Response(buffer.getvalue(), media_type="image/png")
+    return Response(png_bytes(np.asarray(array, dtype=np.uint8)), media_type="image/png")
 
 
 def _names(predictor) -> list[str]:

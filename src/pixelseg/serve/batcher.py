@@ -93,7 +93,7 @@ class Batcher:
                 self.on_death(exc)
 
     def _fail_waiting(self, exc: BaseException) -> None:
-        error = ModelUnavailable(f"the model's thread stopped ({exc!r})")
+        error = _stopped(exc)
         while True:
             try:
                 _, future, loop = self.queue.get_nowait()
@@ -123,8 +123,7 @@ class Batcher:
             try:
                 results = self._run(batch)
             except BaseException as exc:  # this batch's requests fail with the thread
-                results = [(None, ModelUnavailable(f"the model's thread stopped ({exc!r})"))]
-                results *= len(batch)
+                results = [(None, _stopped(exc))] * len(batch)
                 self._answer(batch, results)
                 raise
             finally:
@@ -147,9 +146,9 @@ class Batcher:
                 return [(None, exc)]
         return [self._run([entry])[0] for entry in batch]
 
-    @property
-    def alive(self) -> bool:
-        return self.problem() is None
+
+def _stopped(exc: BaseException) -> ModelUnavailable:
+    return ModelUnavailable(f"the model's thread stopped ({exc!r})")
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

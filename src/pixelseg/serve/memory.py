@@ -6,8 +6,8 @@ and the overlay). Waiting for the model, a request keeps only its upload's bytes
 picture resized to the model's input. Each full-size step first reserves what it will
 need (an estimate from the pixel count and the number of classes) from one budget, and
 waits while the budget is taken, so the process's peak stays near
-``model + max_queue x max_bytes + budget`` whatever the clients send. One step larger than
-the whole budget runs alone.
+``model + upload_memory + max_queue x max_bytes + budget`` whatever the clients send. One
+step larger than the whole budget runs alone.
 """
 
 from __future__ import annotations

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# Also the only parsers Pillow may try on an upload's untrusted bytes. A camera's
+# multi-picture JPEG comes out of the JPEG parser as format MPO, and is read too.
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
-# the parsers Pillow may try on untrusted bytes (a camera's multi-picture JPEG is MPO, which
-# Pillow's JPEG parser opens itself); no other parser ever sees an upload
-_PARSERS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 _READABLE = (*FORMATS, "MPO")
 MIN_SIDE = 8  # pixels: anything smaller is no picture to segment
 
@@ -79,7 +78,7 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
 def _checked_header(data: bytes, limits: Limits) -> Image.Image:
     """The upload opened lazily (header only), its format and size checked."""
     try:
-        image = Image.open(io.BytesIO(data), formats=_PARSERS)
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:
         raise ApiError(413, f"image refused as a decompression bomb: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
