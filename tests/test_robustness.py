@@ -450,3 +450,28 @@ def test_evaluate_says_how_many_split_images_are_missing(
     with pytest.warns(UserWarning, match=f"1 of the run's {len(wanted)} test images are not in"):
         metrics = pixelseg.evaluate(small_run, copy, out=tmp_path / "scores", progress=False)
     assert metrics["missing_images"] == 1 and metrics["n_images"] == len(wanted) - 1
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_error_does_not(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Only pixelseg's own exceptions are user errors; a stray ValueError is a bug to report."""
+    import pixelseg.cli as cli
+
+    def buggy(args) -> int:
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(cli, "cmd_models", buggy)
+    with pytest.raises(ValueError, match="broadcast"):
+        main(["models"])
+    assert main(["train", "data", "--time-budget", "soon"]) == 2  # a SettingsError
+    assert "cannot read the duration 'soon'" in capsys.readouterr().err
+
+
+def test_a_garbage_split_file_is_one_clear_line(
+    small_run: Path, tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    run = _damaged_copy(small_run, tmp_path, lambda r: (r / "split.json").write_text("{oops"))
+    assert main(["evaluate", str(run), str(tiny_data), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and f"{run / 'split.json'}: invalid JSON" in err, err

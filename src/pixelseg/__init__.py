@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pixelseg.errors import DataError, PixelsegError
+from pixelseg.errors import DataError, PixelsegError, SettingsError
 
 if TYPE_CHECKING:
     from pixelseg.engine.train import TrainResult
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DataError",
     "PixelsegError",
+    "SettingsError",
     "__version__",
     "evaluate",
     "load",

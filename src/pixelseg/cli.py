@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pixelseg.errors import PixelsegError
+from pixelseg.errors import PixelsegError, SettingsError
 
 if TYPE_CHECKING:  # the CLI imports torch-using modules only when a command needs them
     from pixelseg.predict import Predictor
@@ -24,7 +24,7 @@ def _model_kwargs(pairs: list[str] | None) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {pair!r}")
+            raise SettingsError(f"--model-arg expects KEY=VALUE, got {pair!r}")
         try:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -318,7 +318,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         out = given.pop("out", args.resume)
         if Path(out).resolve() != Path(args.resume).resolve():
-            raise ValueError("--resume continues a run in its own folder; drop --out")
+            raise SettingsError("--resume continues a run in its own folder; drop --out")
         result = resume(args.resume, data=args.data, **given)
     elif not args.data:
         raise PixelsegError("train needs a DATA folder (or --resume RUN)")
@@ -338,9 +338,9 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     from pixelseg.engine.distributed import world_from_env
 
     if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        raise SettingsError(f"--nproc must be >= 1, got {nproc}")
     if world_from_env().distributed:
-        raise ValueError("--nproc starts torchrun; under torchrun leave it out")
+        raise SettingsError("--nproc starts torchrun; under torchrun leave it out")
     rest, skip = [], False
     for arg in argv:  # the command without --nproc N / --nproc=N
         if skip:
@@ -407,7 +407,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     image_only = [f"--{name}" for name in ("instances", "uncertainty", "probabilities")
                   if getattr(args, name)]  # fmt: skip
     if videos and image_only:
-        raise ValueError(f"{' and '.join(image_only)} apply to images, not to videos ({videos[0]})")
+        raise SettingsError(
+            f"{' and '.join(image_only)} apply to images, not to videos ({videos[0]})"
+        )
     # Under torchrun each process predicts a consecutive share of the inputs, under the
     # names and ids one process would give them.
     world, device, joined = distributed.start(args.device)
@@ -455,12 +457,12 @@ def _predict_onnx(args: argparse.Namespace) -> int:
 
     given = [f"--{o}" for o in ONNX_UNSUPPORTED if getattr(args, o) not in (None, False)]
     if given:
-        raise ValueError(f"{', '.join(given)} not available with --engine onnx; use torch")
+        raise SettingsError(f"{', '.join(given)} not available with --engine onnx; use torch")
     background = parse_background(args.background) if args.background else None
     paths = list_images(args.inputs, exclude=args.out)
     videos = [p for p in paths if is_video_file(p)]
     if videos:
-        raise ValueError(f"videos need --engine torch ({videos[0]})")
+        raise SettingsError(f"videos need --engine torch ({videos[0]})")
     predictor = OnnxPredictor.from_run(args.run)
     _configure_postprocess(predictor, args)
     written = predict_files(
@@ -476,19 +478,19 @@ def _predict_onnx(args: argparse.Namespace) -> int:
 def _check_predict_options(args: argparse.Namespace) -> None:
     """Refuse contradictory or out-of-range ``predict`` options before loading anything."""
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise SettingsError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.min_area < 0:
-        raise ValueError(f"--min-area must be >= 0, got {args.min_area}")
+        raise SettingsError(f"--min-area must be >= 0, got {args.min_area}")
     if args.tta_rotations and not args.tta:
-        raise ValueError("--tta-rotations extends --tta; give both")
+        raise SettingsError("--tta-rotations extends --tta; give both")
     if args.tile is None and (args.overlap is not None or args.scale is not None):
-        raise ValueError("--overlap and --scale apply to tiled prediction; add --tile N")
+        raise SettingsError("--overlap and --scale apply to tiled prediction; add --tile N")
     if args.tile is not None and args.tile < 16:
-        raise ValueError(f"--tile must be at least 16 pixels, got {args.tile}")
+        raise SettingsError(f"--tile must be at least 16 pixels, got {args.tile}")
     if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+        raise SettingsError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.scale is not None and args.scale <= 0:
-        raise ValueError(f"--scale must be > 0, got {args.scale}")
+        raise SettingsError(f"--scale must be > 0, got {args.scale}")
 
 
 def _configure_postprocess(predictor, args: argparse.Namespace) -> None:
@@ -499,7 +501,7 @@ def _configure_postprocess(predictor, args: argparse.Namespace) -> None:
         predictor.postprocess = []
     chosen = [step for step in STEPS if getattr(args, step)]
     if (chosen or args.min_area) and predictor.num_classes > 1:
-        raise ValueError("--keep-largest, --fill-holes and --min-area apply to binary runs only")
+        raise SettingsError("--keep-largest, --fill-holes and --min-area apply to binary runs only")
     if chosen:  # the user's steps replace the run's
         predictor.postprocess = chosen
     predictor.min_area = args.min_area
@@ -898,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         if world_from_env().is_main:
             print(f"pixelseg {args.command}: {exc}", file=sys.stderr)
         return 128 + exc.signum
-    except (PixelsegError, ValueError) as exc:
+    except PixelsegError as exc:  # anything else is a bug in pixelseg and keeps its traceback
         print(f"pixelseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. an output folder that cannot be created

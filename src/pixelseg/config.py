@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from pixelseg.errors import SettingsError
+
 POSTPROCESS = ("auto", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see engine/precision.py
 SWITCHES = ("auto", "on", "off")
@@ -29,11 +31,13 @@ def parse_duration(text: str | float) -> float:
                 seconds += float(number) * units[char]
                 number = ""
             else:
-                raise ValueError(f"cannot read the duration {text!r}; use e.g. 15m, 900s or 1h30m")
+                raise SettingsError(
+                    f"cannot read the duration {text!r}; use e.g. 15m, 900s or 1h30m"
+                )
         if number:
             seconds += float(number)
     if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {text!r}")
+        raise SettingsError(f"a duration must be positive, got {text!r}")
     return seconds
 
 
@@ -156,7 +160,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise SettingsError(message)
         if self.loss is None and self.num_classes is not None:
             self.loss = "bce+dice" if self.num_classes == 1 else "ce+dice"
 
@@ -183,7 +187,7 @@ def _parse_size(size: Any) -> tuple[int, int]:
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(
+            raise SettingsError(
                 f"size must look like 256 or 192x256 (height x width), got {size!r}"
             ) from None
     elif isinstance(size, int):
@@ -193,5 +197,5 @@ def _parse_size(size: Any) -> tuple[int, int]:
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or min(values) < 8:
-        raise ValueError(f"size must be one or two integers >= 8, got {size!r}")
+        raise SettingsError(f"size must be one or two integers >= 8, got {size!r}")
     return values[0], values[1]

@@ -11,6 +11,7 @@ from PIL import Image, ImageColor
 
 from pixelseg.data.imageops import resize_image
 from pixelseg.data.io import read_image
+from pixelseg.errors import SettingsError
 
 Background = tuple[int, int, int] | np.ndarray
 
@@ -19,7 +20,7 @@ def alpha_from_mask(mask: np.ndarray, feather: float = 0.0) -> np.ndarray:
     """HxW float alpha in [0, 1]: 1 on every non-background pixel, its border softened by a
     Gaussian blur of ``feather`` pixels (0: a hard edge)."""
     if feather < 0:
-        raise ValueError(f"feather must be >= 0 pixels, got {feather}")
+        raise SettingsError(f"feather must be >= 0 pixels, got {feather}")
     alpha = (mask > 0).astype(np.float32)
     if feather == 0:
         return alpha
@@ -74,7 +75,7 @@ def parse_background(text: str) -> Background:
             return parts  # type: ignore[return-value]
         return ImageColor.getrgb(text)[:3]
     except ValueError:
-        raise ValueError(
+        raise SettingsError(
             f"--background {text!r} is neither an image file nor a colour "
             "(a name such as green, #00b140, or R,G,B with values 0-255)"
         ) from None

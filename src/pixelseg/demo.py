@@ -18,7 +18,7 @@ from pixelseg.data.split import load_split, select
 from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.engine.evaluate import evaluate_run
 from pixelseg.engine.train import fit
-from pixelseg.errors import PixelsegError
+from pixelseg.errors import PixelsegError, SettingsError
 from pixelseg.metrics import BinaryMetrics
 from pixelseg.predict import load
 from pixelseg.report import plot_grid
@@ -51,7 +51,7 @@ def run_demo(
     data_dir, run_dir = out / "data", out / "run"
     n = DEMO_IMAGES if n_images is None else n_images
     if n < 4 or (epochs is not None and epochs < 1):
-        raise ValueError("the demo needs at least 4 images and 1 epoch")
+        raise SettingsError("the demo needs at least 4 images and 1 epoch")
     if not (data_dir / "images").is_dir() or len(list((data_dir / "images").iterdir())) != n:
         shutil.rmtree(data_dir, ignore_errors=True)
         print(f"generating {n} synthetic dermoscopy images in {data_dir} ...")

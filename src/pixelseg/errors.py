@@ -15,3 +15,7 @@ class DataError(PixelsegError, ValueError):
         if self.problems:
             message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message)
+
+
+class SettingsError(PixelsegError, ValueError):
+    """An option or setting is out of range, unknown, or conflicts with another one."""

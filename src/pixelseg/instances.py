@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pixelseg.errors import SettingsError
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -64,7 +66,7 @@ def find_instances(
     from scipy import ndimage  # here, not at the top: its import alone takes ~0.2 s
 
     if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+        raise SettingsError(f"connectivity must be 4 or 8, got {connectivity}")
     if mask.ndim != 2:
         raise ValueError(f"expected an HxW mask, got shape {mask.shape}")
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)

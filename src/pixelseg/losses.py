@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelseg.config import LOSS_NAMES  # defined with the settings, so the CLI needs no torch
+from pixelseg.errors import SettingsError
 
 # Which name to suggest when a loss is asked for in the wrong mode.
 _MULTICLASS_EQUIVALENT = {"bce": "ce", "bce+dice": "ce+dice"}
@@ -64,15 +65,15 @@ def build_loss(
         ValueError: unknown name, a loss for the other mode, or bad ``class_weights``.
     """
     if name not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
+        raise SettingsError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
     _check_num_classes(num_classes)
     if num_classes == 1 and name in _BINARY_EQUIVALENT:
-        raise ValueError(
+        raise SettingsError(
             f"loss {name!r} is for multi-class segmentation (num_classes >= 2); "
             f"for binary segmentation (num_classes=1) use {_BINARY_EQUIVALENT[name]!r}"
         )
     if num_classes >= 2 and name in _MULTICLASS_EQUIVALENT:
-        raise ValueError(
+        raise SettingsError(
             f"loss {name!r} is for binary segmentation (num_classes=1); "
             f"for num_classes={num_classes} use {_MULTICLASS_EQUIVALENT[name]!r}"
         )
@@ -104,7 +105,7 @@ class SegmentationLoss(nn.Module):
         if ignore_index is not None and (
             not isinstance(ignore_index, int) or isinstance(ignore_index, bool)
         ):
-            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+            raise SettingsError(f"ignore_index must be an int or None, got {ignore_index!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         # A buffer, so that ``loss.to(device)`` moves the weights with it; not persistent
@@ -341,12 +342,12 @@ def _check_class_weights(
     expected = 2 if num_classes == 1 else num_classes
     if weights.shape != (expected,):
         what = "[w_background, w_foreground]" if num_classes == 1 else "one weight per class"
-        raise ValueError(
+        raise SettingsError(
             f"class_weights must have shape ({expected},) ({what}) for "
             f"num_classes={num_classes}, got shape {tuple(weights.shape)}"
         )
     if not torch.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError(f"class_weights must be finite and >= 0, got {weights.tolist()}")
+        raise SettingsError(f"class_weights must be finite and >= 0, got {weights.tolist()}")
     return weights
 
 

@@ -103,10 +103,13 @@ class OnnxPredictor:
             raise PixelsegError(
                 f"{run}: no {ONNX_FILE}; make it with pixelseg export {run} --format onnx"
             )
+        path = run / "config.json"
         try:
-            config = json.loads((run / "config.json").read_text())
+            config = json.loads(path.read_text())
         except FileNotFoundError:
             raise PixelsegError(f"{run}: not a pixelseg run folder (no config.json)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PixelsegError(f"{path}: invalid JSON ({exc})") from None
         return cls(open_session(onnx_path), config)
 
     def logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from pixelseg.cutout import Background, composite, cutout
 from pixelseg.data.io import read_image
+from pixelseg.errors import SettingsError
 from pixelseg.files import write_bytes, write_json
 from pixelseg.instances import Instances, color_instances, to_coco, to_csv
 from pixelseg.report import color_mask, overlay, plot_legend, save_png
@@ -100,7 +101,7 @@ def predict_files(
     from tqdm.auto import tqdm
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise SettingsError(f"batch_size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = predictor.threshold if threshold is None else threshold

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pixelseg.errors import SettingsError
+
 STEPS = ("keep_largest", "fill_holes")
 
 
@@ -58,9 +60,9 @@ def postprocess(mask: np.ndarray, steps: Sequence[str], min_area: int = 0) -> np
     dropping objects smaller than ``min_area`` pixels (0: keep all)."""
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
-        raise ValueError(f"unknown post-processing step(s) {unknown}; choose from {STEPS}")
+        raise SettingsError(f"unknown post-processing step(s) {unknown}; choose from {STEPS}")
     if min_area < 0:
-        raise ValueError(f"min_area must be >= 0, got {min_area}")
+        raise SettingsError(f"min_area must be >= 0, got {min_area}")
     mask = remove_small(mask, min_area)
     for step in STEPS:  # a fixed order: holes are filled in the object that was kept
         if step in steps:

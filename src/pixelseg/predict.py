@@ -22,6 +22,7 @@ from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.engine.evaluate import logits_to_mask, logits_to_proba, resize_logits
+from pixelseg.errors import SettingsError
 from pixelseg.instances import Instances, background_class, find_instances
 
 # Writing the files of a prediction needs no torch and serves both engines; importable from
@@ -132,7 +133,7 @@ class Predictor:
         else the one training applied to its median image (``source_size`` → ``size``)."""
         if self.scale is not None:
             if self.scale <= 0:
-                raise ValueError(f"scale must be > 0, got {self.scale}")
+                raise SettingsError(f"scale must be > 0, got {self.scale}")
             return self.scale, self.scale
         source = self.config.get("source_size")
         if not source:

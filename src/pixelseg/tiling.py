@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from pixelseg.errors import SettingsError
+
 SIGMA_SCALE = 1 / 8  # Gaussian sigma as a fraction of the tile side (nnU-Net's choice)
 
 
@@ -27,9 +29,9 @@ def window_starts(length: int, tile: int, overlap: float) -> list[int]:
     """Start offsets of windows of ``tile`` pixels covering ``length`` pixels, consecutive
     windows sharing at least ``overlap`` of a tile, the first at 0 and the last at the end."""
     if tile < 1:
-        raise ValueError(f"tile must be >= 1 pixel, got {tile}")
+        raise SettingsError(f"tile must be >= 1 pixel, got {tile}")
     if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise SettingsError(f"overlap must be in [0, 1), got {overlap}")
     if length <= tile:
         return [0]
     stride = max(1, int(tile * (1 - overlap)))

@@ -33,7 +33,7 @@ import numpy as np
 
 from pixelseg.cutout import Background, composite, cutout
 from pixelseg.data.imageops import resize_image
-from pixelseg.errors import DataError, PixelsegError
+from pixelseg.errors import DataError, PixelsegError, SettingsError
 from pixelseg.report import overlay, save_png
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def predict_video(
     from tqdm.auto import tqdm
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise SettingsError(f"batch_size must be >= 1, got {batch_size}")
     av = _import_av()
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem

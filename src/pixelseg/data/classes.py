@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pixelseg.errors import DataError
+from pixelseg.errors import DataError, SettingsError
 
 CAMVID_CLASSES = (
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -136,7 +136,7 @@ def resolve_classes(
     """
     table = known_table(fmt, root)
     if ignore_index in (0, 1) and (num_classes == 1 or (num_classes is None and table is None)):
-        raise ValueError(
+        raise SettingsError(
             f"--ignore-index {ignore_index} is a class of binary masks (0 background, 1 "
             "foreground); void needs another value, e.g. 255"
         )
@@ -157,7 +157,7 @@ def resolve_classes(
         colors = [list(c) for c in table.colors] if table.colors else None
         why += f", names and ignore index from {table.source}"
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        raise SettingsError(f"{len(class_names)} class names given for {num_classes} classes")
     return ClassSettings(num_classes, class_names, ignore_index, colors, why)
 
 

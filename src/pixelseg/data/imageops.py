@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from pixelseg.errors import SettingsError
+
 __all__ = ["resize_image", "resize_mask", "to_channels"]
 
 
@@ -25,7 +27,7 @@ def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
         return rgb
     if channels == 1:
         return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
-    raise ValueError(f"images can have 1 or 3 channels, not {channels}")
+    raise SettingsError(f"images can have 1 or 3 channels, not {channels}")
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

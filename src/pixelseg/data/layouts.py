@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixelseg.data.io import IMAGE_EXTENSIONS, is_image_file
-from pixelseg.errors import DataError
+from pixelseg.errors import DataError, SettingsError
 
 FORMATS = ("auto", "ph2", "segnet", "folders", "pairs")
 _IMAGE_DIRS = ("images", "image", "imgs", "img")
@@ -61,7 +61,7 @@ def find_samples(root: str | Path, format: str = "auto") -> tuple[str, list[Samp
     """Return ``(format, samples)`` for the data set at ``root``, sorted by stem."""
     root = Path(root)
     if format not in FORMATS:
-        raise ValueError(f"Unknown data format {format!r}. Valid formats: {', '.join(FORMATS)}")
+        raise SettingsError(f"Unknown data format {format!r}. Valid formats: {', '.join(FORMATS)}")
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     if format == "auto":

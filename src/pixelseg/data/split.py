@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pixelseg.data.layouts import Sample
+from pixelseg.errors import DataError, SettingsError
 from pixelseg.files import write_json
 
 SPLITS = ("train", "val", "test")
@@ -32,7 +33,9 @@ def make_split(
     Val and test get at least one sample each when there are three or more samples.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        raise SettingsError(
+            "val_fraction and test_fraction must be in [0, 1) and sum to less than 1"
+        )
     if strata is not None and len(strata) != len(stems):
         raise ValueError(f"got {len(strata)} strata for {len(stems)} samples")
     if len(set(stems)) != len(stems):
@@ -156,8 +159,13 @@ def save_split(path: str | Path, split: dict[str, list[str]]) -> None:
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
-    split = json.loads(Path(path).read_text())
+    try:
+        split = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(split, dict):
+        raise DataError(f"{path}: a JSON object of {', '.join(SPLITS)} lists was expected")
     missing = [k for k in SPLITS if k not in split]
     if missing:
-        raise ValueError(f"{path}: split file lacks {missing}")
+        raise DataError(f"{path}: split file lacks {', '.join(missing)}")
     return split

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from pixelseg.errors import SettingsError
+
 __all__ = ["make_sample", "write_synthetic_dataset"]
 
 # Sample i of a data set with seed s uses seed s * _SEED_STRIDE + i: a prime stride keeps the
@@ -94,7 +96,7 @@ def write_synthetic_dataset(
     ``seed * 100003 + i``, so data sets with different seeds differ. Returns ``root``.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise SettingsError(f"n must be a positive integer, got {n!r}")
     _check_seed(seed)
     _check_size(size)
     root = Path(root)
@@ -117,7 +119,7 @@ def write_synthetic_dataset(
 
 def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise SettingsError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
 
 
@@ -125,12 +127,12 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     try:
         height, width = size
     except (TypeError, ValueError):
-        raise ValueError(f"size must be a (height, width) pair, got {size!r}") from None
+        raise SettingsError(f"size must be a (height, width) pair, got {size!r}") from None
     for value in (height, width):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"size must hold two integers, got {size!r}")
+            raise SettingsError(f"size must hold two integers, got {size!r}")
         if value < _MIN_SIZE:
-            raise ValueError(f"size must be at least {_MIN_SIZE} pixels each way, got {size!r}")
+            raise SettingsError(f"size must be at least {_MIN_SIZE} pixels each way, got {size!r}")
     return int(height), int(width)
 
 

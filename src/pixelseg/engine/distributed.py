@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from pixelseg.errors import PixelsegError
+from pixelseg.errors import PixelsegError, SettingsError
 
 if TYPE_CHECKING:
     import torch
@@ -154,7 +154,7 @@ def start(device: str = "auto") -> tuple[World, torch.device, bool]:
         torch.cuda.set_device(dev)
         backend = "nccl"
     elif device.startswith("cuda"):
-        raise ValueError(f"device {device} was asked for but CUDA is not available")
+        raise SettingsError(f"device {device} was asked for but CUDA is not available")
     else:
         dev, backend = torch.device("cpu"), "gloo"
     if dist.is_initialized():

@@ -14,13 +14,15 @@ import copy
 
 import torch
 
+from pixelseg.errors import SettingsError
+
 
 class WeightAverage:
     """``model`` here is the averaged copy; :meth:`update` after each optimizer step."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         if not 0 < decay < 1:
-            raise ValueError(f"an average's decay must be between 0 and 1, got {decay}")
+            raise SettingsError(f"an average's decay must be between 0 and 1, got {decay}")
         self.decay = decay
         self.updates = 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)

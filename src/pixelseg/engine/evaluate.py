@@ -25,7 +25,7 @@ from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine import distributed
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.distributed import World
-from pixelseg.errors import PixelsegError
+from pixelseg.errors import PixelsegError, SettingsError
 from pixelseg.files import write_json
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
 from pixelseg.postprocess import postprocess
@@ -36,7 +36,7 @@ def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
     """(C, H, W) logits → (H, W) uint8 class indices (C == 1: sigmoid > threshold)."""
     if logits.shape[0] == 1:
         if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold must be a probability between 0 and 1, got {threshold}")
+            raise SettingsError(f"threshold must be a probability between 0 and 1, got {threshold}")
         return (torch.sigmoid(logits[0]) > threshold).to(torch.uint8)
     return logits.argmax(0).to(torch.uint8)
 
@@ -252,9 +252,9 @@ def evaluate_run(
     torchrun, the processes share the images and rank 0 writes the (identical) results.
     """
     if split not in ("all", *SPLITS):
-        raise ValueError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
+        raise SettingsError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
     if tta_rotations and not tta:
-        raise ValueError("tta_rotations extends tta; set both")
+        raise SettingsError("tta_rotations extends tta; set both")
     world, dev, joined = distributed.start(device)
     try:
         return _evaluate_run(

@@ -23,6 +23,7 @@ from torch import nn
 
 from pixelseg.config import TrainConfig
 from pixelseg.engine.schedule import Schedule
+from pixelseg.errors import SettingsError
 from pixelseg.models import create_model
 from pixelseg.models.complexity import meta_first
 from pixelseg.models.pretrained import has_pretrained_encoder
@@ -67,7 +68,7 @@ def check_finetune_settings(cfg: TrainConfig, model: nn.Module, fetch: bool = Tr
             "none"
         )
     if cfg.freeze_encoder_epochs > 0 and cfg.encoder_weights == "none":
-        raise ValueError(
+        raise SettingsError(
             "--freeze-encoder-epochs keeps a pretrained encoder as loaded; with "
             "--encoder-weights none the encoder is random and must learn"
         )

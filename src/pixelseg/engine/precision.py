@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pixelseg.errors import SettingsError
+
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # ``auto`` picks bf16 on a CPU only when the probe runs at least this much faster in it:
@@ -98,7 +100,7 @@ def choose_precision(
         else:
             precision = "fp32"
     if precision == "fp16" and not cuda:
-        raise ValueError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+        raise SettingsError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     # auto: with bf16, oneDNN's NHWC kernels were the faster ones on the CPUs measured; in
     # float32 it depends on the model
     auto = cuda or precision == "bf16" or prefers_channels_last

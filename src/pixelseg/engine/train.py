@@ -55,7 +55,7 @@ from pixelseg.engine.precision import Precision, choose_precision
 from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
 from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
-from pixelseg.errors import DataError, PixelsegError
+from pixelseg.errors import DataError, PixelsegError, SettingsError
 from pixelseg.files import write_json
 from pixelseg.losses import build_loss
 from pixelseg.models import count_parameters, create_model, prefers_channels_last
@@ -325,7 +325,7 @@ def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
     state = _saved_state(run_dir)
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
-        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
     # Anything else that differs from the saved settings is refused by fit (see _open_run).
     kept = {k: v for k, v in overrides.items() if v is not None}
     return TrainConfig.from_dict({**state["config"], **kept, "out": str(run_dir)})
@@ -382,7 +382,7 @@ def _open_run(
         and not (k == "model_kwargs" and now["model"] == "auto" and not now["model_kwargs"])
     )
     if changed:
-        raise ValueError(
+        raise SettingsError(
             f"cannot change {', '.join(changed)} when resuming {run_dir}; a resumed run may "
             f"only change {', '.join(free)}"
             + ("" if resuming else " (or choose another --out for a new run)")
@@ -459,7 +459,7 @@ def _setup(
     # a copy of the model as it starts (a resumed run's average is restored from last.pt)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     if cfg.sync_batchnorm and device.type != "cuda":
-        raise ValueError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
+        raise SettingsError("sync_batchnorm needs CUDA GPUs (SyncBatchNorm has no CPU version)")
     if world.distributed:
         if cfg.sync_batchnorm:  # batch statistics over all processes' batches
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -607,7 +607,7 @@ def _prepare(
     cfg, run_dir, state = _open_run(cfg, resume, log)
     if state is not None and state.get("world_size", 1) != world.size:
         n = state.get("world_size", 1)
-        raise ValueError(
+        raise SettingsError(
             f"{run_dir} was trained with {n} process(es) and must resume with as many "
             f"(pixelseg train --nproc {n}, or torchrun --nproc-per-node {n}): its learning-rate "
             "schedule, data order and random states are per process"

@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 import pixelseg
+from pixelseg.errors import SettingsError
 from pixelseg.serve.batcher import Batcher, ModelUnavailable, Overloaded
 from pixelseg.serve.guard import BrowserGuard, allowed_hosts, normal_origin
 from pixelseg.serve.memory import MemoryBudget, decode_cost, render_cost
@@ -77,19 +78,19 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("an empty API key would let anyone in: give a key, or none")
+            raise SettingsError("an empty API key would let anyone in: give a key, or none")
         if self.model_timeout <= 0 or self.upload_timeout <= 0:
-            raise ValueError("model_timeout and upload_timeout must be > 0 seconds")
+            raise SettingsError("model_timeout and upload_timeout must be > 0 seconds")
         if self.upload_memory < self.max_bytes:
-            raise ValueError("upload_memory must hold at least one upload of max_bytes")
+            raise SettingsError("upload_memory must hold at least one upload of max_bytes")
         # (lists when read back from JSON by a worker process)
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         if self.engine not in ("torch", "onnx"):
-            raise ValueError(f"engine must be torch or onnx, got {self.engine!r}")
+            raise SettingsError(f"engine must be torch or onnx, got {self.engine!r}")
         if min(self.max_bytes, self.max_pixels, self.max_queue, self.batch_size,
                self.render_memory) < 1:  # fmt: skip
-            raise ValueError(
+            raise SettingsError(
                 "max_bytes, max_pixels, max_queue, batch_size and render_memory must be >= 1"
             )
 
