@@ -121,8 +121,8 @@ def data_wait(
 
 def onnx_session(model: torch.nn.Module, size: int):
     """ONNX Runtime on a dynamic export of ``model``, made as ``pixelseg export`` makes it."""
-    from pixelseg.export import onnx_bytes
-    from pixelseg.onnx_engine import open_session
+    from pixelseg.inference.export import onnx_bytes
+    from pixelseg.inference.onnx import open_session
 
     return open_session(onnx_bytes(model, (1, 3, size, size), dynamic=True))
 

@@ -39,8 +39,8 @@ from pixelseg.cli import main
 start = time.perf_counter()
 if sys.argv[1] == "load-only":
     from pixelseg.data.io import read_image
-    from pixelseg.predict import load
-    load(sys.argv[2], sys.argv[4]); read_image(sys.argv[3]); code = 0
+    from pixelseg.inference import load
+    load(sys.argv[2], device=sys.argv[4]); read_image(sys.argv[3]); code = 0
 else:
     code = main(sys.argv[1:])
 cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None

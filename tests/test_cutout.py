@@ -10,8 +10,8 @@ from PIL import Image
 
 from pixelseg.cli import main
 from pixelseg.config import TrainConfig
-from pixelseg.cutout import alpha_from_mask, composite, cutout, parse_background
 from pixelseg.engine.train import fit
+from pixelseg.inference.cutout import alpha_from_mask, composite, cutout, parse_background
 from settings import FAST
 
 

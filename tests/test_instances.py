@@ -15,7 +15,7 @@ from pycocotools import mask as coco_mask
 from pixelseg.cli import main
 from pixelseg.config import TrainConfig
 from pixelseg.engine.train import fit
-from pixelseg.instances import (
+from pixelseg.inference.instances import (
     color_instances,
     find_instances,
     instance_rle,
@@ -94,7 +94,7 @@ def test_ids_are_unique_across_classes_and_centroids_are_pixel_means() -> None:
 
 
 def test_class_names_of_binary_and_multiclass_runs() -> None:
-    from pixelseg.instances import class_name
+    from pixelseg.inference.instances import class_name
 
     assert class_name(["lesion"], 1) == "lesion"  # a binary run's one name: its foreground
     assert class_name(["sky", "road"], 1) == "road"

@@ -280,7 +280,7 @@ def test_lite_unet_exports_to_onnx(tiny_data: Path, tmp_path: Path, dynamic: boo
     """TensorFlow's padding and the decoder's upsampling trace to a graph that computes what
     PyTorch does, at the traced size and (dynamic) at others."""
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    from pixelseg.export import export_onnx
+    from pixelseg.inference.export import export_onnx
 
     run = tmp_path / "run"
     fit(_tiny_settings(tmp_path, tiny_data, model="lite-unet", encoder_weights="none"))

@@ -20,8 +20,8 @@ from settings import FAST
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from pixelseg.export import export_onnx  # noqa: E402
-from pixelseg.onnx_engine import resize_logits  # noqa: E402
+from pixelseg.inference.export import export_onnx  # noqa: E402
+from pixelseg.inference.onnx import resize_logits  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_a_graph_that_computes_something_else_is_refused_and_not_written(
 ) -> None:
     """The check after tracing is a gate, not a report: a graph whose logits are not the
     model's (here: another model's graph) fails the export and leaves no file."""
-    from pixelseg import export
+    from pixelseg.inference import export
     from pixelseg.models import create_model
 
     real = export.onnx_bytes

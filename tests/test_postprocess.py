@@ -18,7 +18,7 @@ from pixelseg.data.layouts import find_samples
 from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.evaluate import choose_postprocess
 from pixelseg.engine.train import fit
-from pixelseg.postprocess import fill_holes, keep_largest, postprocess, remove_small
+from pixelseg.inference.postprocess import fill_holes, keep_largest, postprocess, remove_small
 from settings import FAST
 
 
@@ -82,15 +82,16 @@ def test_choose_postprocess_keeps_what_helps(tmp_path: Path) -> None:
 
 
 def test_predictor_applies_the_runs_steps(tmp_path: Path) -> None:
-    from pixelseg.predict import Predictor
+    from pixelseg.inference.options import PredictOptions
+    from pixelseg.inference.predictor import Predictor
 
     config = {"size": [32, 32], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
               "threshold": 0.5, "postprocess": ["keep_largest"]}  # fmt: skip
     predictor = Predictor(_Fixed(), config, torch.device("cpu"))
     image = np.zeros((64, 64, 3), np.uint8)
     cleaned = predictor.predict(image)
-    predictor.postprocess = []
-    raw = predictor.predict(image)
+    options = PredictOptions(postprocess=())
+    raw = Predictor(_Fixed(), config, torch.device("cpu"), options).predict(image)
     assert ndimage.label(raw)[1] == 2  # the square and the speck
     assert ndimage.label(cleaned)[1] == 1 and np.array_equal(cleaned, keep_largest(raw))
 
@@ -148,14 +149,16 @@ def test_remove_small_drops_only_small_objects() -> None:
 
 
 def test_predict_flags_replace_the_runs_steps(tiny_data: Path, tmp_path: Path) -> None:
-    from pixelseg.predict import Predictor
+    from pixelseg.inference.options import PredictOptions
+    from pixelseg.inference.predictor import Predictor
 
     config = {"size": [32, 32], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
               "threshold": 0.5, "postprocess": []}  # fmt: skip
     predictor = Predictor(_Fixed(), config, torch.device("cpu"))
     image = np.zeros((64, 64, 3), np.uint8)
     raw = predictor.predict(image)
-    predictor.min_area = 100  # the speck (about 6x6) goes, the square (32x32) stays
+    options = PredictOptions(min_area=100)  # the speck (about 6x6) goes, the square stays
+    predictor = Predictor(_Fixed(), config, torch.device("cpu"), options)
     assert np.array_equal(predictor.predict(image), keep_largest(raw))
 
     run = tmp_path / "run"

@@ -17,7 +17,7 @@ from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import find_samples
 from pixelseg.engine.train import Schedule, fit, resume
 from pixelseg.errors import DataError, PixelsegError
-from pixelseg.predict import as_rgb_array
+from pixelseg.inference.base import as_rgb_array
 from settings import FAST
 
 
@@ -417,7 +417,7 @@ def test_a_damaged_training_state_is_one_clear_line(
 def test_output_names_never_collide_or_leave_the_folder(
     small_run: Path, tiny_data: Path, tmp_path: Path
 ) -> None:
-    from pixelseg.outputs import unique_stems
+    from pixelseg.inference.outputs import unique_stems
 
     names = ["a.png", "a.jpg", "a_2.png", "A.png", "..png", "b.png"]
     assert unique_stems([Path(n) for n in names]) == ["a", "a_2", "a_2_2", "A_3", "unnamed", "b"]

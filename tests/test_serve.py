@@ -382,7 +382,7 @@ def test_foreign_host_and_origin_are_refused(run: Path) -> None:
 def test_phone_photos_are_upright_and_multi_picture_jpegs_read(run: Path, client) -> None:
     """EXIF orientation 6 gives the mask `predict` gives (rotated upright); a camera's MPO
     file is read like its first picture."""
-    from pixelseg.predict import load
+    from pixelseg.inference import load
 
     pixels = np.random.default_rng(0).integers(0, 255, (40, 64, 3), np.uint8)
     exif = Image.Exif()
@@ -397,7 +397,7 @@ def test_phone_photos_are_upright_and_multi_picture_jpegs_read(run: Path, client
     assert mask.shape == (64, 40)  # upright: the width and height swapped
     path = Path(run) / "phone.jpg"
     path.write_bytes(buffer.getvalue())
-    expected = load(run, "cpu").predict(path)
+    expected = load(run, device="cpu").predict(path)
     assert np.array_equal(mask > 0, np.asarray(expected) > 0)
     mpo = io.BytesIO()
     first, second = Image.fromarray(pixels), Image.fromarray(255 - pixels)
@@ -567,7 +567,7 @@ def test_uploads_of_every_mode_get_the_mask_predict_gives(
 ) -> None:
     """16-bit grey, CMYK (as JPEG), palette and grey+alpha pictures: the service reads them
     as the CLI reads files (one reader), so both give the same mask."""
-    from pixelseg.predict import load
+    from pixelseg.inference import load
 
     rng = np.random.default_rng(1)
     rgb = Image.fromarray(rng.integers(0, 256, (40, 56, 3), np.uint8))
@@ -581,7 +581,7 @@ def test_uploads_of_every_mode_get_the_mask_predict_gives(
     answer = client.post("/predict", content=path.read_bytes(), headers={"content-type": kind})
     assert answer.status_code == 200, answer.text
     served = np.asarray(Image.open(io.BytesIO(answer.content))) > 0
-    assert np.array_equal(served, load(run, "cpu").predict(path) > 0)
+    assert np.array_equal(served, load(run, device="cpu").predict(path) > 0)
 
 
 def test_uploads_still_arriving_are_bounded_in_bytes(run: Path) -> None:

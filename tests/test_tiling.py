@@ -13,8 +13,9 @@ from PIL import Image
 from pixelseg.cli import main
 from pixelseg.config import TrainConfig
 from pixelseg.engine.train import fit
-from pixelseg.predict import Predictor
-from pixelseg.tiling import gaussian_weights, sliding_window, window_starts
+from pixelseg.inference.options import PredictOptions
+from pixelseg.inference.predictor import Predictor
+from pixelseg.inference.tiling import gaussian_weights, sliding_window, window_starts
 from settings import FAST
 
 
@@ -90,7 +91,7 @@ def test_gaussian_blending_hides_tile_borders(monkeypatch: pytest.MonkeyPatch) -
     """With real context (zero-padded 3x3 convolutions) a tile's border pixels differ from
     the whole image's; Gaussian weights make them count little, so the blended result is far
     closer to the whole-image output than a plain average of the tiles."""
-    import pixelseg.tiling
+    import pixelseg.inference.tiling
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -100,7 +101,8 @@ def test_gaussian_blending_hides_tile_borders(monkeypatch: pytest.MonkeyPatch) -
     with torch.no_grad():
         whole = model(image[None])[0]
         gaussian = sliding_window(image, model, tile=32, overlap=0.5)
-        monkeypatch.setattr(pixelseg.tiling, "gaussian_weights", lambda h, w: torch.ones(h, w))
+        flat_weights = lambda h, w: torch.ones(h, w)  # noqa: E731
+        monkeypatch.setattr(pixelseg.inference.tiling, "gaussian_weights", flat_weights)
         flat = sliding_window(image, model, tile=32, overlap=0.5)
     # the image's own 2-pixel border is zero-padded in both and left out
     g_err = (gaussian - whole).abs()[:, 2:-2, 2:-2]
@@ -118,13 +120,13 @@ class _Pointwise(torch.nn.Module):
         return self.conv(x)
 
 
-def _predictor(source_size: list[int] | None) -> Predictor:
+def _predictor(source_size: list[int] | None, **options) -> Predictor:
     torch.manual_seed(0)
     config = {
         "size": [32, 48], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
         "source_size": source_size,
     }  # fmt: skip
-    return Predictor(_Pointwise(), config, torch.device("cpu"))
+    return Predictor(_Pointwise(), config, torch.device("cpu"), PredictOptions(**options))
 
 
 def test_tiling_uses_the_training_scale() -> None:
@@ -132,11 +134,11 @@ def test_tiling_uses_the_training_scale() -> None:
     assert predictor.tile_scale() == (0.5, 0.5)
     image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     whole = predictor.logits([image])[0]
-    predictor.tile = 64  # the halved image (32x48) is one tile: the same as whole-image
-    tiled = predictor.logits([image])[0]
+    # the halved image (32x48) is one 64-pixel tile: the same as whole-image
+    tiled = _predictor(source_size=[64, 96], tile=64).logits([image])[0]
     assert tiled.shape == (1, 64, 96)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
-    predictor.scale = 1.0
+    predictor = _predictor(source_size=[64, 96], tile=64, scale=1.0)
     assert predictor.tile_scale() == (1.0, 1.0)
     with pytest.warns(UserWarning, match="--scale"):  # an older run: says what to do
         assert _predictor(source_size=None).tile_scale() == (1.0, 1.0)

@@ -12,7 +12,8 @@ from PIL import Image
 from pixelseg.cli import main
 from pixelseg.config import TrainConfig
 from pixelseg.engine.train import fit
-from pixelseg.predict import Predictor
+from pixelseg.inference.options import PredictOptions
+from pixelseg.inference.predictor import Predictor
 from settings import FAST
 
 
@@ -32,9 +33,9 @@ class _Corner(torch.nn.Module):
         return logits
 
 
-def _predictor(classes: int = 1) -> Predictor:
+def _predictor(classes: int = 1, **options) -> Predictor:
     config = {"size": [32, 32], "num_classes": classes, "mean": [0.5] * 3, "std": [0.25] * 3}
-    return Predictor(_Corner(classes), config, torch.device("cpu"))
+    return Predictor(_Corner(classes), config, torch.device("cpu"), PredictOptions(**options))
 
 
 def test_tta_averages_flipped_views() -> None:
@@ -42,7 +43,7 @@ def test_tta_averages_flipped_views() -> None:
     image = np.zeros((32, 32, 3), np.uint8)
     plain = predictor.predict(image)
     assert plain[0:3, 0:3].all() and plain[8:24, 8:24].all()
-    predictor.tta = True
+    predictor = _predictor(tta=True)
     averaged = predictor.predict_proba(image)
     # the speck is in one view of four; each flip moves it to another corner
     assert averaged[0, 0] == pytest.approx(0.25, abs=1e-3)
@@ -53,8 +54,7 @@ def test_tta_averages_flipped_views() -> None:
 
 
 def test_tta_keeps_multiclass_probabilities_normalised() -> None:
-    predictor = _predictor(classes=3)
-    predictor.tta = True
+    predictor = _predictor(classes=3, tta=True)
     proba = predictor.predict_proba(np.zeros((32, 32, 3), np.uint8))
     assert proba.shape == (3, 32, 32)
     assert np.allclose(proba.sum(0), 1.0, atol=1e-4)
@@ -66,19 +66,20 @@ def test_tta_views_are_mapped_back(rotations: bool) -> None:
     its plain output back, also on a non-square input (where a wrong inverse would fail)."""
     torch.manual_seed(0)
     config = {"size": [24, 40], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3}
-    predictor = Predictor(torch.nn.Conv2d(3, 1, 1), config, torch.device("cpu"))
+    model = torch.nn.Conv2d(3, 1, 1)
+    predictor = Predictor(model, config, torch.device("cpu"))
     image = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     plain = predictor.predict_proba(image)
-    predictor.tta, predictor.tta_rotations = True, rotations
+    options = PredictOptions(tta=True, tta_rotations=rotations)
+    predictor = Predictor(model, config, torch.device("cpu"), options)
     np.testing.assert_allclose(predictor.predict_proba(image), plain, atol=1e-5)
 
 
 def test_rotations_add_the_quarter_turned_views() -> None:
-    from pixelseg.tta import tta_views
+    from pixelseg.inference.tta import tta_views
 
     assert len(tta_views()) == 4 and len(set(tta_views(rotations=True))) == 8
-    predictor = _predictor()
-    predictor.tta, predictor.tta_rotations = True, True
+    predictor = _predictor(tta=True, tta_rotations=True)
     proba = predictor.predict_proba(np.zeros((32, 32, 3), np.uint8))
     # the corner speck: 2 of the 8 views put it in each corner
     for corner in [(0, 0), (0, 31), (31, 0), (31, 31)]:
@@ -94,15 +95,14 @@ def test_predict_cli_tta(tiny_data: Path, tmp_path: Path) -> None:
 
 
 def test_uncertainty_is_highest_where_views_disagree(tiny_data: Path, tmp_path: Path) -> None:
-    from pixelseg.predict import uncertainty_map
+    from pixelseg.inference.predictor import uncertainty_map
 
     certain = torch.tensor([[[10.0, -10.0]]])
     coin = torch.tensor([[[0.0, 0.0]]])
     assert uncertainty_map(certain).max() < 0.01 and uncertainty_map(coin).min() > 0.99
     three = torch.zeros(3, 1, 1)  # three equally likely classes: the maximum, 1
     assert uncertainty_map(three).item() == pytest.approx(1.0)
-    predictor = _predictor()
-    predictor.tta = True
+    predictor = _predictor(tta=True)
     logits = predictor.logits([np.zeros((32, 32, 3), np.uint8)])[0]
     level = uncertainty_map(logits)
     assert level[0, 0] > 0.7 and level[16, 16] < 0.05  # the speck: 1 view of 4

@@ -96,12 +96,13 @@ def test_missing_pyav_says_what_to_install(
 def test_a_failure_mid_clip_leaves_no_partial_outputs(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pixelseg.predict import Predictor
-    from pixelseg.video import predict_video
+    from pixelseg.inference.options import Outputs, PredictOptions
+    from pixelseg.inference.predictor import Predictor
+    from pixelseg.inference.video import predict_video
 
     clip = tmp_path / "clip.mp4"
     _write_clip(clip, [np.full((32, 32, 3), i * 20, np.uint8) for i in range(6)])
-    predictor = Predictor.from_run(run, "cpu")
+    predictor = Predictor.from_run(run, "cpu", PredictOptions(batch_size=3))
     calls = []
     original = predictor.to_mask
 
@@ -114,10 +115,10 @@ def test_a_failure_mid_clip_leaves_no_partial_outputs(
     monkeypatch.setattr(predictor, "to_mask", failing)
     out = tmp_path / "o"
     with pytest.raises(RuntimeError, match="simulated"):
-        predict_video(predictor, clip, out, batch_size=3, cutouts=True, progress=False)
+        predict_video(predictor, clip, out, Outputs(cutout=True), progress=False)
     assert list(out.iterdir()) == []  # neither temporary nor finished outputs
-    with pytest.raises(ValueError, match="batch_size"):
-        predict_video(predictor, clip, out, batch_size=0)
+    with pytest.raises(ValueError, match="batch-size"):
+        PredictOptions(batch_size=0)
 
 
 def test_two_clips_with_one_name_get_their_own_outputs(run: Path, tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def test_train_then_predict_and_evaluate_in_a_fresh_process(
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_images"] > 0
     # deployable as the native models are: ONNX export, and the torch-free engine agrees
     pytest.importorskip("onnxruntime")
-    from pixelseg.export import export_onnx
+    from pixelseg.inference.export import export_onnx
 
     exported = export_onnx(run, dynamic=True)
     assert exported.max_abs_diff < 1e-4 * max(1.0, exported.max_abs_logit)
@@ -330,8 +330,8 @@ def test_a_run_folder_can_seed_another_runs_encoder(smp, tmp_path: Path) -> None
 def test_every_architecture_exports_to_onnx_or_says_why_not(smp, name: str) -> None:
     pytest.importorskip("onnxruntime")
     from pixelseg.errors import PixelsegError
-    from pixelseg.export import onnx_bytes
-    from pixelseg.onnx_engine import open_session
+    from pixelseg.inference.export import onnx_bytes
+    from pixelseg.inference.onnx import open_session
 
     model = create_model(name, encoder=TINY).eval()
     if name in ("smp-pspnet", "smp-upernet"):  # adaptive pooling ONNX cannot express
@@ -357,7 +357,7 @@ def test_export_refuses_a_graph_that_computes_something_else(
     checked and written."""
     pytest.importorskip("onnxruntime")
     from pixelseg.errors import PixelsegError
-    from pixelseg.export import export_onnx
+    from pixelseg.inference.export import export_onnx
 
     run = tmp_path / "run"
     args = ["train", str(tiny_data), "--model", "smp-pan", *TRAIN, "--epochs", "1"]

@@ -5,8 +5,9 @@ Python API (mirrors the ``pixelseg`` command)::
     import pixelseg
     result = pixelseg.train("data/ph2", out="runs/ph2", model="lesson-unet", size=128, epochs=30)
     metrics = pixelseg.evaluate("runs/ph2", "data/ph2", split="test")
-    predictor = pixelseg.load("runs/ph2")
+    predictor = pixelseg.load("runs/ph2", engine="torch", tta=True)
     mask = predictor.predict("new_image.bmp")   # HxW uint8 at the image's own size
+    predictor.predict_folder(["new_images/"], "out", pixelseg.Outputs(cutout=True))
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pixelseg.errors import DataError, PixelsegError, SettingsError
+from pixelseg.inference.options import Outputs, PredictOptions
 
 if TYPE_CHECKING:
     from pixelseg.engine.train import TrainResult
-    from pixelseg.predict import Predictor
+    from pixelseg.inference.base import SegmentationPredictor
 
 __version__ = "0.1.0"
 __all__ = [
     "DataError",
+    "Outputs",
+    "PredictOptions",
     "PixelsegError",
     "SettingsError",
     "__version__",
@@ -66,8 +70,11 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", **kwargs: A
     return evaluate_run(run, data, split, **kwargs)
 
 
-def load(run: str | Path, device: str = "auto") -> Predictor:
-    """Load a run folder for prediction: ``pixelseg.load(run).predict(image)``."""
-    from pixelseg.predict import load as _load
+def load(
+    run: str | Path, engine: str = "torch", device: str = "auto", **options: Any
+) -> SegmentationPredictor:
+    """Load a run folder for prediction: ``pixelseg.load(run, tta=True).predict(image)``
+    (see :func:`pixelseg.inference.load` for the engines and options)."""
+    from pixelseg.inference import load as _load
 
-    return _load(run, device)
+    return _load(run, engine, device, **options)

@@ -10,12 +10,8 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pixelseg.errors import PixelsegError, SettingsError
-
-if TYPE_CHECKING:  # the CLI imports torch-using modules only when a command needs them
-    from pixelseg.predict import Predictor
 
 
 def _model_kwargs(pairs: list[str] | None) -> dict:
@@ -391,136 +387,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    _check_predict_options(args)
-    if args.engine == "onnx":
-        return _predict_onnx(args)
-    from pixelseg.cutout import parse_background
-    from pixelseg.data.layouts import list_images
     from pixelseg.engine import distributed
-    from pixelseg.predict import Predictor, predict_files, unique_stems, write_legend
-    from pixelseg.video import is_video_file, predict_video
+    from pixelseg.inference import load
+    from pixelseg.inference.cutout import parse_background
+    from pixelseg.inference.options import Outputs
 
-    background = parse_background(args.background) if args.background else None
-    paths = list_images(args.inputs, exclude=args.out)
-    videos = [p for p in paths if is_video_file(p)]
-    images = [p for p in paths if not is_video_file(p)]
-    image_only = [f"--{name}" for name in ("instances", "uncertainty", "probabilities")
-                  if getattr(args, name)]  # fmt: skip
-    if videos and image_only:
-        raise SettingsError(
-            f"{' and '.join(image_only)} apply to images, not to videos ({videos[0]})"
-        )
-    # Under torchrun each process predicts a consecutive share of the inputs, under the
-    # names and ids one process would give them.
-    world, device, joined = distributed.start(args.device)
-    try:
-        predictor = Predictor.from_run(args.run, str(device))
-        _configure_predictor(predictor, args)
-        stems = unique_stems(images + videos)  # clip.mp4 and clip.png: clip_2
-        lo, hi = world.share(len(images))
-        written = []
-        if hi > lo:
-            written += predict_files(
-                predictor, images[lo:hi], args.out, args.threshold, args.probabilities,
-                args.batch_size, progress=world.is_main, cutouts=args.cutout,
-                background=background, feather=args.feather, uncertainty=args.uncertainty,
-                instances=args.instances, stems=stems[lo:hi], first_id=lo + 1, legend=False,
-            )  # fmt: skip
-        lo, hi = world.share(len(videos))
-        for video, stem in zip(videos[lo:hi], stems[len(images) + lo :], strict=False):
-            written += predict_video(
-                predictor, video, args.out, args.threshold, cutouts=args.cutout,
-                background=background, feather=args.feather, batch_size=args.batch_size,
-                stem=stem, progress=world.is_main,
-            )  # fmt: skip
-        if world.is_main and images and predictor.num_classes > 1:
-            written.append(write_legend(predictor, args.out))
-        total = sum(world.gather(len(written)))
-    finally:
-        distributed.stop(joined)
-    if world.is_main:
-        counts = [f"{len(images)} image(s)"] + [f"{len(videos)} video(s)"] * bool(videos)
-        print(f"wrote {total} outputs for {' and '.join(counts)} to {args.out}")
-    return 0
-
-
-ONNX_UNSUPPORTED = ("tta", "tile", "instances", "uncertainty")
-
-
-def _predict_onnx(args: argparse.Namespace) -> int:
-    """``predict --engine onnx``: whole images through ONNX Runtime; torch is never imported."""
-    from pixelseg.cutout import parse_background
-    from pixelseg.data.layouts import list_images
-    from pixelseg.onnx_engine import OnnxPredictor
-    from pixelseg.outputs import predict_files, write_legend
-    from pixelseg.video import is_video_file
-
-    given = [f"--{o}" for o in ONNX_UNSUPPORTED if getattr(args, o) not in (None, False)]
-    if given:
-        raise SettingsError(f"{', '.join(given)} not available with --engine onnx; use torch")
-    background = parse_background(args.background) if args.background else None
-    paths = list_images(args.inputs, exclude=args.out)
-    videos = [p for p in paths if is_video_file(p)]
-    if videos:
-        raise SettingsError(f"videos need --engine torch ({videos[0]})")
-    predictor = OnnxPredictor.from_run(args.run)
-    _configure_postprocess(predictor, args)
-    written = predict_files(
-        predictor, paths, args.out, args.threshold, args.probabilities, args.batch_size,
-        cutouts=args.cutout, background=background, feather=args.feather, legend=False,
+    outputs = Outputs(
+        probabilities=args.probabilities, uncertainty=args.uncertainty,
+        instances=args.instances, cutout=args.cutout, feather=args.feather,
+        background=parse_background(args.background) if args.background else None,
     )  # fmt: skip
-    if paths and predictor.num_classes > 1:
-        written.append(write_legend(predictor, args.out))
-    print(f"wrote {len(written)} outputs for {len(paths)} image(s) to {args.out} (onnx)")
+    options = _predict_options(args)
+    # Under torchrun each process predicts a consecutive share of the inputs, under the
+    # names and ids one process would give them (the ONNX engine runs in one process).
+    torch_engine = args.engine == "torch"
+    world, device, joined = distributed.start(args.device) if torch_engine else (None, "cpu", False)
+    try:
+        predictor = load(args.run, args.engine, str(device), **options)
+        shard = (world.rank, world.size) if world else (0, 1)
+        is_main = world is None or world.is_main
+        done = predictor.predict_folder(args.inputs, args.out, outputs, shard, progress=is_main)
+        total = sum(world.gather(len(done.files))) if world else len(done.files)
+    finally:
+        if joined:
+            distributed.stop(joined)
+    if is_main:
+        print(f"{done.summary(total)} to {args.out}")
     return 0
 
 
-def _check_predict_options(args: argparse.Namespace) -> None:
-    """Refuse contradictory or out-of-range ``predict`` options before loading anything."""
-    if args.batch_size < 1:
-        raise SettingsError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.min_area < 0:
-        raise SettingsError(f"--min-area must be >= 0, got {args.min_area}")
-    if args.tta_rotations and not args.tta:
-        raise SettingsError("--tta-rotations extends --tta; give both")
+def _predict_options(args: argparse.Namespace) -> dict:
+    """``predict``'s flags as :class:`pixelseg.inference.PredictOptions` keywords."""
+    from pixelseg.inference.postprocess import STEPS
+
     if args.tile is None and (args.overlap is not None or args.scale is not None):
         raise SettingsError("--overlap and --scale apply to tiled prediction; add --tile N")
-    if args.tile is not None and args.tile < 16:
-        raise SettingsError(f"--tile must be at least 16 pixels, got {args.tile}")
-    if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise SettingsError(f"--overlap must be in [0, 1), got {args.overlap}")
-    if args.scale is not None and args.scale <= 0:
-        raise SettingsError(f"--scale must be > 0, got {args.scale}")
-
-
-def _configure_postprocess(predictor, args: argparse.Namespace) -> None:
-    """Apply the clean-up options to a predictor of either engine."""
-    from pixelseg.postprocess import STEPS
-
-    if args.no_postprocess:
-        predictor.postprocess = []
-    chosen = [step for step in STEPS if getattr(args, step)]
-    if (chosen or args.min_area) and predictor.num_classes > 1:
-        raise SettingsError("--keep-largest, --fill-holes and --min-area apply to binary runs only")
-    if chosen:  # the user's steps replace the run's
-        predictor.postprocess = chosen
-    predictor.min_area = args.min_area
-
-
-def _configure_predictor(predictor: Predictor, args: argparse.Namespace) -> None:
-    """Apply ``predict``'s options (checked by :func:`_check_predict_options`) to a loaded
-    predictor."""
-    _configure_postprocess(predictor, args)
-    predictor.tta, predictor.tta_rotations = args.tta, args.tta_rotations
-    predictor.connectivity = args.connectivity
-    if args.tile is not None:
-        predictor.tile, predictor.tile_batch, predictor.scale = (
-            args.tile,
-            args.batch_size,
-            args.scale,
-        )
-        if args.overlap is not None:
-            predictor.overlap = args.overlap
+    chosen = [step for step in STEPS if getattr(args, step)]  # replace the run's steps
+    options = {
+        "threshold": args.threshold, "min_area": args.min_area, "tta": args.tta,
+        "tta_rotations": args.tta_rotations, "tile": args.tile, "scale": args.scale,
+        "batch_size": args.batch_size, "connectivity": args.connectivity,
+        "postprocess": () if args.no_postprocess else (chosen or None),
+    }  # fmt: skip
+    if args.overlap is not None:
+        options["overlap"] = args.overlap
+    return options
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -606,7 +517,7 @@ def _listed(text: str | None) -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pixelseg.export import export_onnx
+    from pixelseg.inference.export import export_onnx
 
     result = export_onnx(args.run, args.out, args.opset, args.dynamic)
     shapes = ", ".join("x".join(map(str, s)) for s in result.shapes)

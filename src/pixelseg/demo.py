@@ -19,8 +19,8 @@ from pixelseg.data.synthetic import write_synthetic_dataset
 from pixelseg.engine.evaluate import evaluate_run
 from pixelseg.engine.train import fit
 from pixelseg.errors import PixelsegError, SettingsError
+from pixelseg.inference import load
 from pixelseg.metrics import BinaryMetrics
-from pixelseg.predict import load
 from pixelseg.report import plot_grid
 
 # Small enough for a CPU, big enough to reach test Dice >= 0.9 on the synthetic lesions.
@@ -99,7 +99,7 @@ def _claim(out: Path) -> None:
 
 def write_overlays(run_dir: Path, data_dir: Path, device: str = "auto", n: int = 6) -> Path:
     """``overlays.png``: image | truth | prediction for the first ``n`` test images."""
-    predictor = load(run_dir, device)
+    predictor = load(run_dir, device=device)
     test = load_split(run_dir / "split.json")["test"]
     samples = select(find_samples(data_dir)[1], test)[:n]
     rows, titles = [], []

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from pixelseg.data.dataset import SegmentationDataset
@@ -27,31 +26,11 @@ from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.distributed import World
 from pixelseg.errors import PixelsegError, SettingsError
 from pixelseg.files import write_json
+from pixelseg.inference.logits import logits_to_mask, resize_logits
+from pixelseg.inference.postprocess import postprocess
+from pixelseg.inference.tta import TTAModel
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
-from pixelseg.postprocess import postprocess
 from pixelseg.report import plot_confusion, plot_grid, write_csv
-
-
-def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(C, H, W) logits → (H, W) uint8 class indices (C == 1: sigmoid > threshold)."""
-    if logits.shape[0] == 1:
-        if not 0 <= threshold <= 1:
-            raise SettingsError(f"threshold must be a probability between 0 and 1, got {threshold}")
-        return (torch.sigmoid(logits[0]) > threshold).to(torch.uint8)
-    return logits.argmax(0).to(torch.uint8)
-
-
-def logits_to_proba(logits: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) or (N, C, H, W) logits → probabilities: sigmoid for one channel, softmax
-    over classes."""
-    return torch.sigmoid(logits) if logits.shape[-3] == 1 else logits.softmax(-3)
-
-
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(C, h, w) → (C, H, W), bilinear (resizing logits, not hard masks, keeps borders smooth)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 @torch.no_grad()
@@ -71,7 +50,8 @@ def evaluate_model(
 ) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
     """Score ``model`` on ``dataset`` (built with ``keep_original=True``).
 
-    Binary masks get ``postprocess_steps`` (see :mod:`pixelseg.postprocess`) before scoring.
+    Binary masks get ``postprocess_steps`` (see :mod:`pixelseg.inference.postprocess`)
+    before scoring.
 
     Returns ``(metrics, per_image_rows, predictions)``; ``predictions`` maps item index to its
     original-size mask and is only filled with ``keep_predictions``. With ``loss_fn``,
@@ -248,7 +228,7 @@ def evaluate_run(
     ``split`` is ``test``, ``val`` or ``train`` (from the run's own ``split.json``) or ``all``
     (every pair in ``data``, e.g. a separate test set). Files go to ``out`` (default: the
     run folder). ``apply_postprocess=False`` scores masks without the run's clean-up steps;
-    ``tta`` scores the test-time-augmented predictions (:mod:`pixelseg.tta`). Launched by
+    ``tta`` scores the test-time-augmented predictions (:mod:`pixelseg.inference.tta`). Launched by
     torchrun, the processes share the images and rank 0 writes the (identical) results.
     """
     if split not in ("all", *SPLITS):
@@ -270,8 +250,6 @@ def _evaluate_run(
     out: str | Path | None, dev: torch.device, batch_size: int, n_worst: int, progress: bool,
     apply_postprocess: bool, tta: bool, tta_rotations: bool, world: World,
 ) -> dict:  # fmt: skip
-    from pixelseg.tta import TTAModel  # it builds on this module's logits_to_proba
-
     model, config = load_model(run, dev)
     if tta:
         model = TTAModel(model, tta_rotations)

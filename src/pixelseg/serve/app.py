@@ -38,6 +38,7 @@ from starlette.requests import ClientDisconnect
 
 import pixelseg
 from pixelseg.errors import SettingsError
+from pixelseg.inference import load
 from pixelseg.serve.batcher import Batcher, ModelUnavailable, Overloaded
 from pixelseg.serve.guard import BrowserGuard, allowed_hosts, normal_origin
 from pixelseg.serve.memory import MemoryBudget, decode_cost, render_cost
@@ -115,7 +116,7 @@ def create_app(
     # not worth a log line per request; set once here, not per request (not thread-safe).
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     warnings.filterwarnings("ignore", message="upload: alpha channel dropped")
-    predictor = _load(settings)
+    predictor = load(settings.run, settings.engine, settings.device)
     # The model's thread takes pictures already at the model's size and answers logits at
     # that size: nothing full-size waits in its queue (serve/memory.py).
     batcher = Batcher(
@@ -150,17 +151,6 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
     return app
-
-
-def _load(settings: ServeSettings):
-    """The run's predictor: PyTorch's, or ONNX Runtime's (``model.onnx``, no torch)."""
-    if settings.engine == "onnx":
-        from pixelseg.onnx_engine import OnnxPredictor
-
-        return OnnxPredictor.from_run(settings.run)
-    from pixelseg.predict import load
-
-    return load(settings.run, settings.device)
 
 
 def create_app_from_env() -> FastAPI:
@@ -393,7 +383,7 @@ def _render(
     predictor, picture: bytes | None, limits: Limits, size: tuple[int, int], small_logit,
     output: Output, threshold: float | None, opacity: float, feather: float,
 ) -> Response:  # fmt: skip
-    from pixelseg.cutout import cutout
+    from pixelseg.inference.cutout import cutout
     from pixelseg.report import overlay, png_bytes
 
     logit = predictor.upsample(small_logit, size)
@@ -421,7 +411,7 @@ def _names(predictor) -> list[str]:
 
 
 def _summary(predictor, size: tuple[int, int], logit, mask: np.ndarray, threshold) -> dict:
-    from pixelseg.instances import class_name, to_coco
+    from pixelseg.inference.instances import class_name, to_coco
 
     names = _names(predictor)
     counts = np.bincount(mask.ravel(), minlength=len(names))

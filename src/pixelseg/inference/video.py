@@ -1,7 +1,7 @@
 """Videos, frame by frame: ``pixelseg predict clip.mp4 --cutout --background green.png``.
 
 Each frame is segmented exactly as an image would be (same preprocessing, post-processing,
-TTA and tiling settings of the :class:`~pixelseg.predict.Predictor`), in batches, and
+TTA and tiling settings of the :class:`~pixelseg.inference.predictor.Predictor`), in batches, and
 streamed out, so memory does not grow with the clip's length. What is written, for a clip
 ``STEM.mp4``:
 
@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixelseg.cutout import Background, composite, cutout
 from pixelseg.data.imageops import resize_image
-from pixelseg.errors import DataError, PixelsegError, SettingsError
+from pixelseg.errors import DataError, PixelsegError
+from pixelseg.inference.cutout import Background, composite, cutout
+from pixelseg.inference.options import Outputs
 from pixelseg.report import overlay, save_png
 
 if TYPE_CHECKING:
-    from pixelseg.predict import Predictor
+    from pixelseg.inference.base import SegmentationPredictor
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 
@@ -112,22 +113,19 @@ class _FramesOut:
 
 
 def predict_video(
-    predictor: Predictor,
+    predictor: SegmentationPredictor,
     path: str | Path,
     out_dir: str | Path,
-    threshold: float | None = None,
-    cutouts: bool = False,
-    background: Background | None = None,
-    feather: float = 0.0,
-    batch_size: int = 4,
+    outputs: Outputs | None = None,
     progress: bool = True,
     stem: str | None = None,
 ) -> list[Path]:
-    """Segment every frame of the video at ``path``; returns the outputs written (above)."""
+    """Segment every frame of the video at ``path``, ``predictor.options.batch_size`` at a
+    time; ``outputs`` asks for cut-outs and composites. Returns the outputs written (above)."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise SettingsError(f"batch_size must be >= 1, got {batch_size}")
+    outputs = outputs or Outputs()
+    background, feather, cutouts = outputs.background, outputs.feather, outputs.cutout
     av = _import_av()
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
@@ -135,7 +133,7 @@ def predict_video(
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read this video ({exc})") from None
-    outputs: dict[str, _VideoOut | _FramesOut] = {}
+    files: dict[str, _VideoOut | _FramesOut] = {}
     bar = None
     try:
         if not container.streams.video:
@@ -145,23 +143,24 @@ def predict_video(
         fps = stream.average_rate or Fraction(25)
         bar = tqdm(total=stream.frames or None, desc=path.name, unit="frame",
                    disable=None if progress else True)  # fmt: skip
-        for batch in _batches(_decode(av, container, path), batch_size):
-            if not outputs:
+        batches = _batches(_decode(av, container, path), predictor.options.batch_size)
+        for batch in batches:
+            if not files:
                 height, width = batch[0].shape[:2]
                 if isinstance(background, np.ndarray):  # resized once, not every frame
                     background = resize_image(background, (height, width))
                 out_dir.mkdir(parents=True, exist_ok=True)
-                _open_outputs(outputs, av, out_dir / stem, fps, width, height, cutouts,
+                _open_outputs(files, av, out_dir / stem, fps, width, height, cutouts,
                               background is not None)  # fmt: skip
             for image, logit in zip(batch, predictor.logits(batch), strict=True):
-                mask = predictor.to_mask(logit, threshold)
-                _write_frame(outputs, image, mask, predictor.num_classes, background, feather)
+                mask = predictor.to_mask(logit)
+                _write_frame(files, image, mask, predictor.num_classes, background, feather)
             bar.update(len(batch))
-        if not outputs:
+        if not files:
             raise DataError(f"{path}: the video has no frames")
-        return [out.finish() for out in outputs.values()]
+        return [out.finish() for out in files.values()]
     except BaseException:
-        for out in outputs.values():
+        for out in files.values():
             with contextlib.suppress(Exception):  # clean up the rest even if one fails
                 out.abort()
         raise

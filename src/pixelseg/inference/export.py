@@ -24,7 +24,7 @@ import torch
 from pixelseg.engine.checkpoint import load_model
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_bytes
-from pixelseg.onnx_engine import ONNX_FILE, open_session
+from pixelseg.inference.onnx import ONNX_FILE, open_session
 
 DEFAULT_OPSET = 17
 # ONNX Runtime's and PyTorch's float32 kernels agree to ~1e-5 of the logits' scale here;

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixelseg.cutout import Background, composite, cutout
 from pixelseg.data.io import read_image
-from pixelseg.errors import SettingsError
 from pixelseg.files import write_bytes, write_json
-from pixelseg.instances import Instances, color_instances, to_coco, to_csv
+from pixelseg.inference.cutout import composite, cutout
+from pixelseg.inference.instances import Instances, color_instances, to_coco, to_csv
+from pixelseg.inference.options import Outputs
 from pixelseg.report import color_mask, overlay, plot_legend, save_png
+
+if TYPE_CHECKING:
+    from pixelseg.inference.base import SegmentationPredictor
 
 __all__ = ["predict_files", "unique_stems", "write_legend", "write_mask_outputs"]
 
@@ -61,38 +64,21 @@ def write_mask_outputs(
 
 
 def predict_files(
-    predictor: Any,
+    predictor: SegmentationPredictor,
     paths: Sequence[Path],
     out_dir: str | Path,
-    threshold: float | None = None,
-    probabilities: bool = False,
-    batch_size: int = 4,
+    outputs: Outputs | None = None,
     progress: bool = True,
-    cutouts: bool = False,
-    background: Background | None = None,
-    feather: float = 0.0,
-    uncertainty: bool = False,
-    instances: bool = False,
     stems: Sequence[str] | None = None,
     first_id: int = 1,
     legend: bool = True,
 ) -> list[Path]:
-    """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` (and ``<stem>_prob.png``) per input.
-
-    With ``cutouts``, also ``<stem>_cutout.png``: the image as RGBA with the (``feather``-ed)
-    foreground as alpha; with a ``background`` (RGB colour or image),
-    ``<stem>_composite.png``: the foreground over it.
-    With ``uncertainty``, ``<stem>_uncertainty.png``: ``predictor.uncertainty`` x 255.
-    With ``instances``, the separate objects (:mod:`pixelseg.instances`) as COCO results in
-    ``<stem>_instances.json``, one CSV row each in ``<stem>_instances.csv`` and coloured in
-    ``<stem>_instances.png``; the images' COCO ids count from ``first_id``.
+    """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image, and the ``outputs``
+    asked for (see :class:`~pixelseg.inference.options.Outputs`); returns the files written.
 
     ``stems`` names the outputs (default: the inputs' stems, made unique); a process of a
     distributed run passes its share of the whole list's, and only one writes the
-    ``legend``.
-
-    ``predictor`` is a :class:`pixelseg.predict.Predictor` or a
-    :class:`pixelseg.onnx_engine.OnnxPredictor` (no tiling, TTA or uncertainty there).
+    ``legend``. The images with ``instances`` get COCO ids counting from ``first_id``.
 
     Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
     ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
@@ -100,39 +86,23 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise SettingsError(f"batch_size must be >= 1, got {batch_size}")
+    outputs = outputs or Outputs()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t = predictor.threshold if threshold is None else threshold
     written: list[Path] = []
     stems = list(stems) if stems is not None else unique_stems(paths)
     if len(stems) != len(paths):
         raise ValueError(f"{len(stems)} stems for {len(paths)} images")
     bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=None if progress else True)
     # Tiled prediction batches tiles, not images: one large image's logits at a time.
-    step = 1 if getattr(predictor, "tile", None) is not None else batch_size
+    options = predictor.options
+    step = 1 if options.tile is not None else options.batch_size
     for start in range(0, len(paths), step):
         images = [read_image(p) for p in paths[start : start + step]]
-        logits = predictor.logits(images)
-        for i, (image, logit) in enumerate(zip(images, logits, strict=True)):
-            mask = predictor.to_mask(logit, t)
-            prefix = out_dir / stems[start + i]
-            top = predictor.top_proba(logit) if probabilities else None
-            written += write_mask_outputs(prefix, image, mask, predictor.config, top)
-            if uncertainty:
-                level = (predictor.uncertainty(logit) * 255).round().astype(np.uint8)
-                written.append(save_png(f"{prefix}_uncertainty.png", level))
-            if instances:
-                found = predictor.instances_of(logit, mask)
-                image_id = first_id + start + i
-                written += _write_instances(prefix, image, found, image_id, paths[start + i],
-                                            predictor.config.get("class_names"))  # fmt: skip
-            if cutouts:
-                written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, feather)))
-            if background is not None:
-                picture = composite(image, mask, background, feather)
-                written.append(save_png(f"{prefix}_composite.png", picture))
+        for i, (image, logit) in enumerate(zip(images, predictor.logits(images), strict=True)):
+            n = start + i
+            written += _write_one(predictor, out_dir / stems[n], image, logit, outputs,
+                                  first_id + n, paths[n])  # fmt: skip
             bar.update(1)
     bar.close()
     if legend and predictor.num_classes > 1:
@@ -140,7 +110,30 @@ def predict_files(
     return written
 
 
-def write_legend(predictor: Any, out_dir: str | Path) -> Path:
+def _write_one(
+    predictor: SegmentationPredictor, prefix: Path, image: np.ndarray, logit: Any,
+    outputs: Outputs, image_id: int, path: Path,
+) -> list[Path]:  # fmt: skip
+    """The files of one image, from its logits."""
+    mask = predictor.to_mask(logit)
+    top = predictor.top_proba(logit) if outputs.probabilities else None
+    written = write_mask_outputs(prefix, image, mask, predictor.config, top)
+    if outputs.uncertainty:
+        level = (predictor.uncertainty(logit) * 255).round().astype(np.uint8)
+        written.append(save_png(f"{prefix}_uncertainty.png", level))
+    if outputs.instances:
+        found = predictor.instances_of(logit, mask)
+        written += _write_instances(prefix, image, found, image_id, path,
+                                    predictor.config.get("class_names"))  # fmt: skip
+    if outputs.cutout:
+        written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, outputs.feather)))
+    if outputs.background is not None:
+        picture = composite(image, mask, outputs.background, outputs.feather)
+        written.append(save_png(f"{prefix}_composite.png", picture))
+    return written
+
+
+def write_legend(predictor: SegmentationPredictor, out_dir: str | Path) -> Path:
     """``legend.png``: what the colours of the ``<stem>_color.png`` masks mean."""
     names = predictor.config.get("class_names") or [str(i) for i in range(predictor.num_classes)]
     return plot_legend(names, Path(out_dir) / "legend.png", predictor.config.get("class_colors"))

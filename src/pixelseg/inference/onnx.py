@@ -18,9 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from pixelseg.data.imageops import resize_image, to_channels
-from pixelseg.data.io import read_image
-from pixelseg.errors import PixelsegError
-from pixelseg.postprocess import postprocess
+from pixelseg.errors import PixelsegError, SettingsError
+from pixelseg.inference.base import (
+    ImageLike,
+    SegmentationPredictor,
+    as_rgb_array,
+    check_options,
+)
+from pixelseg.inference.options import PredictOptions
+from pixelseg.inference.postprocess import postprocess
 
 ONNX_FILE = "model.onnx"
 
@@ -79,24 +85,27 @@ def open_session(model: str | Path | bytes):
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-class OnnxPredictor:
-    """The torch-free counterpart of :class:`pixelseg.predict.Predictor` (whole images,
-    post-processing; no TTA or tiling)."""
+class OnnxPredictor(SegmentationPredictor):
+    """The torch-free counterpart of :class:`pixelseg.inference.predictor.Predictor` (whole
+    images; no TTA or tiling); made by ``pixelseg.load(run, engine="onnx")``."""
 
-    def __init__(self, session, config: dict) -> None:
+    def __init__(self, session, config: dict, options: PredictOptions | None = None) -> None:
         self.session, self.config = session, config
+        self.options = options or PredictOptions()
+        unsupported = [f"--{name}" for name in ("tta", "tile")
+                       if getattr(self.options, name) not in (None, False)]  # fmt: skip
+        if unsupported:
+            shown = ", ".join(unsupported)
+            raise SettingsError(f"{shown} not available with --engine onnx; use torch")
         self.size = tuple(config["size"])
         self.num_classes = int(config["num_classes"])
-        self.threshold = float(config.get("threshold", 0.5))
-        self.postprocess: list[str] = list(config.get("postprocess") or [])
-        self.min_area = 0
-        self.connectivity = 4  # instances: 4 or 8 neighbours
+        check_options(self.options, self.num_classes)
         self.mean = np.asarray(config["mean"], np.float32)[:, None, None]
         self.std = np.asarray(config["std"], np.float32)[:, None, None]
         self.batch_dim = session.get_inputs()[0].shape[0]  # "batch" if exported --dynamic
 
     @classmethod
-    def from_run(cls, run: str | Path) -> OnnxPredictor:
+    def from_run(cls, run: str | Path, options: PredictOptions | None = None) -> OnnxPredictor:
         run = Path(run)
         onnx_path = run / ONNX_FILE
         if not onnx_path.is_file():
@@ -110,10 +119,22 @@ class OnnxPredictor:
             raise PixelsegError(f"{run}: not a pixelseg run folder (no config.json)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PixelsegError(f"{path}: invalid JSON ({exc})") from None
-        return cls(open_session(onnx_path), config)
+        return cls(open_session(onnx_path), config, options)
 
-    def logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """(C, H, W) float32 logits at each HxWx3 uint8 image's own size."""
+    @property
+    def threshold(self) -> float:
+        if self.options.threshold is not None:
+            return self.options.threshold
+        return float(self.config.get("threshold", 0.5))
+
+    @property
+    def postprocess(self) -> list[str]:
+        steps = self.options.postprocess
+        return list(self.config.get("postprocess") or []) if steps is None else list(steps)
+
+    def logits(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """(C, H, W) float32 logits at each image's own size."""
+        images = [as_rgb_array(image) for image in images]
         small = self.model_logits(images)
         return [resize_logits(o, a.shape[:2]) for o, a in zip(small, images, strict=True)]
 
@@ -139,20 +160,25 @@ class OnnxPredictor:
         return proba[0] if self.num_classes == 1 else proba.max(0)
 
     def instances_of(self, logit: np.ndarray, mask: np.ndarray):
-        """Connected components of ``mask`` (see :mod:`pixelseg.instances`)."""
-        from pixelseg.instances import background_class, find_instances
+        """Connected components of ``mask`` (see :mod:`pixelseg.inference.instances`)."""
+        from pixelseg.inference.instances import background_class, find_instances
 
         background = background_class(self.num_classes, self.config.get("class_names"))
-        return find_instances(mask, logits_to_proba(logit), background, self.connectivity)
+        return find_instances(mask, logits_to_proba(logit), background, self.options.connectivity)
+
+    def uncertainty(self, logit: np.ndarray) -> np.ndarray:
+        """HxW entropy of the probabilities scaled to [0, 1] (1: a coin toss)."""
+        proba = logits_to_proba(logit)
+        if proba.shape[0] == 1:  # binary: foreground and background
+            proba = np.concatenate([proba, 1 - proba])
+        entropy = -(proba * np.log(np.maximum(proba, 1e-12))).sum(0)
+        return np.clip(entropy / np.log(proba.shape[0]), 0, 1).astype(np.float32)
 
     def to_mask(self, logit: np.ndarray, threshold: float | None = None) -> np.ndarray:
         t = self.threshold if threshold is None else threshold
+        if not 0 <= t <= 1:
+            raise SettingsError(f"threshold must be a probability between 0 and 1, got {t}")
         if self.num_classes > 1:
             return logit.argmax(0).astype(np.uint8)
         mask = (sigmoid(logit[0]) > t).astype(np.uint8)
-        return postprocess(mask, self.postprocess, self.min_area)
-
-    def predict(self, image: str | Path | np.ndarray, threshold: float | None = None):
-        """HxW uint8 mask of an image path or HxWx3 uint8 array."""
-        array = read_image(image) if isinstance(image, (str, Path)) else image
-        return self.to_mask(self.logits([array])[0], threshold)
+        return postprocess(mask, self.postprocess, self.options.min_area)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pixelseg.engine.evaluate import logits_to_proba
+from pixelseg.inference.logits import logits_to_proba
 
 
 def tta_views(rotations: bool = False) -> list[tuple[int, bool]]:
