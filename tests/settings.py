@@ -1,4 +1,7 @@
-"""Training settings shared by the tests: a tiny U-Net that trains in about a second."""
+"""Settings shared by the tests: a tiny U-Net that trains in about a second, and the run
+config of a hand-made model."""
+
+from pixelseg.runconfig import RunConfig
 
 FAST = {
     "model": "unet",
@@ -8,3 +11,9 @@ FAST = {
     "lr": 3e-3,
     "progress": False,
 }
+
+
+def run_config(size: list[int], num_classes: int = 1, **values) -> RunConfig:
+    """The config of a 3-channel run of ``size`` normalised by mean 0.5, std 0.25."""
+    return RunConfig(model="test", in_channels=3, num_classes=num_classes, size=size,
+                     mean=[0.5] * 3, std=[0.25] * 3, **values)  # fmt: skip

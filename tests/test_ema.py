@@ -13,6 +13,7 @@ from pixelseg.config import TrainConfig
 from pixelseg.engine import checkpoint
 from pixelseg.engine.ema import WeightAverage
 from pixelseg.engine.train import fit
+from pixelseg.models.saved import WEIGHTS_FILE
 from settings import FAST
 
 
@@ -57,7 +58,7 @@ def test_state_round_trip_and_bad_decay() -> None:
 
 def test_a_run_validates_and_saves_the_average(tiny_data: Path, tmp_path: Path) -> None:
     run = fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), epochs=1, ema=0.5, **FAST))
-    saved = load_file(str(run.run_dir / checkpoint.WEIGHTS_FILE))
+    saved = load_file(str(run.run_dir / WEIGHTS_FILE))
     state = torch.load(run.run_dir / checkpoint.STATE_FILE, weights_only=True)
     average, raw = state["ema"]["model"], state["model"]
     assert state["ema"]["updates"] > 0

@@ -42,7 +42,7 @@ def test_options_are_checked_before_anything_is_loaded(tmp_path: Path) -> None:
 def test_options_are_fixed_and_taken_at_construction(run: Path, tiny_data: Path) -> None:
     image = tiny_data / "images" / "img00.png"
     plain = pixelseg.load(run, device="cpu")
-    assert plain.threshold == plain.config["threshold"]
+    assert plain.threshold == plain.config.threshold
     with pytest.raises(AttributeError):
         plain.options.tta = True  # frozen: load another predictor instead
     everything = pixelseg.load(run, device="cpu", threshold=0.0, postprocess=())

@@ -19,7 +19,7 @@ from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine.evaluate import choose_postprocess
 from pixelseg.engine.train import fit
 from pixelseg.inference.postprocess import fill_holes, keep_largest, postprocess, remove_small
-from settings import FAST
+from settings import FAST, run_config
 
 
 def test_keep_largest_counts_corner_neighbours_as_one_object() -> None:
@@ -85,8 +85,7 @@ def test_predictor_applies_the_runs_steps(tmp_path: Path) -> None:
     from pixelseg.inference.options import PredictOptions
     from pixelseg.inference.predictor import Predictor
 
-    config = {"size": [32, 32], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
-              "threshold": 0.5, "postprocess": ["keep_largest"]}  # fmt: skip
+    config = run_config([32, 32], threshold=0.5, postprocess=["keep_largest"])
     predictor = Predictor(_Fixed(), config, torch.device("cpu"))
     image = np.zeros((64, 64, 3), np.uint8)
     cleaned = predictor.predict(image)
@@ -152,8 +151,7 @@ def test_predict_flags_replace_the_runs_steps(tiny_data: Path, tmp_path: Path) -
     from pixelseg.inference.options import PredictOptions
     from pixelseg.inference.predictor import Predictor
 
-    config = {"size": [32, 32], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
-              "threshold": 0.5, "postprocess": []}  # fmt: skip
+    config = run_config([32, 32], threshold=0.5, postprocess=[])
     predictor = Predictor(_Fixed(), config, torch.device("cpu"))
     image = np.zeros((64, 64, 3), np.uint8)
     raw = predictor.predict(image)

@@ -21,6 +21,7 @@ from pixelseg.engine.interrupt import TrainingInterrupted
 from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.train import fit, resume
 from pixelseg.errors import PixelsegError
+from pixelseg.models.saved import WEIGHTS_FILE
 from settings import FAST
 
 # 12 tiny images, 8 for training at batch 2: 4 steps an epoch
@@ -86,7 +87,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(
     assert state["epoch"] == 1 and state["progress"]["step"] == 2 and not state["finished"]
     resumed = resume(run)
     assert _same(_weights(run), _weights(tmp_path / "full"))  # bitwise, on this CPU
-    best = [load_file(str(r / checkpoint.WEIGHTS_FILE)) for r in (run, tmp_path / "full")]
+    best = [load_file(str(r / WEIGHTS_FILE)) for r in (run, tmp_path / "full")]
     assert _same(*best)  # the saved best weights too (the average's, with ema)
     assert resumed.history == [{**r, "seconds": s["seconds"]} for r, s in
                                zip(full.history, resumed.history, strict=True)]  # fmt: skip

@@ -16,7 +16,7 @@ from pixelseg.engine.train import fit
 from pixelseg.inference.options import PredictOptions
 from pixelseg.inference.predictor import Predictor
 from pixelseg.inference.tiling import gaussian_weights, sliding_window, window_starts
-from settings import FAST
+from settings import FAST, run_config
 
 
 @pytest.mark.parametrize(
@@ -122,10 +122,7 @@ class _Pointwise(torch.nn.Module):
 
 def _predictor(source_size: list[int] | None, **options) -> Predictor:
     torch.manual_seed(0)
-    config = {
-        "size": [32, 48], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3,
-        "source_size": source_size,
-    }  # fmt: skip
+    config = run_config([32, 48], source_size=source_size)
     return Predictor(_Pointwise(), config, torch.device("cpu"), PredictOptions(**options))
 
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 import pixelseg
 from pixelseg.config import TrainConfig
-from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.train import fit
+from pixelseg.models.saved import load_model
 from settings import FAST
 
 

@@ -14,7 +14,7 @@ from pixelseg.config import TrainConfig
 from pixelseg.engine.train import fit
 from pixelseg.inference.options import PredictOptions
 from pixelseg.inference.predictor import Predictor
-from settings import FAST
+from settings import FAST, run_config
 
 
 class _Corner(torch.nn.Module):
@@ -34,7 +34,7 @@ class _Corner(torch.nn.Module):
 
 
 def _predictor(classes: int = 1, **options) -> Predictor:
-    config = {"size": [32, 32], "num_classes": classes, "mean": [0.5] * 3, "std": [0.25] * 3}
+    config = run_config([32, 32], classes)
     return Predictor(_Corner(classes), config, torch.device("cpu"), PredictOptions(**options))
 
 
@@ -65,7 +65,7 @@ def test_tta_views_are_mapped_back(rotations: bool) -> None:
     """A pointwise model commutes with flips and rotations, so averaging its views must give
     its plain output back, also on a non-square input (where a wrong inverse would fail)."""
     torch.manual_seed(0)
-    config = {"size": [24, 40], "num_classes": 1, "mean": [0.5] * 3, "std": [0.25] * 3}
+    config = run_config([24, 40])
     model = torch.nn.Conv2d(3, 1, 1)
     predictor = Predictor(model, config, torch.device("cpu"))
     image = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from pixelseg.errors import DataError, PixelsegError, SettingsError
 from pixelseg.inference.options import Outputs, PredictOptions
+from pixelseg.version import __version__
 
 if TYPE_CHECKING:
     from pixelseg.engine.train import TrainResult
     from pixelseg.inference.base import SegmentationPredictor
 
-__version__ = "0.1.0"
 __all__ = [
     "DataError",
     "Outputs",

@@ -784,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment images: train on a folder of images and masks, "
         "evaluate honestly, predict masks for new images.",
     )
-    from pixelseg import __version__
+    from pixelseg.version import __version__
 
     parser.add_argument("--version", action="version", version=f"pixelseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

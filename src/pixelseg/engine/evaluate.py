@@ -22,7 +22,6 @@ from pixelseg.data.layouts import find_samples
 from pixelseg.data.split import SPLITS, load_split, select
 from pixelseg.data.transforms import BatchTransform
 from pixelseg.engine import distributed
-from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.distributed import World
 from pixelseg.errors import PixelsegError, SettingsError
 from pixelseg.files import write_json
@@ -30,7 +29,9 @@ from pixelseg.inference.logits import logits_to_mask, resize_logits
 from pixelseg.inference.postprocess import postprocess
 from pixelseg.inference.tta import TTAModel
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
+from pixelseg.models.saved import load_model
 from pixelseg.report import plot_confusion, plot_grid, write_csv
+from pixelseg.runconfig import RunConfig
 
 
 @torch.no_grad()
@@ -290,24 +291,24 @@ def _evaluate_run(
             )
     dataset = SegmentationDataset(
         samples,
-        tuple(config["size"]),
-        config["num_classes"],
+        config.size,
+        config.num_classes,
         keep_original=True,
         progress=progress,
-        channels=config["in_channels"],
-        colors=config.get("class_colors"),
-        ignore_index=config.get("ignore_index"),
+        channels=config.in_channels,
+        colors=config.class_colors,
+        ignore_index=config.ignore_index,
     )
-    t = float(config.get("threshold", 0.5)) if threshold is None else threshold
-    steps = list(config.get("postprocess") or []) if apply_postprocess else []
+    t = config.threshold if threshold is None else threshold
+    steps = list(config.postprocess) if apply_postprocess else []
     metrics, rows, preds = evaluate_model(
         model,
         dataset,
-        BatchTransform(config["mean"], config["std"]),
+        BatchTransform(config.mean, config.std),
         dev,
         t,
-        config.get("ignore_index"),
-        config.get("class_names"),
+        config.ignore_index,
+        config.class_names,
         batch_size,
         keep_predictions=True,
         postprocess_steps=steps,
@@ -316,7 +317,7 @@ def _evaluate_run(
     views = "flips and rotations" if tta_rotations else "flips" if tta else None
     metrics = {**metrics, "split": split, "data": str(data), "tta": views,
                "missing_images": len(missing)}  # fmt: skip
-    if config["num_classes"] == 1:
+    if config.num_classes == 1:
         metrics["threshold"] = t
         metrics["postprocess"] = steps
     if world.is_main:
@@ -325,18 +326,18 @@ def _evaluate_run(
 
 
 def _write_report(
-    metrics: dict, rows: list[dict], preds: dict[int, np.ndarray], config: dict,
+    metrics: dict, rows: list[dict], preds: dict[int, np.ndarray], config: RunConfig,
     samples: list, dataset: SegmentationDataset, out: str | Path, n_worst: int,
 ) -> None:  # fmt: skip
     """``metrics.json``, ``per_image.csv``, ``worst.png`` (and ``confusion.png``)."""
     out_dir = Path(out)
     write_json(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_image.csv", rows)
-    if config["num_classes"] > 1:
+    if config.num_classes > 1:
         plot_confusion(
             metrics["confusion_matrix"], list(metrics["per_class"]), out_dir / "confusion.png"
         )
-    key = config["score_name"]
+    key = config.score_name
     worst = sorted(range(len(rows)), key=lambda i: rows[i][key])[:n_worst]
     plot_grid(
         [(read_image(samples[i].image), dataset.original_masks[i], preds[i]) for i in worst],

@@ -19,7 +19,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import pixelseg
 from pixelseg.config import TrainConfig, parse_duration
 from pixelseg.data.check import DatasetReport, check_samples
 from pixelseg.data.dataset import SegmentationDataset
@@ -56,11 +55,13 @@ from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
 from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
 from pixelseg.errors import DataError, PixelsegError, SettingsError
-from pixelseg.files import write_json
 from pixelseg.losses import build_loss
 from pixelseg.models import count_parameters, create_model, prefers_channels_last
 from pixelseg.models.complexity import meta_first
+from pixelseg.models.saved import load_model, save_weights
 from pixelseg.report import plot_curves, write_csv
+from pixelseg.runconfig import RunConfig
+from pixelseg.version import __version__
 
 
 @dataclass
@@ -198,29 +199,20 @@ def _shared_sequences(split: dict[str, list[str]]) -> list[str]:
 def run_config(
     cfg: TrainConfig, mean: list[float], std: list[float], in_channels: int,
     source_size: tuple[int, int] | None = None,
-) -> dict:  # fmt: skip
-    """What ``config.json`` holds: enough to rebuild the model and its preprocessing.
+) -> RunConfig:  # fmt: skip
+    """The run's description of its model: enough to rebuild it and its preprocessing.
 
     ``source_size``: the training images' median (height, width) before resizing to
     ``size``, so tiled prediction can look at new images at the scale training did.
     """
-    return {
-        "pixelseg_version": pixelseg.__version__,
-        "model": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
-        "in_channels": in_channels,
-        "num_classes": cfg.num_classes,
-        "size": list(cfg.size),
-        "source_size": list(source_size) if source_size else None,
-        "mean": mean,
-        "std": std,
-        "threshold": 0.5 if cfg.threshold is None else cfg.threshold,
-        "ignore_index": cfg.ignore_index,
-        "class_names": cfg.class_names,
-        "class_colors": cfg.class_colors,
-        "score_name": cfg.score_name,
-        "train": cfg.to_dict(),
-    }
+    return RunConfig(
+        model=cfg.model, model_kwargs=cfg.model_kwargs, in_channels=in_channels,
+        num_classes=cfg.num_classes, size=cfg.size, source_size=source_size, mean=mean,
+        std=std, threshold=RunConfig.threshold if cfg.threshold is None else cfg.threshold,
+        ignore_index=cfg.ignore_index, class_names=cfg.class_names,
+        class_colors=cfg.class_colors, score_name=cfg.score_name,
+        pixelseg_version=__version__, train=cfg.to_dict(),
+    )  # fmt: skip
 
 
 @dataclass
@@ -395,9 +387,9 @@ def _calibrate(
     cfg: TrainConfig, run_dir: Path, val_set: SegmentationDataset, transform: BatchTransform,
     device: torch.device, log: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Binary runs: store in config.json the threshold that maximises validation Dice for
+    """Binary runs: store in the run's config the threshold that maximises validation Dice for
     the best weights (unless one was given) and the clean-up steps that raise it."""
-    model, config = checkpoint.load_model(run_dir, device)
+    model, config = load_model(run_dir, device)
     threshold = cfg.threshold
     if threshold is None:
         threshold, dice = calibrate_threshold(model, val_set, transform, device, cfg.batch_size)
@@ -409,9 +401,7 @@ def _calibrate(
         )
         tried = ", ".join(f"{name} {dice:.4f}" for name, dice in scores.items())
         log(f"post-processing: {'+'.join(steps) or 'none'} (validation dice: {tried})")
-    write_json(
-        run_dir / checkpoint.CONFIG_FILE, {**config, "threshold": threshold, "postprocess": steps}
-    )
+    config.replace(threshold=threshold, postprocess=steps).write(run_dir)
 
 
 def _check_settings(cfg: TrainConfig, fetch: bool) -> tuple[int, str | None]:
@@ -499,7 +489,7 @@ class _Session:
 
     cfg: TrainConfig
     run_dir: Path
-    config: dict  # what config.json holds
+    config: RunConfig  # the run's description of its model
     mean: list[float]
     std: list[float]
     t: TrainingState
@@ -527,7 +517,7 @@ class _Session:
                      "world_size": self.world.size}  # fmt: skip
             extra = {
                 "clock": self.clock.to_state() if self.clock else None,
-                "encoder_weights_source": self.config.get("encoder_weights_source"),
+                "encoder_weights_source": self.config.encoder_weights_source,
             }
             checkpoint.save_state(self.run_dir, {**state, **ranks, **extra})
 
@@ -639,9 +629,9 @@ def _prepare(
         mean, std = finetune.input_normalization(cfg, in_channels) or train_set.channel_stats()
     config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
     # where the pretrained encoder's weights came from (kept from a resumed run's first start)
-    config["encoder_weights_source"] = state.get("encoder_weights_source") if state else source
+    source = state.get("encoder_weights_source") if state else source
     weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set, log)
-    config["class_weights"] = weights
+    config = config.replace(encoder_weights_source=source, class_weights=weights)
     loss_fn = build_loss(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
@@ -690,7 +680,7 @@ def _train_epochs(
                 break
             if plan is not None:
                 run.cfg = plan_epochs(run.cfg, plan[0], t, run.steps, plan[1], log)
-                run.config["train"] = run.cfg.to_dict()
+                run.config = run.config.replace(train=run.cfg.to_dict())
         row = _one_epoch(run, epoch + 1, progress or Progress(), stop)
         progress, epoch = None, epoch + 1
         if on_epoch_end is not None:
@@ -762,9 +752,9 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
     if improved:  # the best weights so far: these are what predict/evaluate use
         t.best_score, t.best_epoch = score, epoch
         if world.is_main:
-            checkpoint.save_weights(run.run_dir, evaluated)
+            save_weights(run.run_dir, evaluated)
             best = {"best": {"epoch": epoch, name: score}}
-            write_json(run.run_dir / checkpoint.CONFIG_FILE, {**run.config, **best})
+            run.config.replace(**best).write(run.run_dir)
     run.save(epoch)
     if world.is_main:
         write_csv(run.run_dir / "history.csv", t.history)

@@ -23,6 +23,7 @@ from PIL import Image
 from pixelseg.data.io import read_image, to_rgb, to_uint8
 from pixelseg.errors import SettingsError
 from pixelseg.inference.options import Outputs, PredictOptions
+from pixelseg.runconfig import RunConfig
 
 ImageLike = str | Path | Image.Image | np.ndarray
 Logits = Any  # (C, H, W): a torch.Tensor (torch engine) or an np.ndarray (onnx engine)
@@ -89,7 +90,7 @@ def check_options(options: PredictOptions, num_classes: int) -> None:
 class SegmentationPredictor(Protocol):
     """A trained run ready to segment images of any size, with its options fixed."""
 
-    config: dict  # the run's config.json
+    config: RunConfig  # the run's description of its model
     options: PredictOptions
     size: tuple[int, int]  # the model's input (height, width)
     num_classes: int  # 1: binary

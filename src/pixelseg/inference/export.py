@@ -2,7 +2,7 @@
 
 The graph takes the normalised image, (N, C, H, W) float32, named ``image``, and returns
 ``logits`` (N, K, H, W); preprocessing (resize to the training size, the run's mean/std)
-and postprocessing stay in ``config.json``, which ``pixelseg predict --engine onnx`` reads
+and postprocessing stay in the run's config, which ``pixelseg predict --engine onnx`` reads
 as the torch path does. With ``dynamic`` the batch, height and width may vary; without,
 the graph is fixed at batch 1 and the training size. Before it is written, the graph is run
 by ONNX Runtime on random inputs and compared with PyTorch: the largest difference is
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixelseg.engine.checkpoint import load_model
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_bytes
 from pixelseg.inference.onnx import ONNX_FILE, open_session
+from pixelseg.models.saved import load_model
 
 DEFAULT_OPSET = 17
 # ONNX Runtime's and PyTorch's float32 kernels agree to ~1e-5 of the logits' scale here;
@@ -51,11 +51,11 @@ def export_onnx(
         # the padding up to the minimum is a comparison of sizes, which the tracer fixes
         # at the size it traces: the graph would be wrong at every other size
         raise PixelsegError(
-            f"{run}: {config['model']} pads inputs to at least {model.min_size} pixels, which "
+            f"{run}: {config.model} pads inputs to at least {model.min_size} pixels, which "
             "a dynamic ONNX graph cannot express; export without --dynamic (the graph then "
             "takes the training size, which pixelseg predict --engine onnx resizes to)"
         )
-    channels, (height, width) = int(config["in_channels"]), config["size"]
+    channels, (height, width) = config.in_channels, config.size
     data = onnx_bytes(model, (1, channels, height, width), dynamic, opset)
     path = Path(out) if out else run / ONNX_FILE
     result = ExportResult(path, float("nan"), float("nan"), [])

@@ -11,7 +11,6 @@ without loading PyTorch, which is most of a one-image command's time.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from pixelseg.inference.base import (
 )
 from pixelseg.inference.options import PredictOptions
 from pixelseg.inference.postprocess import postprocess
+from pixelseg.runconfig import RunConfig
 
 ONNX_FILE = "model.onnx"
 
@@ -89,7 +89,7 @@ class OnnxPredictor(SegmentationPredictor):
     """The torch-free counterpart of :class:`pixelseg.inference.predictor.Predictor` (whole
     images; no TTA or tiling); made by ``pixelseg.load(run, engine="onnx")``."""
 
-    def __init__(self, session, config: dict, options: PredictOptions | None = None) -> None:
+    def __init__(self, session, config: RunConfig, options: PredictOptions | None = None) -> None:
         self.session, self.config = session, config
         self.options = options or PredictOptions()
         unsupported = [f"--{name}" for name in ("tta", "tile")
@@ -97,11 +97,11 @@ class OnnxPredictor(SegmentationPredictor):
         if unsupported:
             shown = ", ".join(unsupported)
             raise SettingsError(f"{shown} not available with --engine onnx; use torch")
-        self.size = tuple(config["size"])
-        self.num_classes = int(config["num_classes"])
+        self.size = config.size
+        self.num_classes = config.num_classes
         check_options(self.options, self.num_classes)
-        self.mean = np.asarray(config["mean"], np.float32)[:, None, None]
-        self.std = np.asarray(config["std"], np.float32)[:, None, None]
+        self.mean = np.asarray(config.mean, np.float32)[:, None, None]
+        self.std = np.asarray(config.std, np.float32)[:, None, None]
         self.batch_dim = session.get_inputs()[0].shape[0]  # "batch" if exported --dynamic
 
     @classmethod
@@ -112,25 +112,18 @@ class OnnxPredictor(SegmentationPredictor):
             raise PixelsegError(
                 f"{run}: no {ONNX_FILE}; make it with pixelseg export {run} --format onnx"
             )
-        path = run / "config.json"
-        try:
-            config = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PixelsegError(f"{run}: not a pixelseg run folder (no config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PixelsegError(f"{path}: invalid JSON ({exc})") from None
-        return cls(open_session(onnx_path), config, options)
+        return cls(open_session(onnx_path), RunConfig.read(run), options)
 
     @property
     def threshold(self) -> float:
         if self.options.threshold is not None:
             return self.options.threshold
-        return float(self.config.get("threshold", 0.5))
+        return self.config.threshold
 
     @property
     def postprocess(self) -> list[str]:
         steps = self.options.postprocess
-        return list(self.config.get("postprocess") or []) if steps is None else list(steps)
+        return list(self.config.postprocess if steps is None else steps)
 
     def logits(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """(C, H, W) float32 logits at each image's own size."""
@@ -141,8 +134,7 @@ class OnnxPredictor(SegmentationPredictor):
     def model_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(C, h, w) float32 logits at the model's size; :meth:`upsample` takes them to an
         image's size."""
-        channels = int(self.config.get("in_channels", 3))
-        arrays = [to_channels(image, channels) for image in images]
+        arrays = [to_channels(image, self.config.in_channels) for image in images]
         batch = np.stack([resize_image(a, self.size) for a in arrays]).transpose(0, 3, 1, 2)
         batch = (batch.astype(np.float32) / 255.0 - self.mean) / self.std
         if isinstance(self.batch_dim, int):  # a graph exported for one batch size
@@ -163,7 +155,7 @@ class OnnxPredictor(SegmentationPredictor):
         """Connected components of ``mask`` (see :mod:`pixelseg.inference.instances`)."""
         from pixelseg.inference.instances import background_class, find_instances
 
-        background = background_class(self.num_classes, self.config.get("class_names"))
+        background = background_class(self.num_classes, self.config.class_names)
         return find_instances(mask, logits_to_proba(logit), background, self.options.connectivity)
 
     def uncertainty(self, logit: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from pixelseg.report import color_mask, overlay, plot_legend, save_png
 
 if TYPE_CHECKING:
     from pixelseg.inference.base import SegmentationPredictor
+    from pixelseg.runconfig import RunConfig
 
 __all__ = ["predict_files", "unique_stems", "write_legend", "write_mask_outputs"]
 
@@ -44,20 +45,20 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def write_mask_outputs(
-    prefix: str | Path, image: np.ndarray, mask: np.ndarray, config: dict,
+    prefix: str | Path, image: np.ndarray, mask: np.ndarray, config: RunConfig,
     top_proba: np.ndarray | None = None,
 ) -> list[Path]:  # fmt: skip
     """``<prefix>_mask.png`` (0/255 for binary, class indices otherwise),
     ``<prefix>_overlay.png``, for multi-class runs ``<prefix>_color.png``, and with
     ``top_proba`` (HxW in [0, 1]) ``<prefix>_prob.png``."""
-    num_classes = int(config["num_classes"])
+    num_classes = config.num_classes
     saved = mask * 255 if num_classes == 1 else mask  # binary masks as 0/255, visible as is
     files = [
         save_png(f"{prefix}_mask.png", saved.astype(np.uint8)),
         save_png(f"{prefix}_overlay.png", overlay(image, mask)),
     ]
     if num_classes > 1:
-        files.append(save_png(f"{prefix}_color.png", color_mask(mask, config.get("class_colors"))))
+        files.append(save_png(f"{prefix}_color.png", color_mask(mask, config.class_colors)))
     if top_proba is not None:
         files.append(save_png(f"{prefix}_prob.png", (top_proba * 255).round().astype(np.uint8)))
     return files
@@ -124,7 +125,7 @@ def _write_one(
     if outputs.instances:
         found = predictor.instances_of(logit, mask)
         written += _write_instances(prefix, image, found, image_id, path,
-                                    predictor.config.get("class_names"))  # fmt: skip
+                                    predictor.config.class_names)  # fmt: skip
     if outputs.cutout:
         written.append(save_png(f"{prefix}_cutout.png", cutout(image, mask, outputs.feather)))
     if outputs.background is not None:
@@ -135,8 +136,8 @@ def _write_one(
 
 def write_legend(predictor: SegmentationPredictor, out_dir: str | Path) -> Path:
     """``legend.png``: what the colours of the ``<stem>_color.png`` masks mean."""
-    names = predictor.config.get("class_names") or [str(i) for i in range(predictor.num_classes)]
-    return plot_legend(names, Path(out_dir) / "legend.png", predictor.config.get("class_colors"))
+    names = predictor.config.class_names or [str(i) for i in range(predictor.num_classes)]
+    return plot_legend(names, Path(out_dir) / "legend.png", predictor.config.class_colors)
 
 
 def _write_instances(

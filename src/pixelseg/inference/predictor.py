@@ -17,7 +17,6 @@ import torch
 
 from pixelseg.data.dataset import resize_image, to_channels, to_uint8_tensor
 from pixelseg.data.transforms import BatchTransform
-from pixelseg.engine.checkpoint import load_model
 from pixelseg.engine.device import resolve_device
 from pixelseg.inference.base import (
     ImageLike,
@@ -31,6 +30,8 @@ from pixelseg.inference.options import PredictOptions
 from pixelseg.inference.postprocess import postprocess
 from pixelseg.inference.tiling import sliding_window
 from pixelseg.inference.tta import TTAModel
+from pixelseg.models.saved import load_model
+from pixelseg.runconfig import RunConfig
 
 
 class Predictor(SegmentationPredictor):
@@ -38,17 +39,17 @@ class Predictor(SegmentationPredictor):
     :class:`~pixelseg.inference.base.SegmentationPredictor`); made by ``pixelseg.load``."""
 
     def __init__(
-        self, model: torch.nn.Module, config: dict, device: torch.device,
+        self, model: torch.nn.Module, config: RunConfig, device: torch.device,
         options: PredictOptions | None = None,
     ) -> None:  # fmt: skip
         self.model = model.eval()
         self.config = config
         self.device = device
         self.options = options or PredictOptions()
-        self.size = tuple(config["size"])
-        self.num_classes = int(config["num_classes"])
+        self.size = config.size
+        self.num_classes = config.num_classes
         check_options(self.options, self.num_classes)
-        self.transform = BatchTransform(config["mean"], config["std"])  # as in evaluation
+        self.transform = BatchTransform(config.mean, config.std)  # as in evaluation
         # TTA wraps the model once, here: a predictor's options do not change
         self._net = TTAModel(model, self.options.tta_rotations) if self.options.tta else model
 
@@ -64,14 +65,14 @@ class Predictor(SegmentationPredictor):
     def threshold(self) -> float:
         if self.options.threshold is not None:
             return self.options.threshold
-        return float(self.config.get("threshold", 0.5))
+        return self.config.threshold
 
     @property
     def postprocess(self) -> list[str]:
         """Binary clean-up steps: the options', else those the run chose on its
         validation images."""
         steps = self.options.postprocess
-        return list(self.config.get("postprocess") or []) if steps is None else list(steps)
+        return list(self.config.postprocess if steps is None else steps)
 
     @torch.no_grad()
     def logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
@@ -103,7 +104,7 @@ class Predictor(SegmentationPredictor):
 
     @property
     def in_channels(self) -> int:
-        return int(self.config.get("in_channels", 3))
+        return self.config.in_channels
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) uint8 images → (N, K, h, w) float logits on the device."""
@@ -115,7 +116,7 @@ class Predictor(SegmentationPredictor):
         else the one training applied to its median image (``source_size`` → ``size``)."""
         if self.options.scale is not None:
             return self.options.scale, self.options.scale
-        source = self.config.get("source_size")
+        source = self.config.source_size
         if not source:
             warnings.warn(
                 "this run does not record its training images' size (trained before pixelseg "
@@ -148,7 +149,7 @@ class Predictor(SegmentationPredictor):
     def instances_of(self, logit: torch.Tensor, mask: np.ndarray) -> Instances:
         """Connected components of ``mask``, scored by the mean probability of ``logit``."""
         proba = logits_to_proba(logit).numpy()
-        background = background_class(self.num_classes, self.config.get("class_names"))
+        background = background_class(self.num_classes, self.config.class_names)
         return find_instances(mask, proba, background, self.options.connectivity)
 
     def top_proba(self, logit: torch.Tensor) -> np.ndarray:

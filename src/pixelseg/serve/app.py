@@ -36,7 +36,6 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-import pixelseg
 from pixelseg.errors import SettingsError
 from pixelseg.inference import load
 from pixelseg.serve.batcher import Batcher, ModelUnavailable, Overloaded
@@ -50,6 +49,7 @@ from pixelseg.serve.uploads import (
     decode_image,
     header_pixels,
 )
+from pixelseg.version import __version__
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -131,7 +131,7 @@ def create_app(
         batcher.close()  # stop the model's thread when the server stops
 
     app = FastAPI(
-        title="pixelseg", version=pixelseg.__version__, docs_url=None, redoc_url=None,
+        title="pixelseg", version=__version__, docs_url=None, redoc_url=None,
         description=f"Segmentation with the run in {Path(settings.run).name}.",
         lifespan=lifespan,
     )  # fmt: skip
@@ -242,10 +242,10 @@ def _add_routes(app: FastAPI) -> None:
     async def model(request: Request, _: None = Depends(_check_key)) -> dict:
         p = request.app.state.predictor
         return {
-            "name": p.config["model"], "num_classes": p.num_classes, "classes": _names(p),
+            "name": p.config.model, "num_classes": p.num_classes, "classes": _names(p),
             "input_size": list(p.size), "threshold": p.threshold,
-            "postprocess": p.postprocess, "version": pixelseg.__version__,
-            "trained_with": p.config.get("pixelseg_version"),
+            "postprocess": p.postprocess, "version": __version__,
+            "trained_with": p.config.pixelseg_version,
         }  # fmt: skip
 
     @app.post(
@@ -404,7 +404,7 @@ def _render(
 
 def _names(predictor) -> list[str]:
     """Every class's name, background included (binary runs: background, foreground)."""
-    names = predictor.config.get("class_names")
+    names = predictor.config.class_names
     if predictor.num_classes == 1:
         return ["background", names[-1]] if names else ["background", "foreground"]
     return names or [str(i) for i in range(predictor.num_classes)]
