@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +60,21 @@ def tiny_folders(tmp_path: Path) -> Path:
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same 12 pairs, shared by the whole session: tests must not modify it."""
     return _make_tiny(tmp_path_factory.mktemp("tiny-shared"))
+
+
+@pytest.fixture
+def logs() -> Iterator[list[str]]:
+    """The messages pixelseg's module loggers send at INFO and above during the test."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("pixelseg"), Collect(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)

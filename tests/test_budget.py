@@ -29,7 +29,7 @@ def test_a_new_plan_continues_from_the_rate_reached(seconds_left: float) -> None
                         optimizer=SimpleNamespace(param_groups=[{}]))  # fmt: skip
     cfg = TrainConfig(data="unused", num_classes=1, time_budget="1h", warmup_epochs=1)
     epochs = planned_epochs(clock, done)
-    planned = plan_epochs(cfg, epochs, t, steps, clock.per_epoch, lambda _: None).epochs
+    planned = plan_epochs(cfg, epochs, t, steps, clock.per_epoch).epochs
     assert planned == epochs
     assert planned != 40
     new = t.scheduler.lr_lambdas[0]
@@ -57,7 +57,7 @@ def test_a_new_plan_moves_every_optimizer_group_and_keeps_the_frozen_encoder() -
         optimizer, group_schedules(old, optimizer, cfg, steps)
     )
     t = SimpleNamespace(history=[{}] * done, schedule=old, scheduler=scheduler, optimizer=optimizer)
-    plan_epochs(cfg, 12, t, steps, 1.0, lambda _: None)
+    plan_epochs(cfg, 12, t, steps, 1.0)
     decoder, encoder = scheduler.lr_lambdas
     assert decoder is t.schedule and encoder.frozen == 5 * steps
     assert [encoder(s) for s in (0, 49)] == [0.0, 0.0]  # frozen for 5 epochs

@@ -20,30 +20,29 @@ def _cfg(**kw) -> TrainConfig:
 
 def test_the_users_batch_size_wins() -> None:
     cfg = _cfg(batch_size=3)
-    assert choose_batch_size(cfg, 1000, 3, CPU, print, free_bytes=1) is cfg
+    assert choose_batch_size(cfg, 1000, 3, CPU, free_bytes=1) is cfg
 
 
-def test_device_preference_and_small_data_sets() -> None:
-    logs: list[str] = []
-    assert choose_batch_size(_cfg(), 1000, 3, CPU, logs.append, PLENTY).batch_size == 8
+def test_device_preference_and_small_data_sets(logs: list[str]) -> None:
+    assert choose_batch_size(_cfg(), 1000, 3, CPU, PLENTY).batch_size == 8
     assert "batch size: 8" in logs[-1] and "MiB an image" in logs[-1]
     cuda = torch.device("cuda")  # only its type is used here: no GPU needed
-    assert choose_batch_size(_cfg(), 1000, 3, cuda, logs.append, PLENTY).batch_size == 32
+    assert choose_batch_size(_cfg(), 1000, 3, cuda, PLENTY).batch_size == 32
     # 20 images: at least 8 steps an epoch, so batches of 2
-    assert choose_batch_size(_cfg(), 20, 3, CPU, logs.append, PLENTY).batch_size == 2
+    assert choose_batch_size(_cfg(), 20, 3, CPU, PLENTY).batch_size == 2
     # never below 2 (BatchNorm), unless there is a single image
-    assert choose_batch_size(_cfg(), 3, 3, CPU, logs.append, PLENTY).batch_size == 2
-    assert choose_batch_size(_cfg(), 1, 3, CPU, logs.append, PLENTY).batch_size == 1
+    assert choose_batch_size(_cfg(), 3, 3, CPU, PLENTY).batch_size == 2
+    assert choose_batch_size(_cfg(), 1, 3, CPU, PLENTY).batch_size == 1
 
 
 def test_batch_is_halved_until_it_fits_memory() -> None:
     cfg = _cfg()
     per_image = training_bytes_per_image(cfg, 3)
     # half of the free memory holds 2.5 images: 8 -> 4 -> 2
-    chosen = choose_batch_size(cfg, 1000, 3, CPU, print, free_bytes=5 * per_image)
+    chosen = choose_batch_size(cfg, 1000, 3, CPU, free_bytes=5 * per_image)
     assert chosen.batch_size == 2
     with pytest.raises(PixelsegError, match="smaller --size"):
-        choose_batch_size(cfg, 1000, 3, CPU, print, free_bytes=per_image)
+        choose_batch_size(cfg, 1000, 3, CPU, free_bytes=per_image)
 
 
 def test_memory_estimate_grows_with_pixels_and_width() -> None:
@@ -53,31 +52,27 @@ def test_memory_estimate_grows_with_pixels_and_width() -> None:
     assert training_bytes_per_image(narrow, 3) < 0.5 * small
 
 
-def test_time_budget_picks_size_and_width() -> None:
+def test_time_budget_picks_size_and_width(logs: list[str]) -> None:
     from pixelseg.engine.configure import choose_for_budget
 
     shapes = ([480] * 3, [640] * 3)  # median image 480x640
-    logs: list[str] = []
-    roomy = choose_for_budget(_cfg(size=None), *shapes, 16, 1e6, 16, 3, CPU, logs.append)
+    roomy = choose_for_budget(_cfg(size=None), *shapes, 16, 1e6, 16, 3, CPU)
     assert roomy.size == (192, 256) and roomy.model_kwargs == {"base_channels": 32}
-    tight = choose_for_budget(_cfg(size=None), *shapes, 16, 1e-3, 16, 3, CPU, logs.append)
+    tight = choose_for_budget(_cfg(size=None), *shapes, 16, 1e-3, 16, 3, CPU)
     assert tight.size == (96, 128) and tight.model_kwargs == {"base_channels": 8}
     assert "the cheapest" in logs[-1]
     assert "size 96x128 and model width base_channels=8" in logs[-1]
     assert "steps in the budget" in logs[-1]
     # what the user chose stays: only the width is left to pick here
-    sized = choose_for_budget(_cfg(size=64), *shapes, 16, 1e-3, 16, 3, CPU, logs.append)
+    sized = choose_for_budget(_cfg(size=64), *shapes, 16, 1e-3, 16, 3, CPU)
     assert sized.size == (64, 64) and sized.model_kwargs == {"base_channels": 8}
     fixed = _cfg(size=64, model="lesson-unet")
-    assert choose_for_budget(fixed, *shapes, 16, 1e-3, 16, 3, CPU, logs.append) is fixed
+    assert choose_for_budget(fixed, *shapes, 16, 1e-3, 16, 3, CPU) is fixed
 
 
-def test_small_images_are_never_enlarged_or_timed_twice() -> None:
+def test_small_images_are_never_enlarged_or_timed_twice(logs: list[str]) -> None:
     from pixelseg.engine.configure import choose_for_budget
 
-    logs: list[str] = []
-    small = choose_for_budget(
-        _cfg(size=None), [48] * 3, [64] * 3, 16, 1e-3, 16, 3, CPU, logs.append
-    )
+    small = choose_for_budget(_cfg(size=None), [48] * 3, [64] * 3, 16, 1e-3, 16, 3, CPU)
     assert small.size == (48, 64) and small.model_kwargs == {"base_channels": 8}
     assert "none of the candidates" in logs[-1]

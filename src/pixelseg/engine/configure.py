@@ -5,10 +5,10 @@ What the user gives always wins; these fill in what was left to pixelseg.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,12 +27,14 @@ from pixelseg.models.lite_unet import DEFAULT_ENCODER
 from pixelseg.models.registry import ModelError
 from pixelseg.models.weights import WEIGHTS_HINT, find_imagenet_weights
 
+log = logging.getLogger(__name__)
 
-def resolve_class_settings(cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+
+def resolve_class_settings(cfg: TrainConfig) -> TrainConfig:
     """Fill in the number of classes, their names and the ignore index from the data."""
     fmt = cfg.format if cfg.format != "auto" else detect_format(Path(cfg.data))
     c = resolve_classes(fmt, cfg.data, cfg.num_classes, cfg.class_names, cfg.ignore_index)
-    log(
+    log.info(
         f"classes: {c.why}"
         + (f"; ignore index {c.ignore_index}" if c.ignore_index is not None else "")
     )
@@ -42,7 +44,7 @@ def resolve_class_settings(cfg: TrainConfig, log: Callable[[str], None]) -> Trai
     )  # fmt: skip
 
 
-def choose_model(cfg: TrainConfig, in_channels: int, log: Callable[[str], None]) -> TrainConfig:
+def choose_model(cfg: TrainConfig, in_channels: int) -> TrainConfig:
     """``model auto``: the model to train, and ``encoder_weights auto``: its start.
 
     Colour images get ``lite-unet`` from ImageNet weights when they are on this machine (the
@@ -53,10 +55,10 @@ def choose_model(cfg: TrainConfig, in_channels: int, log: Callable[[str], None])
     if cfg.model != "auto":
         chosen = resolve_encoder_weights(cfg)
         if cfg.encoder_weights == "auto" and chosen.encoder_weights != "none":
-            log(f"encoder weights: {chosen.encoder_weights} (installed on this machine)")
+            log.info(f"encoder weights: {chosen.encoder_weights} (installed on this machine)")
         return chosen
     if cfg.model_kwargs:  # e.g. --model-arg base_channels=16: options of unet, as ever
-        log("model: unet (model options given without --model are the U-Net's)")
+        log.info("model: unet (model options given without --model are the U-Net's)")
         return resolve_encoder_weights(replace(cfg, model="unet"))
     pretrained = cfg.encoder_weights not in ("auto", "none")  # the user gave weights
     source = find_imagenet_weights(DEFAULT_ENCODER) if cfg.encoder_weights == "auto" else None
@@ -70,7 +72,7 @@ def choose_model(cfg: TrainConfig, in_channels: int, log: Callable[[str], None])
         )  # fmt: skip
     if pretrained or ((in_channels == 3 or finetuning) and source is not None):
         weights = cfg.encoder_weights if pretrained else "imagenet"
-        log(
+        log.info(
             f"model: lite-unet, EfficientNet-Lite0 encoder from {weights} weights"
             + (f" ({source})" if source and not pretrained else "")
             + " (colour images)" * (in_channels == 3)
@@ -83,13 +85,11 @@ def choose_model(cfg: TrainConfig, in_channels: int, log: Callable[[str], None])
         why = "greyscale images"
     else:
         why = f"no ImageNet weights on this machine; {WEIGHTS_HINT}"
-    log(f"model: unet from scratch ({why})")
+    log.info(f"model: unet from scratch ({why})")
     return replace(cfg, model="unet", encoder_weights="none")
 
 
-def choose_class_weights(
-    cfg: TrainConfig, train_set: SegmentationDataset, log: Callable[[str], None]
-) -> list[float] | None:
+def choose_class_weights(cfg: TrainConfig, train_set: SegmentationDataset) -> list[float] | None:
     """Loss weights per class from the training masks, as ``cfg.class_weights`` asks.
 
     ``auto`` uses median-frequency balancing when the rarest class is over 10x rarer than
@@ -102,9 +102,9 @@ def choose_class_weights(
     present = [w for w in weights if w > 0]
     imbalance = max(present) / min(present) if present else 1.0
     if cfg.class_weights == "auto" and imbalance <= 10:
-        log(f"class weights: none (class frequencies within {imbalance:.1f}x of each other)")
+        log.info(f"class weights: none (class frequencies within {imbalance:.1f}x of each other)")
         return None
-    log(f"class weights (median frequency): {', '.join(f'{w:.2f}' for w in weights)}")
+    log.info(f"class weights (median frequency): {', '.join(f'{w:.2f}' for w in weights)}")
     return weights
 
 
@@ -113,7 +113,6 @@ AUTO_LONG_SIDE = 256  # pixels on the longer side when the size is left to pixel
 
 def choose_size(
     cfg: TrainConfig, heights: list[int], widths: list[int], stride: int,
-    log: Callable[[str], None],
 ) -> TrainConfig:  # fmt: skip
     """Pick ``cfg.size`` from the images when the user gave none.
 
@@ -125,7 +124,7 @@ def choose_size(
         return cfg
     size = _scaled_size(heights, widths, stride, AUTO_LONG_SIDE)
     h, w = _median(heights), _median(widths)
-    log(
+    log.info(
         f"size: {size[0]}x{size[1]} (median image {h}x{w}, longer side to at most "
         f"{AUTO_LONG_SIDE}, aspect ratio kept, multiples of the model's stride {stride})"
     )
@@ -164,7 +163,7 @@ TRAIN_SHARE = 0.85  # of the budget, for training steps (the rest: validation, c
 
 def choose_for_budget(
     cfg: TrainConfig, heights: list[int], widths: list[int], stride: int, budget: float,
-    n_train: int, in_channels: int, device: torch.device, log: Callable[[str], None],
+    n_train: int, in_channels: int, device: torch.device,
 ) -> TrainConfig:  # fmt: skip
     """Under a time budget, the largest input size and default-U-Net width that still give
     ``MIN_STEPS`` training steps, judged by timing a few steps of each candidate (most
@@ -195,7 +194,7 @@ def choose_for_budget(
         what.append(f"size {chosen.size[0]}x{chosen.size[1]}")
     if free_width:
         what.append(f"model width base_channels={chosen.model_kwargs['base_channels']}")
-    log(
+    log.info(
         f"{' and '.join(what)} for the time budget: a step of {batch} images takes "
         f"about {seconds:.2f} s, {steps:,} steps in the budget (a run "
         f"{'from a pretrained encoder ' * pretrained}needs about {min_steps:,} to converge; "
@@ -284,7 +283,7 @@ MIN_STEPS_PER_EPOCH = 8  # a small data set gets smaller batches rather than 2 s
 
 def choose_batch_size(
     cfg: TrainConfig, n_train: int, in_channels: int, device: torch.device,
-    log: Callable[[str], None], free_bytes: int | None = None,
+    free_bytes: int | None = None,
 ) -> TrainConfig:  # fmt: skip
     """Pick ``cfg.batch_size`` when the user gave none: the device's preferred batch (8 on a
     CPU, 32 on a GPU), at most an eighth of the training images, halved until one training
@@ -306,7 +305,7 @@ def choose_batch_size(
             f"train {cfg.model}, more than half of the {free / 2**20:,.0f} MiB free on {device}; "
             "use a smaller --size or a smaller model"
         )
-    log(
+    log.info(
         f"batch size: {batch} (about {per_image / 2**20:,.0f} MiB an image in training, "
         f"{free / 2**30:.1f} GiB free on {device}; {n_train} training images)"
     )

@@ -7,6 +7,7 @@ validation score (Dice for binary, mIoU for multi-class), with early stopping.
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 import warnings
@@ -44,6 +45,7 @@ from pixelseg.engine.configure import (
     choose_size,
     resolve_class_settings,
 )
+from pixelseg.engine.console import console
 from pixelseg.engine.device import seed_everything
 from pixelseg.engine.distributed import World
 from pixelseg.engine.ema import WeightAverage
@@ -62,6 +64,8 @@ from pixelseg.models.saved import load_model, save_weights
 from pixelseg.report import plot_curves, write_csv
 from pixelseg.runconfig import RunConfig
 from pixelseg.version import __version__
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,7 +140,7 @@ def train_one_epoch(
 
 def prepare_split(
     cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path,
-    resuming: bool, write: bool = True, log: Callable[[str], None] = lambda _: None,
+    resuming: bool, write: bool = True,
 ) -> dict[str, list[str]]:  # fmt: skip
     """Reuse the run's ``split.json`` when resuming, else make (and, with ``write``, save) a
     split: the data set's own, whole sequences apart when the file names show sequences
@@ -155,7 +159,7 @@ def prepare_split(
             )
         shared = _shared_sequences(split)
         if shared:
-            log(f"note: the data set's own validation images come from sequences that "
+            log.info(f"note: the data set's own validation images come from sequences that "
                 f"training shows too ({', '.join(shared)}): validation scores will flatter "
                 "what images of new sequences get")  # fmt: skip
         if write:
@@ -167,14 +171,14 @@ def prepare_split(
     if seqs is not None:  # whole sequences (or patients) apart: no near-copy on both sides
         split = make_sequence_split(stems, seqs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         if split is None:
-            log(f"{len(set(seqs))} sequences in the file names, but none small enough to hold "
+            log.info(f"{len(set(seqs))} sequences in the file names, but none small enough to hold "
                 "out without starving training: a split of single images")  # fmt: skip
     if split is not None:
         parts = {part: set(split[part]) for part in ("val", "test")}
         held = {part: sorted({q for q, t in zip(seqs, stems, strict=True) if t in members})
                 for part, members in parts.items()}  # fmt: skip
-        log(f"split by sequence ({len(set(seqs))} in the file names): val {', '.join(held['val'])}"
-            f"; test {', '.join(held['test'])}")  # fmt: skip
+        log.info(f"split by sequence ({len(set(seqs))} in the file names): val "
+                 f"{', '.join(held['val'])}; test {', '.join(held['test'])}")  # fmt: skip
     else:
         if all(s.group is not None for s in samples):
             strata = [s.group for s in samples]  # e.g. PH2's diagnosis
@@ -234,13 +238,15 @@ class CheckedData:
         report.raise_if_problems()
         return cls(fmt, samples, report)
 
-    def input_channels(self, cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    def input_channels(self, cfg: TrainConfig) -> TrainConfig:
         """``in_channels`` when left to pixelseg: 1 when every image is greyscale (EM
         slices, X-rays), else 3."""
         if cfg.in_channels is not None:
             return cfg
         channels = self.report.channels
-        log(f"input channels: {channels} ({'greyscale' if channels == 1 else 'colour'} images)")
+        log.info(
+            f"input channels: {channels} ({'greyscale' if channels == 1 else 'colour'} images)"
+        )
         return replace(cfg, in_channels=channels)
 
 
@@ -250,7 +256,6 @@ def build_datasets(
     run_dir: Path,
     resuming: bool,
     stride: int,
-    log: Callable[[str], None],
     deadline: float | None = None,
     device: torch.device | None = None,
     write: bool = True,
@@ -265,7 +270,7 @@ def build_datasets(
     """
     samples, report = data.samples, data.report
     fractions = [info.foreground for info in report.infos]
-    split = prepare_split(cfg, samples, fractions, run_dir, resuming, write, log)
+    split = prepare_split(cfg, samples, fractions, run_dir, resuming, write)
     missing = sorted(set().union(*split.values()) - {s.stem for s in samples})
     if resuming and missing:
         raise DataError(
@@ -277,8 +282,8 @@ def build_datasets(
     if deadline is not None:
         left = deadline - time.perf_counter()
         cfg = choose_for_budget(cfg, heights, widths, stride, left, len(split["train"]),
-                                channels, device or torch.device("cpu"), log)  # fmt: skip
-    cfg = choose_size(cfg, heights, widths, stride, log)
+                                channels, device or torch.device("cpu"))  # fmt: skip
+    cfg = choose_size(cfg, heights, widths, stride)
     train_set = SegmentationDataset(
         select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels,
         colors=cfg.class_colors, ignore_index=cfg.ignore_index,
@@ -335,9 +340,7 @@ def _saved_state(run_dir: str | Path) -> dict:
     return state
 
 
-def _open_run(
-    cfg: TrainConfig, resuming: bool, log: Callable[[str], None]
-) -> tuple[TrainConfig, Path, dict | None]:
+def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict | None]:
     """Check the run folder: a new run must not overwrite one, a resumed run must match.
 
     A folder holding an unfinished run (killed, crashed, pre-empted, or restarted by
@@ -355,7 +358,7 @@ def _open_run(
                 f"{run_dir} already holds a finished run; use --resume (with more --epochs) to "
                 "continue it or choose another --out"
             )
-        log(f"{run_dir} holds an unfinished run: resuming it")
+        log.info(f"{run_dir} holds an unfinished run: resuming it")
     # runs saved before these settings existed trained in float32 NCHW
     saved = {"precision": "fp32", "channels_last": "off", **state["config"]}
     now = cfg.to_dict()
@@ -385,7 +388,7 @@ def _open_run(
 
 def _calibrate(
     cfg: TrainConfig, run_dir: Path, val_set: SegmentationDataset, transform: BatchTransform,
-    device: torch.device, log: Callable[[str], None],
+    device: torch.device,
 ) -> None:  # fmt: skip
     """Binary runs: store in the run's config the threshold that maximises validation Dice for
     the best weights (unless one was given) and the clean-up steps that raise it."""
@@ -393,14 +396,14 @@ def _calibrate(
     threshold = cfg.threshold
     if threshold is None:
         threshold, dice = calibrate_threshold(model, val_set, transform, device, cfg.batch_size)
-        log(f"threshold {threshold:.2f} (validation dice {dice:.4f} with the best weights)")
+        log.info(f"threshold {threshold:.2f} (validation dice {dice:.4f} with the best weights)")
     steps: list[str] = []
     if cfg.postprocess == "auto":
         steps, scores = choose_postprocess(
             model, val_set, transform, device, threshold, cfg.batch_size
         )
         tried = ", ".join(f"{name} {dice:.4f}" for name, dice in scores.items())
-        log(f"post-processing: {'+'.join(steps) or 'none'} (validation dice: {tried})")
+        log.info(f"post-processing: {'+'.join(steps) or 'none'} (validation dice: {tried})")
     config.replace(threshold=threshold, postprocess=steps).write(run_dir)
 
 
@@ -500,7 +503,6 @@ class _Session:
     loss_fn: torch.nn.Module
     val_set: SegmentationDataset
     device: torch.device
-    log: Callable[[str], None]
     world: World
     steps: int  # training steps per epoch in each process
     clock: Clock | None = None  # a time budget's
@@ -538,26 +540,33 @@ def fit(
     started = time.perf_counter()
     world, device, joined = distributed.start(cfg.device)
     try:
-        run, start_epoch, progress = _prepare(cfg, resume, world, device, started)
-        with StopSignals() as stop:
-            epoch = _train_epochs(run, start_epoch, progress, stop, on_epoch_end)
-        cfg, t = run.cfg, run.t  # a time budget may have re-planned the epochs
-        if world.is_main:  # rank 0 finishes alone; the others wait for it below
-            if cfg.num_classes == 1 and t.best_epoch:
-                _calibrate(cfg, run.run_dir, run.val_set, run.eval_tf, device, run.log)
-            plot_curves(t.history, run.run_dir / "curves.png", cfg.score_name)
-            run.save(epoch, finished=True)
-        # No process leaves (and tears down its connections) while another still works: an
-        # early exit has crashed gloo's peers. The group's timeout allows a long calibration.
-        world.barrier()
-        return TrainResult(run.run_dir, t.best_epoch, t.best_score, cfg.score_name, t.history)
+        with console(cfg.progress and world.is_main):  # one process speaks: rank 0
+            return _fit(cfg, resume, on_epoch_end, world, device, started)
     finally:
         distributed.stop(joined)
 
 
+def _fit(
+    cfg: TrainConfig, resume: bool, on_epoch_end: Callable[[dict], None] | None, world: World,
+    device: torch.device, started: float,
+) -> TrainResult:  # fmt: skip
+    run, start_epoch, progress = _prepare(cfg, resume, world, device, started)
+    with StopSignals() as stop:
+        epoch = _train_epochs(run, start_epoch, progress, stop, on_epoch_end)
+    cfg, t = run.cfg, run.t  # a time budget may have re-planned the epochs
+    if world.is_main:  # rank 0 finishes alone; the others wait for it below
+        if cfg.num_classes == 1 and t.best_epoch:
+            _calibrate(cfg, run.run_dir, run.val_set, run.eval_tf, device)
+        plot_curves(t.history, run.run_dir / "curves.png", cfg.score_name)
+        run.save(epoch, finished=True)
+    # No process leaves (and tears down its connections) while another still works: an
+    # early exit has crashed gloo's peers. The group's timeout allows a long calibration.
+    world.barrier()
+    return TrainResult(run.run_dir, t.best_epoch, t.best_score, cfg.score_name, t.history)
+
+
 def _settle_model(
     cfg: TrainConfig, state: dict | None, world: World, device: torch.device,
-    log: Callable[[str], None],
 ) -> tuple[TrainConfig, CheckedData, int, str | None]:  # fmt: skip
     """Check the data, then decide the model, its starting weights and its precision (once,
     when a run starts; rank 0's choice holds for every process: another machine may lack
@@ -569,16 +578,16 @@ def _settle_model(
     if cfg.model != "auto":  # a bad model name, option or weights file fails before the data
         stride, source = _check_settings(cfg, fetch=fetch and early)
     data = CheckedData.read(cfg)
-    cfg = data.input_channels(cfg, log)
+    cfg = data.input_channels(cfg)
     if state is None:  # decided once, saved, and kept by a resumed run (on any device)
-        cfg = choose_model(cfg, cfg.in_channels, log)
+        cfg = choose_model(cfg, cfg.in_channels)
         model, kwargs, weights = world.broadcast((cfg.model, cfg.model_kwargs, cfg.encoder_weights))
         cfg = replace(cfg, model=model, model_kwargs=kwargs, encoder_weights=weights)
         chosen = choose_precision(
             cfg.precision, cfg.channels_last, device, prefers_channels_last(cfg.model)
         )
         if chosen.measured:
-            log(f"{chosen.describe()}: {chosen.measured}")
+            log.info(f"{chosen.describe()}: {chosen.measured}")
         layout = "on" if chosen.channels_last else "off"
         cfg = replace(cfg, precision=chosen.name, channels_last=layout)
     if not early:
@@ -591,10 +600,9 @@ def _prepare(
 ) -> tuple[_Session, int, Progress | None]:
     """Everything before the first step: the run folder, the data, the settings left to
     pixelseg, the model, and the saved state of a resumed run."""
-    log = tqdm.write if cfg.progress and world.is_main else (lambda *_: None)
     if not world.is_main:
         cfg = replace(cfg, progress=False)  # one progress bar, rank 0's
-    cfg, run_dir, state = _open_run(cfg, resume, log)
+    cfg, run_dir, state = _open_run(cfg, resume)
     if state is not None and state.get("world_size", 1) != world.size:
         n = state.get("world_size", 1)
         raise SettingsError(
@@ -602,23 +610,21 @@ def _prepare(
             f"(pixelseg train --nproc {n}, or torchrun --nproc-per-node {n}): its learning-rate "
             "schedule, data order and random states are per process"
         )
-    cfg = resolve_class_settings(cfg, log)  # a no-op for a resumed run's saved (resolved) settings
-    cfg, data, stride, source = _settle_model(cfg, state, world, device, log)
+    cfg = resolve_class_settings(cfg)  # a no-op for a resumed run's saved (resolved) settings
+    cfg, data, stride, source = _settle_model(cfg, state, world, device)
     seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None
     resuming = state is not None
     train_set, val_set, mine = build_datasets(
-        cfg, data, run_dir, resuming, stride, log, deadline, device, write=world.is_main
+        cfg, data, run_dir, resuming, stride, deadline, device, write=world.is_main
     )
-    mine = choose_batch_size(mine, len(train_set), train_set.images.shape[1], device, log)
+    mine = choose_batch_size(mine, len(train_set), train_set.images.shape[1], device)
     # Settings chosen from measurements (memory, step times) can differ between processes:
     # rank 0's hold for all.
     agreed = replace(world.broadcast(mine), progress=mine.progress)
     if (agreed.size, agreed.in_channels) != (mine.size, mine.in_channels):
-        train_set, val_set, _ = build_datasets(
-            agreed, data, run_dir, True, stride, log, None, device
-        )
+        train_set, val_set, _ = build_datasets(agreed, data, run_dir, True, stride, None, device)
     cfg = agreed
     # Normalise as the pretrained encoder expects, else with the training images' own
     # statistics (either kept from the first session).
@@ -630,7 +636,7 @@ def _prepare(
     config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
     # where the pretrained encoder's weights came from (kept from a resumed run's first start)
     source = state.get("encoder_weights_source") if state else source
-    weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set, log)
+    weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set)
     config = config.replace(encoder_weights_source=source, class_weights=weights)
     loss_fn = build_loss(
         cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index,
@@ -644,11 +650,11 @@ def _prepare(
     run = _Session(
         cfg, run_dir, config, mean, std, t, loader, sampler,
         BatchTransform(mean, std, Augment() if cfg.augment else None), BatchTransform(mean, std),
-        loss_fn, val_set, device, log, world, len(loader),
+        loss_fn, val_set, device, world, len(loader),
     )  # fmt: skip
     epochs = f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
     processes = f" x {world.size} processes" if world.distributed else ""
-    log(
+    log.info(
         f"pixelseg: {cfg.model} ({count_parameters(t.model):,} parameters) on {device}"
         f"{processes}; {len(train_set)} train / {len(val_set)} val images at "
         f"{cfg.size[0]}x{cfg.size[1]}; loss {cfg.loss}; {t.precision.describe()}; "
@@ -669,17 +675,17 @@ def _train_epochs(
 ) -> int:  # fmt: skip
     """Train from ``start_epoch`` (``progress`` steps into it) until the epochs, the time
     budget or the patience run out; returns the last epoch finished."""
-    t, log, clock = run.t, run.log, run.clock
+    t, clock = run.t, run.clock
     epoch = start_epoch - 1
     while epoch < run.cfg.epochs:
         if clock is not None and progress is None:  # (a resumed epoch was begun already)
             # rank 0's clock decides for every process (their clocks need not agree)
             stop_now, plan = run.world.broadcast(_budget_decision(clock, epoch, run.cfg.epochs))
             if stop_now:
-                log(f"time budget {run.cfg.time_budget} reached after {epoch} epochs")
+                log.info(f"time budget {run.cfg.time_budget} reached after {epoch} epochs")
                 break
             if plan is not None:
-                run.cfg = plan_epochs(run.cfg, plan[0], t, run.steps, plan[1], log)
+                run.cfg = plan_epochs(run.cfg, plan[0], t, run.steps, plan[1])
                 run.config = run.config.replace(train=run.cfg.to_dict())
         row = _one_epoch(run, epoch + 1, progress or Progress(), stop)
         progress, epoch = None, epoch + 1
@@ -690,7 +696,7 @@ def _train_epochs(
         # Patience counts from the last improvement (or from where more epochs were given).
         patience = run.cfg.patience
         if patience and epoch - max(t.best_epoch, t.patience_start) >= patience:
-            log(f"early stopping: no better val_{run.cfg.score_name} for {patience} epochs")
+            log.info(f"early stopping: no better val_{run.cfg.score_name} for {patience} epochs")
             break
     return epoch
 
@@ -758,7 +764,7 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
     run.save(epoch)
     if world.is_main:
         write_csv(run.run_dir / "history.csv", t.history)
-    run.log(
+    log.info(
         f"epoch {epoch:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
         f"val_loss {metrics['loss']:.4f}  val_{name} {score:.4f}" + "  *best*" * improved
     )
