@@ -78,6 +78,14 @@ def test_two_process_prediction_equals_one_process(
     assert one == sorted(p.name for p in (tmp_path / "2").iterdir()) and len(one) == 60
     for name in one:
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+    # each process resumes its own share: half the masks gone, half the images redone
+    for mask in sorted((tmp_path / "2").glob("*_mask.png"))[::2]:
+        mask.unlink()
+    again = torchrun("predict", str(ddp_run), images, "--out", str(tmp_path / "2"),
+                     "--instances", "--resume")  # fmt: skip
+    assert again.stdout.count("wrote 30 outputs for 12 image(s) (6 image(s) done before") == 1
+    for name in one:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
 
 
 # rank 0 SIGKILLs itself right after the checkpoint of epoch 2, step 1; torchrun then

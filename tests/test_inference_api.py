@@ -110,3 +110,60 @@ def test_inference_never_imports_the_training_engine() -> None:
             else:
                 continue
             assert not names & training, f"{path.name} imports {names & training}"
+
+
+def test_output_names_are_the_files_written(run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from pixelseg.inference.outputs import output_names
+
+    outputs = Outputs(probabilities=True, uncertainty=True, instances=True, cutout=True,
+                      background=(0, 177, 64))  # fmt: skip
+    image = tiny_data / "images" / "img00.png"
+    done = pixelseg.load(run, device="cpu").predict_folder([image], tmp_path, outputs,
+                                                           progress=False)  # fmt: skip
+    assert [p.name for p in done.files] == output_names("img00", outputs, 1)
+
+
+def test_a_killed_prediction_resumes_to_the_same_outputs(
+    run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """SIGKILL in the middle of an image's files; --resume redoes that image and the rest,
+    and skips those finished: the folder ends as an uninterrupted run leaves it."""
+    import signal
+    import subprocess
+    import sys
+
+    from pixelseg.cli import main
+
+    images, full, out = tiny_data / "images", tmp_path / "full", tmp_path / "out"
+    args = ["predict", str(run), str(images), "--probabilities", "--device", "cpu",
+            "--batch-size", "2"]  # fmt: skip
+    assert main([*args, "--out", str(full)]) == 0
+    # the 16th PNG: image 6's second file (3 an image), so image 6 is half written
+    script = (
+        "import os, signal, sys\n"
+        "import pixelseg.inference.outputs as outputs\n"
+        "from pixelseg.cli import main\n"
+        "real, calls = outputs.save_png, []\n"
+        "def save_png(path, array):\n"
+        "    calls.append(path)\n"
+        "    if len(calls) == 17: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(path, array)\n"
+        "outputs.save_png = save_png\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, *args, "--out", str(out)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    before = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert len(before) == 16  # 5 images' 3 files, and image 6's mask
+    done = pixelseg.load(run, device="cpu", batch_size=2).predict_folder(
+        [images], out, Outputs(probabilities=True), progress=False, resume=True
+    )
+    assert done.skipped == 5 and len(done.files) == 7 * 3
+    names = sorted(p.name for p in full.iterdir())
+    assert names == sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    for name in names:
+        assert (full / name).read_bytes() == (out / name).read_bytes(), name
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--resume"]) == 0  # all done: nothing rewritten
+    assert "wrote 0 outputs for 12 image(s) (12 image(s) done before" in capsys.readouterr().out

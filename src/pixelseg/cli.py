@@ -398,21 +398,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         background=parse_background(args.background) if args.background else None,
     )  # fmt: skip
     options = _predict_options(args)
-    # Under torchrun each process predicts a consecutive share of the inputs, under the
-    # names and ids one process would give them (the ONNX engine runs in one process).
-    torch_engine = args.engine == "torch"
-    world, device, joined = distributed.start(args.device) if torch_engine else (None, "cpu", False)
+    # Under torchrun each process predicts every world.size-th input, under the names and
+    # ids one process would give them.
+    if args.engine == "torch":
+        world, device, joined = distributed.start(args.device)
+    else:  # ONNX Runtime runs in one process, on the CPU
+        world, device, joined = distributed.World(), "cpu", False
     try:
         predictor = load(args.run, args.engine, str(device), **options)
-        shard = (world.rank, world.size) if world else (0, 1)
-        is_main = world is None or world.is_main
-        done = predictor.predict_folder(args.inputs, args.out, outputs, shard, progress=is_main)
-        total = sum(world.gather(len(done.files))) if world else len(done.files)
+        shard = (world.rank, world.size)
+        done = predictor.predict_folder(args.inputs, args.out, outputs, shard, world.is_main,
+                                        args.resume)  # fmt: skip
+        counts = world.gather((len(done.files), done.skipped))
+        total, skipped = (sum(column) for column in zip(*counts, strict=True))
     finally:
-        if joined:
-            distributed.stop(joined)
-    if is_main:
-        print(f"{done.summary(total)} to {args.out}")
+        distributed.stop(joined)
+    if world.is_main:
+        print(f"{done.summary(total, skipped)} to {args.out}")
     return 0
 
 
@@ -629,6 +631,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="image files, folders of images, or video files (needs pixelseg[video])",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="skip the inputs whose outputs are all in --out already (continue a stopped run)",
+    )  # fmt: skip
     p.add_argument("--threshold", type=float, help="override the run's threshold")
     p.add_argument("--no-postprocess", action="store_true", help=NO_POSTPROCESS)
     p.add_argument(

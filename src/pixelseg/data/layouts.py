@@ -23,7 +23,9 @@ Pairs are always matched by name, never by the order a directory walk happens to
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,20 +270,38 @@ def list_images(inputs: list[str | Path], exclude: str | Path | None = None) -> 
     Files under ``exclude`` (the output folder) are skipped, so predicting a folder that
     holds earlier outputs does not predict the predictions.
     """
-    skip = Path(exclude).resolve() if exclude is not None else None
-    paths: list[Path] = []
+    return list(iter_images(inputs, exclude))
+
+
+def iter_images(inputs: list[str | Path], exclude: str | Path | None = None) -> Iterator[Path]:
+    """:func:`list_images`, lazily: a folder of a million images is walked as it is read
+    (one directory listing in memory at a time), in the same sorted order. Every input is
+    checked to exist before the first path is given."""
     for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if is_image_file(p) and (skip is None or skip not in p.resolve().parents)
-            )
-            if not found:
-                raise DataError(f"{item}: no images in this folder")
-            paths.extend(found)
-        elif item.is_file():
-            paths.append(item)
-        else:
+        if not item.exists():
             raise DataError(f"{item}: no such file or folder")
-    return paths
+    skip = Path(exclude).resolve() if exclude is not None else None
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            yield item
+            continue
+        found = 0
+        for path in _walk_sorted(item, skip):
+            found += 1
+            yield path
+        if not found:
+            raise DataError(f"{item}: no images in this folder")
+
+
+def _walk_sorted(folder: Path, skip: Path | None) -> Iterator[Path]:
+    """The image files under ``folder``, depth first with each directory's entries sorted
+    by name (the order of ``sorted(folder.rglob(...))``), never entering ``skip``."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        path = folder / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            if skip is None or path.resolve() != skip:
+                yield from _walk_sorted(path, skip)
+        elif is_image_file(path):
+            yield path

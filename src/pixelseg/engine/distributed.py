@@ -185,7 +185,9 @@ def exit_process(code: int) -> NoReturn:
 
 def stop(started: bool) -> None:
     """Leave the process group if :func:`start` joined it."""
+    if not started:  # (and torch stays unimported where nothing needed it)
+        return
     import torch.distributed as dist
 
-    if started and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()

@@ -12,7 +12,7 @@ back to the predictor.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +30,7 @@ Logits = Any  # (C, H, W): a torch.Tensor (torch engine) or an np.ndarray (onnx 
 
 __all__ = [
     "FolderResult", "ImageLike", "SegmentationPredictor", "as_rgb_array", "check_options",
-    "shard_range",
+    "check_shard",
 ]  # fmt: skip
 
 
@@ -57,13 +57,12 @@ def as_rgb_array(image: ImageLike) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr)
 
 
-def shard_range(count: int, shard: tuple[int, int]) -> tuple[int, int]:
-    """Part ``rank`` of ``size`` (``shard = (rank, size)``) of ``count`` items: ``[lo, hi)``,
-    consecutive, as torchrun's processes split a folder."""
+def check_shard(shard: tuple[int, int]) -> None:
+    """``shard = (rank, size)``: part ``rank`` of ``size``, as torchrun's processes split a
+    folder."""
     rank, size = shard
     if size < 1 or not 0 <= rank < size:
         raise SettingsError(f"shard must be (rank, size) with 0 <= rank < size, got {shard}")
-    return count * rank // size, count * (rank + 1) // size
 
 
 @dataclass(frozen=True)
@@ -74,11 +73,14 @@ class FolderResult:
     files: list[Path]
     images: int
     videos: int
+    skipped: int = 0  # this shard's images found done already (resume)
 
-    def summary(self, total_files: int | None = None) -> str:
+    def summary(self, total_files: int | None = None, total_skipped: int | None = None) -> str:
         counts = [f"{self.images} image(s)"] + [f"{self.videos} video(s)"] * bool(self.videos)
         n = len(self.files) if total_files is None else total_files
-        return f"wrote {n} outputs for {' and '.join(counts)}"
+        skipped = self.skipped if total_skipped is None else total_skipped
+        done = f" ({skipped} image(s) done before, skipped)" if skipped else ""
+        return f"wrote {n} outputs for {' and '.join(counts)}{done}"
 
 
 def check_options(options: PredictOptions, num_classes: int) -> None:
@@ -144,38 +146,50 @@ class SegmentationPredictor(Protocol):
         outputs: Outputs | None = None,
         shard: tuple[int, int] = (0, 1),
         progress: bool = True,
+        resume: bool = False,
     ) -> FolderResult:
         """Segment image files, folders of them (recursively) and videos into ``out``.
 
         Writes ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image (and per video
         ``<stem>_overlay.mp4`` with ``<stem>_masks/``), plus the ``outputs`` asked for;
         ``legend.png`` for multi-class runs. Names are the inputs' stems made unique over
-        all inputs. ``shard = (rank, size)`` writes only part ``rank`` of ``size`` (images
-        and videos each split in consecutive runs) under the names and ids that one
-        process would give them; only part 0 writes the legend.
+        all inputs, images first. Folders are walked lazily and each image's files written
+        as it is done, so a folder of any size streams through in constant memory.
+
+        ``shard = (rank, size)`` writes only every ``size``-th image from the ``rank``-th
+        (and videos alike) under the names and ids one process would give them; only part
+        0 writes the legend. With ``resume``, images (and videos) whose files are all
+        there already are skipped: a run that was stopped, or killed, continues where it
+        left off.
         """
-        from pixelseg.data.layouts import list_images
-        from pixelseg.inference.outputs import predict_files, unique_stems, write_legend
+        from pixelseg.data.layouts import iter_images
+        from pixelseg.inference.outputs import Item, StemNamer, predict_files, write_legend
         from pixelseg.inference.video import is_video_file, predict_video
 
         outputs = outputs or Outputs()
-        paths = list_images(list(inputs), exclude=out)
-        videos = [p for p in paths if is_video_file(p)]
-        images = [p for p in paths if not is_video_file(p)]
+        rank, size = shard
+        check_shard(shard)
+        videos = [Path(p) for p in inputs if Path(p).is_file() and is_video_file(p)]
         if videos and outputs.image_only():
             shown = " and ".join(outputs.image_only())
             raise SettingsError(f"{shown} apply to images, not to videos ({videos[0]})")
-        stems = unique_stems(images + videos)  # clip.mp4 and clip.png: clip_2
-        written: list[Path] = []
-        lo, hi = shard_range(len(images), shard)
-        if hi > lo:
-            written += predict_files(
-                self, images[lo:hi], out, outputs, progress=progress, stems=stems[lo:hi],
-                first_id=lo + 1, legend=False,
-            )  # fmt: skip
-        lo, hi = shard_range(len(videos), shard)
-        for video, stem in zip(videos[lo:hi], stems[len(images) + lo :], strict=False):
-            written += predict_video(self, video, out, outputs, progress=progress, stem=stem)
-        if shard[0] == 0 and images and self.num_classes > 1:
+        name, counts = StemNamer(), {"images": 0}
+
+        def mine() -> Iterator[Item]:  # this shard's images, named as all are walked
+            for path in iter_images(list(inputs), exclude=out):
+                if is_video_file(path):
+                    continue
+                item = Item(path, name(path), counts["images"] + 1)
+                counts["images"] += 1
+                if (item.image_id - 1) % size == rank:
+                    yield item
+
+        written, skipped = predict_files(self, mine(), out, outputs, progress, resume,
+                                         legend=False)  # fmt: skip
+        stems = [name(v) for v in videos]  # clip.mp4 beside clip.png: clip_2
+        for i, (video, stem) in enumerate(zip(videos, stems, strict=True)):
+            if i % size == rank:
+                written += predict_video(self, video, out, outputs, progress, stem, resume)
+        if rank == 0 and counts["images"] and self.num_classes > 1:
             written.append(write_legend(self, out))
-        return FolderResult(written, len(images), len(videos))
+        return FolderResult(written, counts["images"], len(videos), skipped)

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,28 +24,62 @@ if TYPE_CHECKING:
     from pixelseg.inference.base import SegmentationPredictor
     from pixelseg.runconfig import RunConfig
 
-__all__ = ["predict_files", "unique_stems", "write_legend", "write_mask_outputs"]
+__all__ = [
+    "Item", "StemNamer", "output_names", "predict_files", "unique_stems", "write_legend",
+    "write_mask_outputs",
+]  # fmt: skip
 
 
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Names for the inputs' outputs: their stems, made unique (``a``, ``a_2``…).
+class StemNamer:
+    """Names for the inputs' outputs, one input at a time: their stems, made unique.
 
     Unique against every name given so far (``a.png``, ``a.jpg``, ``a_2.png`` give ``a``,
     ``a_2``, ``a_2_2``), ignoring case (macOS and Windows folders do), and never a name of
     dots only: ``..png``'s stem ``.`` would name the output folder itself and write
-    ``<out>_mask.png`` beside it.
+    ``<out>_mask.png`` beside it. Holds one lowercase name per input seen (a million
+    inputs: tens of MB), so a folder can be named as it is walked.
     """
-    taken: set[str] = set()
-    stems = []
-    for p in paths:
-        base = p.stem if p.stem.strip(".") else "unnamed"
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def __call__(self, path: Path) -> str:
+        base = path.stem if path.stem.strip(".") else "unnamed"
         stem, n = base, 1
-        while stem.lower() in taken:
+        while stem.lower() in self.taken:
             n += 1
             stem = f"{base}_{n}"
-        taken.add(stem.lower())
-        stems.append(stem)
-    return stems
+        self.taken.add(stem.lower())
+        return stem
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """:class:`StemNamer`'s names for a list of inputs."""
+    name = StemNamer()
+    return [name(p) for p in paths]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to predict: where it is, the name of its outputs, its COCO image id."""
+
+    path: Path
+    stem: str
+    image_id: int
+
+
+def output_names(stem: str, outputs: Outputs, num_classes: int) -> list[str]:
+    """The files :func:`predict_files` writes for one image, in the order it writes them;
+    with ``resume``, an image whose files all exist is done (each was written atomically,
+    so a file that exists is whole)."""
+    names = ["mask", "overlay"] + ["color"] * (num_classes > 1)
+    names += ["prob"] * outputs.probabilities + ["uncertainty"] * outputs.uncertainty
+    files = [f"{stem}_{n}.png" for n in names]
+    if outputs.instances:
+        files += [f"{stem}_instances.{ext}" for ext in ("json", "csv", "png")]
+    files += [f"{stem}_cutout.png"] * outputs.cutout
+    files += [f"{stem}_composite.png"] * (outputs.background is not None)
+    return files
 
 
 def write_mask_outputs(
@@ -66,20 +104,23 @@ def write_mask_outputs(
 
 def predict_files(
     predictor: SegmentationPredictor,
-    paths: Sequence[Path],
+    items: Iterable[Item] | Sequence[Path],
     out_dir: str | Path,
     outputs: Outputs | None = None,
     progress: bool = True,
-    stems: Sequence[str] | None = None,
-    first_id: int = 1,
+    resume: bool = False,
     legend: bool = True,
-) -> list[Path]:
+) -> tuple[list[Path], int]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image, and the ``outputs``
-    asked for (see :class:`~pixelseg.inference.options.Outputs`); returns the files written.
+    asked for (see :class:`~pixelseg.inference.options.Outputs`); returns the files written
+    and how many images were skipped as done.
 
-    ``stems`` names the outputs (default: the inputs' stems, made unique); a process of a
-    distributed run passes its share of the whole list's, and only one writes the
-    ``legend``. The images with ``instances`` get COCO ids counting from ``first_id``.
+    ``items`` may be a lazy stream (a folder being walked): images are read ahead on
+    threads while the model runs, and each one's files are written as soon as its logits
+    are ready, so memory holds a few batches, never the whole folder. Paths get the names
+    of :func:`unique_stems` and COCO ids counting from 1. With ``resume``, an image whose
+    files all exist (:func:`output_names`) is skipped unread. Only the process that writes
+    the ``legend`` should ask for it.
 
     Binary masks are saved as 0/255, multi-class masks as class indices plus a colour-coded
     ``<stem>_color.png`` (colours explained by ``legend.png``); the probability
@@ -91,24 +132,63 @@ def predict_files(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    stems = list(stems) if stems is not None else unique_stems(paths)
-    if len(stems) != len(paths):
-        raise ValueError(f"{len(stems)} stems for {len(paths)} images")
-    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=None if progress else True)
+    skipped = 0
+
+    def todo() -> Iterator[Item]:
+        nonlocal skipped
+        for item in _as_items(items):
+            names = output_names(item.stem, outputs, predictor.num_classes)
+            if resume and all((out_dir / n).is_file() for n in names):
+                skipped += 1
+                bar.update(1)
+            else:
+                yield item
+
+    bar = tqdm(desc="predicting", unit="img", disable=None if progress else True)
     # Tiled prediction batches tiles, not images: one large image's logits at a time.
     options = predictor.options
     step = 1 if options.tile is not None else options.batch_size
-    for start in range(0, len(paths), step):
-        images = [read_image(p) for p in paths[start : start + step]]
-        for i, (image, logit) in enumerate(zip(images, predictor.logits(images), strict=True)):
-            n = start + i
-            written += _write_one(predictor, out_dir / stems[n], image, logit, outputs,
-                                  first_id + n, paths[n])  # fmt: skip
+    for batch in _read_ahead(todo(), step):
+        images = [image for _, image in batch]
+        for (item, image), logit in zip(batch, predictor.logits(images), strict=True):
+            written += _write_one(predictor, out_dir / item.stem, image, logit, outputs,
+                                  item.image_id, item.path)  # fmt: skip
             bar.update(1)
     bar.close()
     if legend and predictor.num_classes > 1:
         written.append(write_legend(predictor, out_dir))
-    return written
+    return written, skipped
+
+
+def _as_items(items: Iterable[Item] | Sequence[Path]) -> Iterator[Item]:
+    name = StemNamer()
+    for n, item in enumerate(items, 1):
+        yield item if isinstance(item, Item) else Item(Path(item), name(Path(item)), n)
+
+
+def _read_ahead(items: Iterator[Item], size: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
+    """Batches of ``size`` decoded images, the next ones decoding on threads (Pillow lets
+    go of the GIL while it decodes) while the caller runs the model on this one."""
+    ahead = 2  # batches in flight beyond the one being used: enough to hide decoding
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        pending: deque[list[tuple[Item, Future]]] = deque()
+        for chunk in _chunks(items, size):
+            pending.append([(item, pool.submit(read_image, item.path)) for item in chunk])
+            if len(pending) > ahead:
+                yield [(item, future.result()) for item, future in pending.popleft()]
+        while pending:
+            yield [(item, future.result()) for item, future in pending.popleft()]
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _write_one(

@@ -119,9 +119,12 @@ def predict_video(
     outputs: Outputs | None = None,
     progress: bool = True,
     stem: str | None = None,
+    resume: bool = False,
 ) -> list[Path]:
     """Segment every frame of the video at ``path``, ``predictor.options.batch_size`` at a
-    time; ``outputs`` asks for cut-outs and composites. Returns the outputs written (above)."""
+    time; ``outputs`` asks for cut-outs and composites. Returns the outputs written (above);
+    with ``resume``, nothing when they are all there already (each is renamed into place
+    when finished, so one that exists is whole)."""
     from tqdm.auto import tqdm
 
     outputs = outputs or Outputs()
@@ -129,6 +132,10 @@ def predict_video(
     av = _import_av()
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
+    names = [f"{stem}_overlay.mp4", f"{stem}_masks"] + [f"{stem}_composite.mp4"] * (
+        background is not None) + [f"{stem}_cutout"] * cutouts  # fmt: skip
+    if resume and all((out_dir / name).exists() for name in names):
+        return []
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
