@@ -78,3 +78,19 @@ def logs() -> Iterator[list[str]]:
     yield messages
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def disk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Data sets cached on disk go to a temporary folder, never to the user's cache (in CI
+    the shared data is read-only and nothing may be left behind)."""
+    from pixelseg.data.cache import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("pixelseg-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ[CACHE_ENV]
+    else:
+        os.environ[CACHE_ENV] = before

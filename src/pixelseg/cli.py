@@ -244,6 +244,12 @@ _TRAIN_OPTIONS = [
     ),
     ("workers", int, "data loader processes"),
     (
+        "cache",
+        str,
+        "where the decoded images are kept: memory, disk (decoded once into $PIXELSEG_CACHE, "
+        "reused by later runs; memory does not grow with the data), auto (disk past 2 GiB)",
+    ),
+    (
         "save_every",
         int,
         "also save a resumable checkpoint every N training steps (default 0: after each "
@@ -270,7 +276,14 @@ TTA_ROTATIONS_HELP = "with --tta: also the 90-degree rotations (8 views, 8x slow
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from pixelseg.config import CLASS_WEIGHTS, LOSS_NAMES, POSTPROCESS, PRECISIONS, SWITCHES
+    from pixelseg.config import (
+        CACHES,
+        CLASS_WEIGHTS,
+        LOSS_NAMES,
+        POSTPROCESS,
+        PRECISIONS,
+        SWITCHES,
+    )  # fmt: skip
     from pixelseg.data.layouts import FORMATS
 
     return {
@@ -280,6 +293,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "postprocess": POSTPROCESS,
         "precision": PRECISIONS,
         "channels_last": SWITCHES,
+        "cache": CACHES,
     }
 
 

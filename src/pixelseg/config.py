@@ -10,6 +10,7 @@ from pixelseg.errors import SettingsError
 POSTPROCESS = ("auto", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see engine/precision.py
 SWITCHES = ("auto", "on", "off")
+CACHES = ("auto", "memory", "disk")  # see data/cache.py
 CLASS_WEIGHTS = ("none", "median-frequency", "auto")
 LOSS_NAMES: tuple[str, ...] = ("bce", "dice", "bce+dice", "ce", "ce+dice")  # see losses.py
 MAX_BUDGET_EPOCHS = 1000
@@ -81,7 +82,10 @@ class TrainConfig:
     precision: str = "auto"  # training autocast: auto | fp32 | bf16 | fp16 (engine/precision.py)
     channels_last: str = "auto"  # NHWC weights and batches: auto | on | off
     compile: bool = False  # torch.compile the model in place (for GPUs; see docs/usage.md)
-    workers: int = 0  # DataLoader worker processes (the data is cached in memory already)
+    workers: int = 0  # DataLoader worker processes (the data is cached decoded already)
+    # where the decoded pairs are kept: memory | disk (data/cache.py, reused by later runs)
+    # | auto (disk past data/cache.py's MEMORY_LIMIT, 2 GiB of pairs at training size)
+    cache: str = "auto"
     save_every: int = 0  # also checkpoint every N training steps (0: after each epoch only)
     sync_batchnorm: bool = False  # torchrun: batch-norm statistics over all processes' batches
     threshold: float | None = None  # binary: foreground above it; None = calibrate on val
@@ -132,6 +136,7 @@ class TrainConfig:
                 "val_fraction and test_fraction must be in [0, 1) and sum to less than 1",
             ),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.cache in CACHES, f"cache must be one of {', '.join(CACHES)}"),
             (0 <= self.ema < 1, "ema must be in [0, 1): 0 = off, e.g. 0.99"),
             (self.save_every >= 0, "save_every must be >= 0"),
             (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def resolve_classes(
 
 
 def median_frequency_weights(
-    masks: torch.Tensor, num_classes: int, ignore_index: int | None = None
+    masks: Iterable[torch.Tensor], num_classes: int, ignore_index: int | None = None
 ) -> list[float]:
     """SegNet's median-frequency balancing: ``w_c = median(f) / f_c``.
 

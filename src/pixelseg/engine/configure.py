@@ -98,7 +98,7 @@ def choose_class_weights(cfg: TrainConfig, train_set: SegmentationDataset) -> li
     if cfg.class_weights == "none":
         return None
     n = max(cfg.num_classes, 2)  # binary: [background, foreground]
-    weights = median_frequency_weights(train_set.masks, n, cfg.ignore_index)
+    weights = median_frequency_weights(train_set.iter_masks(), n, cfg.ignore_index)
     present = [w for w in weights if w > 0]
     imbalance = max(present) / min(present) if present else 1.0
     if cfg.class_weights == "auto" and imbalance <= 10:

@@ -298,6 +298,7 @@ def _evaluate_run(
         channels=config.in_channels,
         colors=config.class_colors,
         ignore_index=config.ignore_index,
+        cache="auto",  # on disk past a size, as training does
     )
     t = config.threshold if threshold is None else threshold
     steps = list(config.postprocess) if apply_postprocess else []

@@ -286,7 +286,7 @@ def build_datasets(
     cfg = choose_size(cfg, heights, widths, stride)
     train_set = SegmentationDataset(
         select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels,
-        colors=cfg.class_colors, ignore_index=cfg.ignore_index,
+        colors=cfg.class_colors, ignore_index=cfg.ignore_index, cache=cfg.cache,
     )  # fmt: skip
     val_samples = select(samples, split["val"])
     if not val_samples:
@@ -298,16 +298,16 @@ def build_datasets(
         val_samples = select(samples, split["train"])
     val_set = SegmentationDataset(
         val_samples, cfg.size, cfg.num_classes, keep_original=True, channels=channels,
-        colors=cfg.class_colors, ignore_index=cfg.ignore_index,
+        colors=cfg.class_colors, ignore_index=cfg.ignore_index, cache=cfg.cache,
     )  # fmt: skip
     return train_set, val_set, cfg
 
 
 RESUME_OVERRIDES = (
     "data", "epochs", "patience", "workers", "device", "progress", "postprocess", "save_every",
-    "compile",
+    "compile", "cache",
 )  # fmt: skip
-AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every", "compile")
+AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every", "compile", "cache")
 # settings whose "auto" is decided when a run starts and saved as decided: a rerun that
 # leaves them to pixelseg again continues with the saved choice (like a None size)
 DECIDED_AT_START = ("precision", "channels_last", "model", "encoder_weights")
@@ -442,7 +442,7 @@ def _setup(
     world: World,
 ) -> tuple[TrainingState, DataLoader, EpochSampler]:  # fmt: skip
     model = create_model(
-        cfg.model, in_channels=train_set.images.shape[1], num_classes=cfg.num_classes,
+        cfg.model, in_channels=train_set.channels, num_classes=cfg.num_classes,
         **cfg.model_kwargs,
     )  # fmt: skip
     if state is None and world.is_main:  # a resumed run has its own; DDP copies rank 0's
@@ -619,7 +619,7 @@ def _prepare(
     train_set, val_set, mine = build_datasets(
         cfg, data, run_dir, resuming, stride, deadline, device, write=world.is_main
     )
-    mine = choose_batch_size(mine, len(train_set), train_set.images.shape[1], device)
+    mine = choose_batch_size(mine, len(train_set), train_set.channels, device)
     # Settings chosen from measurements (memory, step times) can differ between processes:
     # rank 0's hold for all.
     agreed = replace(world.broadcast(mine), progress=mine.progress)
@@ -631,9 +631,9 @@ def _prepare(
     if state:
         mean, std = state["mean"], state["std"]
     else:
-        in_channels = train_set.images.shape[1]
+        in_channels = train_set.channels
         mean, std = finetune.input_normalization(cfg, in_channels) or train_set.channel_stats()
-    config = run_config(cfg, mean, std, train_set.images.shape[1], train_set.median_original_size())
+    config = run_config(cfg, mean, std, train_set.channels, train_set.median_original_size())
     # where the pretrained encoder's weights came from (kept from a resumed run's first start)
     source = state.get("encoder_weights_source") if state else source
     weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set)
