@@ -122,3 +122,23 @@ def test_training_from_the_disk_cache_equals_training_from_memory(
         runs[cache] = fit(cfg)
     assert runs["memory"].history[-1]["train_loss"] == runs["disk"].history[-1]["train_loss"]
     assert runs["memory"].best_score == runs["disk"].best_score
+
+
+def test_a_remembered_check_decodes_only_what_changed(
+    tiny_folders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixelseg.data import check
+
+    samples = _pairs(tiny_folders)
+    first = check.check_samples(tiny_folders, "folders", samples, remember=True)
+    decoded: list[str] = []
+    real = check.inspect_sample
+    monkeypatch.setattr(check, "inspect_sample",
+                        lambda s, *a: decoded.append(s.stem) or real(s, *a))  # fmt: skip
+    again = check.check_samples(tiny_folders, "folders", samples, remember=True)
+    assert decoded == [] and again.infos == first.infos and again.mask_values == first.mask_values
+    (tiny_folders / "masks" / "img05.png").write_bytes(b"broken now")
+    changed = check.check_samples(tiny_folders, "folders", samples, remember=True)
+    assert decoded == ["img05"] and any("img05.png" in p for p in changed.problems)
+    other = check.check_samples(tiny_folders, "folders", samples, num_classes=3, remember=True)
+    assert len(decoded) == 1 + 12 and other.infos  # other settings: checked afresh

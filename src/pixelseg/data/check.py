@@ -6,8 +6,11 @@ instead of stopping at the first, so a user can fix a folder in one pass.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -126,22 +129,81 @@ def check_samples(
     progress: bool = False,
     ignore_index: int | None = None,
     colors: list[list[int]] | None = None,
+    remember: bool = False,
 ) -> DatasetReport:
+    """Check every pair. With ``remember``, each pair's result is kept in the disk cache's
+    folder (:mod:`pixelseg.data.cache`) under its files' paths, sizes and modification
+    times, and a later check of an unchanged pair reads it back instead of decoding the
+    files again: a rerun on a large data set decodes only what changed."""
     report = DatasetReport(str(root), fmt, samples)
     totals: Counter = Counter()
+    settings = {"num_classes": num_classes, "ignore_index": ignore_index, "colors": colors}
+    memo = _Memo(root, settings) if remember else None
     iterator = samples
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(samples, desc="checking", unit="img", leave=False, disable=None)
     for sample in iterator:
-        info, problems, hist = inspect_sample(sample, num_classes, ignore_index, colors)
+        found = memo.get(sample) if memo else None
+        if found is None:
+            found = inspect_sample(sample, num_classes, ignore_index, colors)
+            if memo:
+                memo.put(sample, found)
+        info, problems, hist = found
         report.problems.extend(problems)
         totals.update(hist)
         if info is not None:
             report.infos.append(info)
+    if memo:
+        memo.save()
     report.mask_values = dict(totals)
     return report
+
+
+class _Memo:
+    """Check results by file identity, in ``<cache>/checks/<data set and settings>.json``."""
+
+    def __init__(self, root: str | Path, settings: dict) -> None:
+        from pixelseg.data.cache import cache_root
+
+        key = json.dumps([str(Path(root).resolve()), settings], sort_keys=True)
+        name = hashlib.sha256(key.encode()).hexdigest()[:20]
+        self.path = cache_root() / "checks" / f"{name}.json"
+        try:
+            self.entries = json.loads(self.path.read_text())["entries"]
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: start over
+            self.entries = {}
+        self.seen: dict = {}
+
+    @staticmethod
+    def _identity(sample: Sample) -> str:
+        parts = []
+        for path in (sample.image, sample.mask):
+            info = os.stat(path) if path is not None else None
+            parts.append(f"{path}|{info.st_size}|{info.st_mtime_ns}" if info else "-")
+        return "||".join(parts)
+
+    def get(self, sample: Sample) -> tuple[SampleInfo | None, list[str], Counter] | None:
+        key = self._identity(sample)
+        entry = self.entries.get(key)
+        if not isinstance(entry, list) or len(entry) != 3:
+            return None
+        self.seen[key] = entry
+        info = SampleInfo(**entry[0]) if entry[0] else None
+        return info, list(entry[1]), Counter({int(k): v for k, v in entry[2].items()})
+
+    def put(self, sample: Sample, found: tuple[SampleInfo | None, list[str], Counter]) -> None:
+        info, problems, hist = found
+        self.seen[self._identity(sample)] = [asdict(info) if info else None, problems,
+                                             {str(k): v for k, v in hist.items()}]  # fmt: skip
+
+    def save(self) -> None:
+        """Keep this check's pairs only (files gone or changed are dropped)."""
+        from pixelseg.files import write_json
+
+        if self.seen != self.entries:
+            write_json(self.path, {"entries": self.seen})
 
 
 def check_dataset(

@@ -231,9 +231,12 @@ class CheckedData:
     def read(cls, cfg: TrainConfig) -> CheckedData:
         """Find and check every pair; refuse to train on a broken data set."""
         fmt, samples = find_samples(cfg.data, cfg.format)
+        # Large data sets (cached on disk) remember each pair's check, so that a rerun only
+        # decodes what changed; small ones check in seconds and leave no files behind.
+        remember = cfg.cache == "disk" or (cfg.cache == "auto" and len(samples) >= 2000)
         report = check_samples(
             cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index,
-            cfg.class_colors,
+            cfg.class_colors, remember,
         )  # fmt: skip
         report.raise_if_problems()
         return cls(fmt, samples, report)
