@@ -98,9 +98,11 @@ def make(root: Path, n: int, distinct: int, size: int) -> None:
     from pixelseg.data.synthetic import write_synthetic_dataset
 
     start = time.perf_counter()
-    write_synthetic_dataset(root, n=min(n, distinct), size=(size, size), seed=1)
     images, masks = root / "images", root / "masks"
-    originals = sorted(p.name for p in images.iterdir())
+    if not (root / "distinct.txt").is_file():
+        write_synthetic_dataset(root, n=min(n, distinct), size=(size, size), seed=1)
+        (root / "distinct.txt").write_text("\n".join(sorted(p.name for p in images.iterdir())))
+    originals = (root / "distinct.txt").read_text().split()
     digits = len(str(n - 1))
     for i in range(len(originals), n):
         name = f"synth_{i:0{max(4, digits)}d}.png"

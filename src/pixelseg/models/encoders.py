@@ -137,10 +137,11 @@ def _pretraining_stats(encoder: str, weights: str) -> tuple[tuple[float, ...], .
     if settings is None:
         return IMAGENET_MEAN, IMAGENET_STD
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import CONFIG_NAME
 
-    try:  # the weights were just fetched, so their config.json is in the cache
+    try:  # the weights were just fetched, so the hub's config file is in the cache
         path = hf_hub_download(
-            settings["repo_id"], "config.json", revision=settings["revision"],
+            settings["repo_id"], CONFIG_NAME, revision=settings["revision"],
             local_files_only=True,
         )  # fmt: skip
         config = json.loads(Path(path).read_text())
