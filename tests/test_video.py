@@ -129,3 +129,34 @@ def test_two_clips_with_one_name_get_their_own_outputs(run: Path, tmp_path: Path
     clips = [str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.mp4")]
     assert main(["predict", str(run), *clips, "--out", str(out)]) == 0
     assert (out / "clip_overlay.mp4").is_file() and (out / "clip_2_overlay.mp4").is_file()
+
+
+def test_temporal_smoothing_steadies_a_flickering_mask(tiny_data: Path, tmp_path: Path) -> None:
+    """A still scene under sensor noise: each frame alone flips pixels near the threshold;
+    the moving average of the logits keeps the mask steadier, frame to frame."""
+    from pixelseg.inference.video import TemporalSmoothing
+
+    run = tmp_path / "run"  # trained long enough to find the objects (3 epochs: all foreground)
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=12, **FAST))
+
+    average = TemporalSmoothing(0.75)
+    assert average(np.full(3, 4.0)).tolist() == [4.0] * 3  # the first frame as it is
+    assert average(np.zeros(3)).tolist() == [3.0] * 3  # 0.75 x 4 + 0.25 x 0
+    still = np.asarray(Image.open(next((tiny_data / "images").iterdir())).convert("RGB"))
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(still + rng.normal(0, 80, still.shape), 0, 255).astype(np.uint8)
+             for _ in range(16)]  # fmt: skip
+    _write_clip(tmp_path / "still.mp4", noisy)
+
+    def flicker(smooth: str) -> float:
+        out = tmp_path / f"o{smooth}"
+        args = ["predict", str(run), str(tmp_path / "still.mp4"), "--out", str(out)]
+        assert main([*args, "--smooth", smooth]) == 0
+        masks = [np.asarray(Image.open(p)) > 0 for p in sorted((out / "still_masks").iterdir())]
+        return float(np.mean([(a != b).mean() for a, b in zip(masks, masks[1:], strict=False)]))
+
+    alone, smoothed = flicker("0"), flicker("0.75")
+    assert alone > 0.005, alone  # the noise does make single frames flicker
+    assert smoothed < 0.5 * alone, (smoothed, alone)
+    assert main(["predict", str(run), str(tmp_path / "still.mp4"), "--out",
+                 str(tmp_path / "x"), "--smooth", "1"]) == 2  # fmt: skip

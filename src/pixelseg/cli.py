@@ -443,6 +443,7 @@ def _predict_options(args: argparse.Namespace) -> dict:
         "threshold": args.threshold, "min_area": args.min_area, "tta": args.tta,
         "tta_rotations": args.tta_rotations, "tile": args.tile, "scale": args.scale,
         "batch_size": args.batch_size, "connectivity": args.connectivity,
+        "smooth": args.smooth,
         "postprocess": () if args.no_postprocess else (chosen or None),
     }  # fmt: skip
     if args.overlap is not None:
@@ -688,6 +689,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--connectivity", type=int, choices=(4, 8), default=4,
         help="instances: 4 (objects touching at a corner are two; default) or 8",
+    )  # fmt: skip
+    p.add_argument(
+        "--smooth", type=float, default=0.0, metavar="W",
+        help="videos: average the logits over frames, W of the frames before and 1 - W of "
+        "this one, so masks do not flicker (e.g. 0.6; default 0, off)",
     )  # fmt: skip
     p.add_argument(
         "--cutout", action="store_true",

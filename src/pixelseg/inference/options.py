@@ -39,6 +39,9 @@ class PredictOptions:
     scale: float | None = None
     batch_size: int = 4
     connectivity: int = 4  # instances: 4 (objects meeting at a corner are two) or 8
+    # videos: the weight of the frames before in an exponential moving average of the
+    # logits, so a mask does not flicker where one frame's noise tips a pixel (0: off)
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.postprocess is not None:  # lists (from JSON or a caller) become tuples
@@ -62,6 +65,8 @@ class PredictOptions:
             raise SettingsError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.scale is not None and self.scale <= 0:
             raise SettingsError(f"--scale must be > 0, got {self.scale}")
+        if not 0 <= self.smooth < 1:
+            raise SettingsError(f"--smooth must be in [0, 1), got {self.smooth}")
         if self.connectivity not in (4, 8):
             raise SettingsError(f"--connectivity must be 4 or 8, got {self.connectivity}")
 

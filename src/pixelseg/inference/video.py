@@ -151,6 +151,7 @@ def predict_video(
         bar = tqdm(total=stream.frames or None, desc=path.name, unit="frame",
                    disable=None if progress else True)  # fmt: skip
         batches = _batches(_decode(av, container, path), predictor.options.batch_size)
+        smooth = TemporalSmoothing(predictor.options.smooth)
         for batch in batches:
             if not files:
                 height, width = batch[0].shape[:2]
@@ -160,7 +161,7 @@ def predict_video(
                 _open_outputs(files, av, out_dir / stem, fps, width, height, cutouts,
                               background is not None)  # fmt: skip
             for image, logit in zip(batch, predictor.logits(batch), strict=True):
-                mask = predictor.to_mask(logit)
+                mask = predictor.to_mask(smooth(logit))
                 _write_frame(files, image, mask, predictor.num_classes, background, feather)
             bar.update(len(batch))
         if not files:
@@ -175,6 +176,27 @@ def predict_video(
         if bar is not None:
             bar.close()
         container.close()
+
+
+class TemporalSmoothing:
+    """An exponential moving average of a clip's logits, frame by frame: ``weight`` of the
+    frames before and ``1 - weight`` of this one (0 passes each frame through).
+
+    A pixel near the threshold can flip from one frame to the next on sensor noise alone,
+    and the mask flickers; averaging the logits over the last few frames (about
+    ``1 / (1 - weight)``) steadies it, at the price of a lag as long on moving edges.
+    Works on torch tensors and numpy arrays alike (both engines' logits).
+    """
+
+    def __init__(self, weight: float) -> None:
+        self.weight, self.state = weight, None
+
+    def __call__(self, logit: Any) -> Any:
+        if self.weight == 0 or self.state is None or self.state.shape != logit.shape:
+            self.state = logit
+        else:
+            self.state = self.weight * self.state + (1 - self.weight) * logit
+        return self.state
 
 
 def _batches(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
