@@ -142,3 +142,24 @@ def test_a_remembered_check_decodes_only_what_changed(
     assert decoded == ["img05"] and any("img05.png" in p for p in changed.problems)
     other = check.check_samples(tiny_folders, "folders", samples, num_classes=3, remember=True)
     assert len(decoded) == 1 + 12 and other.infos  # other settings: checked afresh
+
+
+def test_only_evaluation_sets_keep_full_size_masks(tiny_data: Path) -> None:
+    samples = _pairs(tiny_data)
+    training = SegmentationDataset(samples, (24, 32), cache="disk")
+    assert (training.disk.folder / "originals.bin").stat().st_size == 0
+    assert training.original_masks == [] and training.median_original_size() == (40, 48)
+    assert (_disk(samples).disk.folder / "originals.bin").stat().st_size == 12 * 40 * 48
+
+
+def test_a_damaged_check_memory_is_checked_again(tiny_folders: Path) -> None:
+    from pixelseg.data import check
+
+    samples = _pairs(tiny_folders)
+    first = check.check_samples(tiny_folders, "folders", samples, remember=True)
+    settings = {"num_classes": 1, "ignore_index": None, "colors": None}
+    memo = check._Memo(tiny_folders, "folders", settings).path
+    entries = json.loads(memo.read_text())["entries"]
+    memo.write_text(json.dumps({"entries": {k: [{"no": 1}, 5, None] for k in entries}}))
+    again = check.check_samples(tiny_folders, "folders", samples, remember=True)
+    assert again.infos == first.infos

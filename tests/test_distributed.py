@@ -155,3 +155,16 @@ def test_a_worker_exits_at_once_with_its_output_flushed() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (done.returncode, done.stdout, done.stderr) == (3, "written", "noted")
+
+
+def test_two_processes_share_one_disk_cache(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0 decodes the pairs into the cache; rank 1 waits and opens the same files."""
+    monkeypatch.setenv("PIXELSEG_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    torchrun("train", str(tiny_data), "--out", str(run), "--epochs", "1", "--model", "unet",
+             *TRAIN, "--cache", "disk")  # fmt: skip
+    folders = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.name != "checks")
+    assert len(folders) == 2 and not [f for f in folders if f.startswith(".")]  # train, val
+    assert (run / "model.safetensors").is_file()

@@ -167,3 +167,19 @@ def test_a_killed_prediction_resumes_to_the_same_outputs(
     capsys.readouterr()
     assert main([*args, "--out", str(out), "--resume"]) == 0  # all done: nothing rewritten
     assert "wrote 0 outputs for 12 image(s) (12 image(s) done before" in capsys.readouterr().out
+
+
+def test_predicting_a_folder_into_itself_never_predicts_the_predictions(
+    run: Path, tiny_folders: Path
+) -> None:
+    images = tiny_folders / "images"
+    predictor = pixelseg.load(run, device="cpu")
+    with pytest.raises(pixelseg.DataError, match="no images in this folder"):
+        predictor.predict_folder(images, images, progress=False)  # (a path, not a list)
+    out = images / "predicted"  # inside the input: skipped when the input is walked
+    first = predictor.predict_folder(images, out, progress=False)
+    again = predictor.predict_folder([images], out, progress=False, resume=True)
+    assert first.images == again.images == 12 and again.skipped == 12 and again.written == 0
+    with pytest.raises(pixelseg.DataError, match="no such file"):
+        predictor.predict_folder([images / "ghost.png"], images / "out", progress=False)
+    assert not (images / "out").exists()  # refused before anything was written

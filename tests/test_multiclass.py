@@ -255,3 +255,11 @@ def test_a_test_only_segnet_folder_is_scored_and_refused_for_training(
     assert "has no val/ images (it holds test); use --split test" in capsys.readouterr().err
     with pytest.raises(DataError, match="no training images .*holds test/ only"):
         fit(TrainConfig(data=str(held), out=str(tmp_path / "bad"), epochs=1, **FAST))
+
+
+def test_class_names_must_be_distinct() -> None:
+    from pixelseg.data.classes import resolve_classes
+    from pixelseg.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="distinct"):
+        resolve_classes("folders", "unused", 3, ["sky", "road", "sky"], None)

@@ -401,6 +401,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from pixelseg.data.layouts import check_inputs
     from pixelseg.engine import distributed
     from pixelseg.inference import load
     from pixelseg.inference.cutout import parse_background
@@ -412,6 +413,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         background=parse_background(args.background) if args.background else None,
     )  # fmt: skip
     options = _predict_options(args)
+    check_inputs(args.inputs, exclude=args.out)  # a mistyped path: before the model loads
     # Under torchrun each process predicts every world.size-th input, under the names and
     # ids one process would give them.
     if args.engine == "torch":
@@ -422,8 +424,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = load(args.run, args.engine, str(device), **options)
         shard = (world.rank, world.size)
         done = predictor.predict_folder(args.inputs, args.out, outputs, shard, world.is_main,
-                                        args.resume)  # fmt: skip
-        counts = world.gather((len(done.files), done.skipped))
+                                        args.resume, keep_files=False)  # fmt: skip
+        counts = world.gather((done.written, done.skipped))
         total, skipped = (sum(column) for column in zip(*counts, strict=True))
     finally:
         distributed.stop(joined)
@@ -444,7 +446,7 @@ def _predict_options(args: argparse.Namespace) -> dict:
         "tta_rotations": args.tta_rotations, "tile": args.tile, "scale": args.scale,
         "batch_size": args.batch_size, "connectivity": args.connectivity,
         "smooth": args.smooth,
-        "postprocess": () if args.no_postprocess else (chosen or None),
+        "postprocess": chosen or (() if args.no_postprocess else None),
     }  # fmt: skip
     if args.overlap is not None:
         options["overlap"] = args.overlap

@@ -6,8 +6,9 @@ image at training size (50,000 photos at 512x512 are 39 GB). Past a size (see
 
 - ``images.bin``: (N, C, H, W) uint8, one fixed-size record per image;
 - ``masks.bin``: (N, H, W) uint8;
-- ``originals.bin``: the original-size masks (evaluation scores at the image's own size),
-  one after another, with their offsets and shapes in ``meta.json``;
+- ``originals.bin``: for evaluation sets (``keep_original``), the original-size masks
+  (evaluation scores at the image's own size), one after another, with their offsets in
+  ``meta.json`` (which has every pair's original shape);
 - ``meta.json``: what the cache was built from (each file's path, size and modification
   time, the training size, channels, classes), and a CRC-32 of every record.
 
@@ -101,7 +102,7 @@ class DiskArrays:
     ) -> DiskArrays:  # fmt: skip
         """The cache of ``samples`` at ``size``, reused when it matches, else built now.
         ``settings``: whatever else changes the decoded pairs (classes, colours, void)."""
-        key = _key(samples, size, channels, settings)
+        key = _key(samples, size, channels, settings)  # settings hold keep_original
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         folder = (root or cache_root()) / digest
         meta = _read_meta(folder, key)
@@ -145,7 +146,7 @@ class DiskArrays:
         warnings.warn(f"{self.folder}: the cached copy of {sample.image} was damaged; "
                       "decoding it again", stacklevel=4)  # fmt: skip
         image, mask, original = self.load(sample)
-        records = _records(image, mask, original)
+        records = _records(image, mask, original, self.meta["key"].get("keep_original", True))
         offsets = {"images": index * self.layout.image_bytes,
                    "masks": index * self.layout.mask_bytes,
                    "originals": self.meta["originals"][index][0]}  # fmt: skip
@@ -197,10 +198,11 @@ def _read_meta(folder: Path, key: dict) -> dict | None:
         return None
     layout = _Layout(len(key["files"]), key["channels"], tuple(key["size"]))
     originals = meta.get("originals", [])
+    kept = sum(h * w for _, h, w in originals) if key.get("keep_original") else 0
     expected = {
         "images.bin": layout.n * layout.image_bytes,
         "masks.bin": layout.n * layout.mask_bytes,
-        "originals.bin": sum(h * w for _, h, w in originals),
+        "originals.bin": kept,
     }
     for name, length in expected.items():
         path = folder / name
@@ -209,11 +211,14 @@ def _read_meta(folder: Path, key: dict) -> dict | None:
     return meta
 
 
-def _records(image: np.ndarray, mask: np.ndarray, original: np.ndarray) -> dict[str, bytes]:
+def _records(
+    image: np.ndarray, mask: np.ndarray, original: np.ndarray, keep_original: bool
+) -> dict[str, bytes]:
     return {
         "images": np.ascontiguousarray(image.transpose(2, 0, 1), np.uint8).tobytes(),
         "masks": np.ascontiguousarray(mask, np.uint8).tobytes(),
-        "originals": np.ascontiguousarray(original, np.uint8).tobytes(),
+        # a training set's full-size masks would outweigh its images: evaluation sets only
+        "originals": np.ascontiguousarray(original, np.uint8).tobytes() if keep_original else b"",
     }
 
 
@@ -248,11 +253,11 @@ def _fill(partial: Path, key: dict, samples: Sequence[Sample], load: Loader,
             except DataError as exc:  # every bad pair is named, as the in-memory cache does
                 problems.append(str(exc))
                 continue
-            for kind, data in _records(image, mask, original).items():
+            for kind, data in _records(image, mask, original, key["keep_original"]).items():
                 files[kind].write(data)
                 crc[kind].append(zlib.crc32(data))
             originals.append([offset, *original.shape])
-            offset += original.size
+            offset += original.size if key["keep_original"] else 0
     finally:
         for f in files.values():
             f.close()

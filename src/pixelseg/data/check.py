@@ -138,7 +138,7 @@ def check_samples(
     report = DatasetReport(str(root), fmt, samples)
     totals: Counter = Counter()
     settings = {"num_classes": num_classes, "ignore_index": ignore_index, "colors": colors}
-    memo = _Memo(root, settings) if remember else None
+    memo = _Memo(root, fmt, settings) if remember else None
     iterator = samples
     if progress:
         from tqdm.auto import tqdm
@@ -164,10 +164,13 @@ def check_samples(
 class _Memo:
     """Check results by file identity, in ``<cache>/checks/<data set and settings>.json``."""
 
-    def __init__(self, root: str | Path, settings: dict) -> None:
+    VERSION = 1  # of what an entry holds: a change makes older entries misses
+
+    def __init__(self, root: str | Path, fmt: str, settings: dict) -> None:
         from pixelseg.data.cache import cache_root
 
-        key = json.dumps([str(Path(root).resolve()), settings], sort_keys=True)
+        key = json.dumps([self.VERSION, str(Path(root).resolve()), fmt, settings],
+                         sort_keys=True)  # fmt: skip
         name = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.path = cache_root() / "checks" / f"{name}.json"
         try:
@@ -187,11 +190,16 @@ class _Memo:
     def get(self, sample: Sample) -> tuple[SampleInfo | None, list[str], Counter] | None:
         key = self._identity(sample)
         entry = self.entries.get(key)
-        if not isinstance(entry, list) or len(entry) != 3:
+        try:
+            info = SampleInfo(**entry[0]) if entry[0] else None
+            found = info, [str(p) for p in entry[1]], Counter(
+                {int(k): int(v) for k, v in entry[2].items()})  # fmt: skip
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError):
+            return None  # none, or not what this version writes: check the pair again
+        if info is not None and info.stem != sample.stem:
             return None
         self.seen[key] = entry
-        info = SampleInfo(**entry[0]) if entry[0] else None
-        return info, list(entry[1]), Counter({int(k): v for k, v in entry[2].items()})
+        return found
 
     def put(self, sample: Sample, found: tuple[SampleInfo | None, list[str], Counter]) -> None:
         info, problems, hist = found

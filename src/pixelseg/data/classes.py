@@ -159,6 +159,8 @@ def resolve_classes(
         why += f", names and ignore index from {table.source}"
     if class_names is not None and len(class_names) != num_classes:
         raise SettingsError(f"{len(class_names)} class names given for {num_classes} classes")
+    if class_names is not None and len(set(class_names)) != len(class_names):
+        raise SettingsError(f"class names must be distinct, got {', '.join(class_names)}")
     return ClassSettings(num_classes, class_names, ignore_index, colors, why)
 
 

@@ -68,10 +68,13 @@ class SegmentationDataset(Dataset):
         self.keep_original = keep_original
         self.disk: DiskArrays | None = None
         if use_disk(cache, len(self.samples), self.size, channels):
-            settings = {"num_classes": num_classes, "colors": colors, "ignore_index": ignore_index}
+            settings = {"num_classes": num_classes, "colors": colors,
+                        "ignore_index": ignore_index, "keep_original": keep_original}  # fmt: skip
             self.disk = DiskArrays.open(self.samples, self.size, channels, settings, self.load,
                                         progress)  # fmt: skip
-            self.original_masks: Sequence[np.ndarray] = _OriginalMasks(self.disk)
+            self.original_masks: Sequence[np.ndarray] = (
+                _OriginalMasks(self.disk) if keep_original else []
+            )
             self.original_sizes = [self.disk.original_size(i) for i in range(len(self))]
         else:
             self._load_in_memory(progress)

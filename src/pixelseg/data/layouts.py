@@ -275,33 +275,38 @@ def list_images(inputs: list[str | Path], exclude: str | Path | None = None) -> 
 
 def iter_images(inputs: list[str | Path], exclude: str | Path | None = None) -> Iterator[Path]:
     """:func:`list_images`, lazily: a folder of a million images is walked as it is read
-    (one directory listing in memory at a time), in the same sorted order. Every input is
-    checked to exist before the first path is given."""
+    (one directory listing in memory at a time), in the same sorted order. The inputs are
+    checked first (:func:`check_inputs`), before the first path is given."""
+    check_inputs(inputs, exclude)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    for item in map(Path, inputs):
+        if item.is_dir():
+            yield from _walk_sorted(item, skip)
+        else:
+            yield item
+
+
+def check_inputs(inputs: list[str | Path], exclude: str | Path | None = None) -> None:
+    """Every input exists, and every folder holds an image outside ``exclude`` (found by
+    walking until the first one, not the whole folder)."""
+    skip = Path(exclude).resolve() if exclude is not None else None
     for item in map(Path, inputs):
         if not item.exists():
             raise DataError(f"{item}: no such file or folder")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    for item in map(Path, inputs):
-        if not item.is_dir():
-            yield item
-            continue
-        found = 0
-        for path in _walk_sorted(item, skip):
-            found += 1
-            yield path
-        if not found:
+        if item.is_dir() and next(_walk_sorted(item, skip), None) is None:
             raise DataError(f"{item}: no images in this folder")
 
 
 def _walk_sorted(folder: Path, skip: Path | None) -> Iterator[Path]:
     """The image files under ``folder``, depth first with each directory's entries sorted
     by name (the order of ``sorted(folder.rglob(...))``), never entering ``skip``."""
+    if skip is not None and (folder.resolve() == skip or skip in folder.resolve().parents):
+        return  # the output folder (or inside it): never predict the predictions
     with os.scandir(folder) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
         path = folder / entry.name
         if entry.is_dir(follow_symlinks=False):
-            if skip is None or path.resolve() != skip:
-                yield from _walk_sorted(path, skip)
+            yield from _walk_sorted(path, skip)
         elif is_image_file(path):
             yield path

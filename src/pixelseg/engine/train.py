@@ -619,9 +619,16 @@ def _prepare(
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None
     resuming = state is not None
+    # A disk cache is decoded by rank 0 alone; the others wait, then open what it wrote
+    # (each decoding its own copy would cost N times the CPU and the disk).
+    shared_cache = world.distributed and cfg.cache != "memory"
+    if shared_cache and not world.is_main:
+        world.barrier()
     train_set, val_set, mine = build_datasets(
         cfg, data, run_dir, resuming, stride, deadline, device, write=world.is_main
     )
+    if shared_cache and world.is_main:
+        world.barrier()
     mine = choose_batch_size(mine, len(train_set), train_set.channels, device)
     # Settings chosen from measurements (memory, step times) can differ between processes:
     # rank 0's hold for all.

@@ -42,4 +42,7 @@ def load(
         if device not in ("auto", "cpu"):
             raise SettingsError(f"--engine onnx runs on the CPU; --device {device} is for torch")
         return OnnxPredictor.from_run(run, chosen)
-    raise SettingsError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    hint = (
+        " (give the device as device=...)" if engine in ("auto", "cpu") or "cuda" in engine else ""
+    )
+    raise SettingsError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}{hint}")

@@ -70,14 +70,15 @@ class FolderResult:
     """What :meth:`SegmentationPredictor.predict_folder` did: the files this shard wrote,
     and how many images and videos all shards had between them."""
 
-    files: list[Path]
+    files: list[Path]  # empty unless predict_folder was asked to keep them
     images: int
     videos: int
     skipped: int = 0  # this shard's images found done already (resume)
+    written: int = 0  # how many files this shard wrote
 
     def summary(self, total_files: int | None = None, total_skipped: int | None = None) -> str:
         counts = [f"{self.images} image(s)"] + [f"{self.videos} video(s)"] * bool(self.videos)
-        n = len(self.files) if total_files is None else total_files
+        n = self.written if total_files is None else total_files
         skipped = self.skipped if total_skipped is None else total_skipped
         done = f" ({skipped} image(s) done before, skipped)" if skipped else ""
         return f"wrote {n} outputs for {' and '.join(counts)}{done}"
@@ -147,6 +148,7 @@ class SegmentationPredictor(Protocol):
         shard: tuple[int, int] = (0, 1),
         progress: bool = True,
         resume: bool = False,
+        keep_files: bool = True,
     ) -> FolderResult:
         """Segment image files, folders of them (recursively) and videos into ``out``.
 
@@ -160,15 +162,18 @@ class SegmentationPredictor(Protocol):
         (and videos alike) under the names and ids one process would give them; only part
         0 writes the legend. With ``resume``, images (and videos) whose files are all
         there already are skipped: a run that was stopped, or killed, continues where it
-        left off.
+        left off. ``keep_files=False`` returns counts only (a million paths would be most
+        of a gigabyte).
         """
-        from pixelseg.data.layouts import iter_images
+        from pixelseg.data.layouts import check_inputs, iter_images
         from pixelseg.inference.outputs import Item, StemNamer, predict_files, write_legend
         from pixelseg.inference.video import is_video_file, predict_video
 
         outputs = outputs or Outputs()
         rank, size = shard
         check_shard(shard)
+        inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        check_inputs(inputs, exclude=out)  # a mistyped path fails before anything is written
         videos = [Path(p) for p in inputs if Path(p).is_file() and is_video_file(p)]
         if videos and outputs.image_only():
             shown = " and ".join(outputs.image_only())
@@ -176,7 +181,7 @@ class SegmentationPredictor(Protocol):
         name, counts = StemNamer(), {"images": 0}
 
         def mine() -> Iterator[Item]:  # this shard's images, named as all are walked
-            for path in iter_images(list(inputs), exclude=out):
+            for path in iter_images(inputs, exclude=out):
                 if is_video_file(path):
                     continue
                 item = Item(path, name(path), counts["images"] + 1)
@@ -184,12 +189,12 @@ class SegmentationPredictor(Protocol):
                 if (item.image_id - 1) % size == rank:
                     yield item
 
-        written, skipped = predict_files(self, mine(), out, outputs, progress, resume,
-                                         legend=False)  # fmt: skip
+        done = predict_files(self, mine(), out, outputs, progress, resume, legend=False,
+                             keep_files=keep_files)  # fmt: skip
         stems = [name(v) for v in videos]  # clip.mp4 beside clip.png: clip_2
         for i, (video, stem) in enumerate(zip(videos, stems, strict=True)):
             if i % size == rank:
-                written += predict_video(self, video, out, outputs, progress, stem, resume)
+                done.add(predict_video(self, video, out, outputs, progress, stem, resume))
         if rank == 0 and counts["images"] and self.num_classes > 1:
-            written.append(write_legend(self, out))
-        return FolderResult(written, counts["images"], len(videos), skipped)
+            done.add([write_legend(self, out)])
+        return FolderResult(done.files, counts["images"], len(videos), done.skipped, done.count)

@@ -7,7 +7,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from pixelseg.runconfig import RunConfig
 
 __all__ = [
-    "Item", "StemNamer", "output_names", "predict_files", "unique_stems", "write_legend",
-    "write_mask_outputs",
+    "Item", "StemNamer", "Written", "output_names", "predict_files", "unique_stems",
+    "write_legend", "write_mask_outputs",
 ]  # fmt: skip
 
 
@@ -57,6 +57,22 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     """:class:`StemNamer`'s names for a list of inputs."""
     name = StemNamer()
     return [name(p) for p in paths]
+
+
+@dataclass
+class Written:
+    """What a prediction wrote: how many files, which (only when asked to keep them: a
+    million images' paths are most of a gigabyte), and how many images were done before."""
+
+    keep: bool = True
+    files: list[Path] = field(default_factory=list)
+    count: int = 0
+    skipped: int = 0
+
+    def add(self, paths: list[Path]) -> None:
+        self.count += len(paths)
+        if self.keep:
+            self.files += paths
 
 
 @dataclass(frozen=True)
@@ -110,10 +126,11 @@ def predict_files(
     progress: bool = True,
     resume: bool = False,
     legend: bool = True,
-) -> tuple[list[Path], int]:
+    keep_files: bool = True,
+) -> Written:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per image, and the ``outputs``
-    asked for (see :class:`~pixelseg.inference.options.Outputs`); returns the files written
-    and how many images were skipped as done.
+    asked for (see :class:`~pixelseg.inference.options.Outputs`); returns how many files
+    were written (and, with ``keep_files``, which) and how many images were skipped as done.
 
     ``items`` may be a lazy stream (a folder being walked): images are read ahead on
     threads while the model runs, and each one's files are written as soon as its logits
@@ -131,15 +148,13 @@ def predict_files(
     outputs = outputs or Outputs()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    skipped = 0
+    done = Written(keep_files)
 
     def todo() -> Iterator[Item]:
-        nonlocal skipped
         for item in _as_items(items):
             names = output_names(item.stem, outputs, predictor.num_classes)
             if resume and all((out_dir / n).is_file() for n in names):
-                skipped += 1
+                done.skipped += 1
                 bar.update(1)
             else:
                 yield item
@@ -148,16 +163,18 @@ def predict_files(
     # Tiled prediction batches tiles, not images: one large image's logits at a time.
     options = predictor.options
     step = 1 if options.tile is not None else options.batch_size
-    for batch in _read_ahead(todo(), step):
+    # a tiled image is a large one: decode it when its turn comes, not two more beside it
+    ahead = 0 if options.tile is not None else 2
+    for batch in _read_ahead(todo(), step, ahead):
         images = [image for _, image in batch]
         for (item, image), logit in zip(batch, predictor.logits(images), strict=True):
-            written += _write_one(predictor, out_dir / item.stem, image, logit, outputs,
-                                  item.image_id, item.path)  # fmt: skip
+            done.add(_write_one(predictor, out_dir / item.stem, image, logit, outputs,
+                                item.image_id, item.path))  # fmt: skip
             bar.update(1)
     bar.close()
     if legend and predictor.num_classes > 1:
-        written.append(write_legend(predictor, out_dir))
-    return written, skipped
+        done.add([write_legend(predictor, out_dir)])
+    return done
 
 
 def _as_items(items: Iterable[Item] | Sequence[Path]) -> Iterator[Item]:
@@ -166,10 +183,12 @@ def _as_items(items: Iterable[Item] | Sequence[Path]) -> Iterator[Item]:
         yield item if isinstance(item, Item) else Item(Path(item), name(Path(item)), n)
 
 
-def _read_ahead(items: Iterator[Item], size: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
-    """Batches of ``size`` decoded images, the next ones decoding on threads (Pillow lets
-    go of the GIL while it decodes) while the caller runs the model on this one."""
-    ahead = 2  # batches in flight beyond the one being used: enough to hide decoding
+def _read_ahead(
+    items: Iterator[Item], size: int, ahead: int
+) -> Iterator[list[tuple[Item, np.ndarray]]]:
+    """Batches of ``size`` decoded images, the next ``ahead`` batches decoding on threads
+    (Pillow lets go of the GIL while it decodes) while the caller runs the model on this
+    one (2 ahead was enough to hide decoding)."""
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         pending: deque[list[tuple[Item, Future]]] = deque()
         for chunk in _chunks(items, size):
