@@ -9,7 +9,8 @@ images of one cross-validation fold (the folds of ``crossval.py``, same seed), a
 their masks (probability above 0.5) with pixelseg's own metric code at each photo's own
 size: mean per-image Dice and IoU. ``--run RUN`` scores a pixelseg run folder on the same
 images (train it on the fold's other images, e.g. with ``crossval.py``'s default recipe and
-``--keep``), with the milliseconds per photo of ``predict``.
+``--keep``), with the milliseconds per photo of ``predict`` on PyTorch, ONNX Runtime and
+ONNX Runtime with int8 weights (what quantization costs in Dice and buys in time).
 
     python benchmarks/peers.py --data ../shared/data/people --fold 0
     python benchmarks/peers.py --data ../shared/data/people --fold 0 --run runs/people-fold0
@@ -87,10 +88,32 @@ def run_peer(python: Path, paths: list[Path], model: int) -> tuple[list[np.ndarr
     return masks, ms
 
 
-def run_pixelseg(run: Path, paths: list[Path]) -> tuple[list[np.ndarray], list[float]]:
+def pixelseg_predictors(run: Path) -> dict:
+    """The run on each engine: PyTorch, ONNX Runtime (``model.onnx``, exported here when
+    missing) and ONNX Runtime on an int8 copy (dynamic quantization of the weights, the
+    activations quantized on the fly; ``onnxruntime.quantization``)."""
     import pixelseg
+    from pixelseg.inference.export import export_onnx
+    from pixelseg.inference.onnx import OnnxPredictor, open_session
+    from pixelseg.runconfig import RunConfig
 
-    predictor = pixelseg.load(run, device="cpu")
+    predictors = {"torch": pixelseg.load(run, device="cpu")}
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return predictors
+    if not (run / "model.onnx").is_file():
+        export_onnx(run, run / "model.onnx", dynamic=True)
+    predictors["onnx"] = pixelseg.load(run, engine="onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = Path(tmp) / "model.int8.onnx"
+        quantize_dynamic(run / "model.onnx", int8, weight_type=QuantType.QUInt8)
+        predictors["onnx int8"] = OnnxPredictor(open_session(int8), RunConfig.read(run))
+    return predictors
+
+
+def run_pixelseg(predictor, paths: list[Path]) -> tuple[list[np.ndarray], list[float]]:
+    """Masks at each photo's size and milliseconds per photo (decoded beforehand)."""
     predictor.predict(read_image(paths[0]))  # warm-up
     masks, ms = [], []
     for path in paths:
@@ -123,8 +146,9 @@ def main() -> None:
         rows[f"mediapipe selfie model {model}"] = {**score(masks, truths),
                                                    "ms": statistics.median(ms)}  # fmt: skip
     if args.run:
-        masks, ms = run_pixelseg(Path(args.run), paths)
-        rows[f"pixelseg {args.run}"] = {**score(masks, truths), "ms": statistics.median(ms)}
+        for engine, predictor in pixelseg_predictors(Path(args.run)).items():
+            masks, ms = run_pixelseg(predictor, paths)
+            rows[f"pixelseg ({engine})"] = {**score(masks, truths), "ms": statistics.median(ms)}
     print(f"{len(paths)} held-out photos of fold {args.fold} ({args.data}), scored at their size")
     print(f"{'':<40}{'Dice':>8}{'IoU':>8}{'ms/photo':>10}")
     for name, row in rows.items():
