@@ -10,7 +10,8 @@ their masks (probability above 0.5) with pixelseg's own metric code at each phot
 size: mean per-image Dice and IoU. ``--run RUN`` scores a pixelseg run folder on the same
 images (train it on the fold's other images, e.g. with ``crossval.py``'s default recipe and
 ``--keep``), with the milliseconds per photo of ``predict`` on PyTorch, ONNX Runtime and
-ONNX Runtime with int8 weights (what quantization costs in Dice and buys in time).
+ONNX Runtime in int8, quantized dynamically and statically (calibrated on 32 of the run's
+training images): what quantization costs in Dice and buys in time.
 
     python benchmarks/peers.py --data ../shared/data/people --fold 0
     python benchmarks/peers.py --data ../shared/data/people --fold 0 --run runs/people-fold0
@@ -90,8 +91,9 @@ def run_peer(python: Path, paths: list[Path], model: int) -> tuple[list[np.ndarr
 
 def pixelseg_predictors(run: Path) -> dict:
     """The run on each engine: PyTorch, ONNX Runtime (``model.onnx``, exported here when
-    missing) and ONNX Runtime on an int8 copy (dynamic quantization of the weights, the
-    activations quantized on the fly; ``onnxruntime.quantization``)."""
+    missing) and ONNX Runtime on int8 copies (``onnxruntime.quantization``): dynamic (the
+    weights in int8, the activations quantized on the fly) and static (QDQ, per-channel
+    weights, activation ranges calibrated on the run's own training images)."""
     import pixelseg
     from pixelseg.inference.export import export_onnx
     from pixelseg.inference.onnx import OnnxPredictor, open_session
@@ -99,17 +101,49 @@ def pixelseg_predictors(run: Path) -> dict:
 
     predictors = {"torch": pixelseg.load(run, device="cpu")}
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import (
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )  # fmt: skip
     except ImportError:
         return predictors
     if not (run / "model.onnx").is_file():
         export_onnx(run, run / "model.onnx", dynamic=True)
     predictors["onnx"] = pixelseg.load(run, engine="onnx")
+    config = RunConfig.read(run)
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = Path(tmp) / "model.int8.onnx"
-        quantize_dynamic(run / "model.onnx", int8, weight_type=QuantType.QUInt8)
-        predictors["onnx int8"] = OnnxPredictor(open_session(int8), RunConfig.read(run))
+        dynamic, static = Path(tmp) / "dynamic.onnx", Path(tmp) / "static.onnx"
+        quantize_dynamic(run / "model.onnx", dynamic, weight_type=QuantType.QUInt8)
+        predictors["onnx int8 dynamic"] = OnnxPredictor(open_session(dynamic), config)
+        quantize_static(run / "model.onnx", static, _Calibration(run, config),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        predictors["onnx int8 static"] = OnnxPredictor(open_session(static), config)
     return predictors
+
+
+class _Calibration:
+    """32 of the run's own training images, prepared as the model sees them: the ranges
+    that static quantization fixes for the activations (never the scored photos)."""
+
+    def __init__(self, run: Path, config) -> None:
+        from pixelseg.data.imageops import resize_image
+        from pixelseg.data.split import load_split, select
+
+        train = load_split(run / "split.json")["train"]
+        samples = select(find_samples(config.train["data"])[1], train)[:32]
+        mean = np.asarray(config.mean, np.float32)[:, None, None]
+        std = np.asarray(config.std, np.float32)[:, None, None]
+        batches = []
+        for sample in samples:
+            image = resize_image(read_image(sample.image), config.size).transpose(2, 0, 1)
+            batches.append({"image": ((image.astype(np.float32) / 255 - mean) / std)[None]})
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict | None:
+        return next(self.batches, None)
 
 
 def run_pixelseg(predictor, paths: list[Path]) -> tuple[list[np.ndarray], list[float]]:
