@@ -717,7 +717,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--engine", default="torch", choices=["torch", "onnx"],
         help="torch, or onnx: the run's model.onnx (pixelseg export) with ONNX Runtime, "
-        "without loading PyTorch (whole images; no --tta, --tile, --instances)",
+        "without loading PyTorch (whole images; no --tta or --tile)",
     )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)

@@ -27,6 +27,8 @@ CONFIG_FILE = "config.json"
 # what every reader of a run folder needs (the rest have defaults)
 REQUIRED_KEYS = ("model", "in_channels", "num_classes", "size", "mean", "std")
 DAMAGED = "the run folder is damaged, or was not written by pixelseg train"
+# fields kept as tuples in Python and written as JSON lists
+_TUPLES = ("size", "mean", "std", "postprocess", "source_size")
 
 __all__ = ["CONFIG_FILE", "DAMAGED", "RunConfig"]
 
@@ -59,7 +61,7 @@ class RunConfig:
     train: dict[str, Any] = field(default_factory=dict)  # the TrainConfig, as a dict
 
     def __post_init__(self) -> None:  # JSON lists become tuples; nothing else changes
-        for name in ("size", "mean", "std", "postprocess", "source_size"):
+        for name in _TUPLES:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
@@ -103,7 +105,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for name in ("size", "mean", "std", "postprocess", "source_size"):
+        for name in _TUPLES:
             if data[name] is not None:
                 data[name] = list(data[name])
         return data

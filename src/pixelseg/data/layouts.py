@@ -288,20 +288,39 @@ def iter_images(inputs: list[str | Path], exclude: str | Path | None = None) -> 
 
 def check_inputs(inputs: list[str | Path], exclude: str | Path | None = None) -> None:
     """Every input exists, and every folder holds an image outside ``exclude`` (found by
-    walking until the first one, not the whole folder)."""
+    looking until the first one, in any order: a folder of a million files is neither
+    sorted nor walked whole for this)."""
     skip = Path(exclude).resolve() if exclude is not None else None
     for item in map(Path, inputs):
         if not item.exists():
             raise DataError(f"{item}: no such file or folder")
-        if item.is_dir() and next(_walk_sorted(item, skip), None) is None:
+        if item.is_dir() and not _has_image(item, skip):
             raise DataError(f"{item}: no images in this folder")
+
+
+def _has_image(folder: Path, skip: Path | None) -> bool:
+    if _skipped(folder, skip):
+        return False
+    with os.scandir(folder) as scan:
+        folders = []
+        for entry in scan:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(folder / entry.name)
+            elif is_image_file(folder / entry.name):
+                return True
+    return any(_has_image(sub, skip) for sub in folders)
+
+
+def _skipped(folder: Path, skip: Path | None) -> bool:
+    """``folder`` is the output folder, or inside it: never predict the predictions."""
+    return skip is not None and (folder.resolve() == skip or skip in folder.resolve().parents)
 
 
 def _walk_sorted(folder: Path, skip: Path | None) -> Iterator[Path]:
     """The image files under ``folder``, depth first with each directory's entries sorted
     by name (the order of ``sorted(folder.rglob(...))``), never entering ``skip``."""
-    if skip is not None and (folder.resolve() == skip or skip in folder.resolve().parents):
-        return  # the output folder (or inside it): never predict the predictions
+    if _skipped(folder, skip):
+        return
     with os.scandir(folder) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:

@@ -100,8 +100,18 @@ class SegmentationPredictor(Protocol):
 
     @property
     def threshold(self) -> float:
-        """Binary runs: the probability above which a pixel is foreground."""
-        ...
+        """Binary runs: the probability above which a pixel is foreground (the options',
+        else the one the run calibrated on its validation images)."""
+        if self.options.threshold is not None:
+            return self.options.threshold
+        return self.config.threshold
+
+    @property
+    def postprocess(self) -> list[str]:
+        """Binary clean-up steps: the options', else those the run chose on its
+        validation images."""
+        steps = self.options.postprocess
+        return list(self.config.postprocess if steps is None else steps)
 
     def logits(self, images: Sequence[ImageLike]) -> list[Logits]:
         """(C, H, W) logits at each image's own size."""

@@ -114,17 +114,6 @@ class OnnxPredictor(SegmentationPredictor):
             )
         return cls(open_session(onnx_path), RunConfig.read(run), options)
 
-    @property
-    def threshold(self) -> float:
-        if self.options.threshold is not None:
-            return self.options.threshold
-        return self.config.threshold
-
-    @property
-    def postprocess(self) -> list[str]:
-        steps = self.options.postprocess
-        return list(self.config.postprocess if steps is None else steps)
-
     def logits(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """(C, H, W) float32 logits at each image's own size."""
         images = [as_rgb_array(image) for image in images]

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from pixelseg.inference.base import SegmentationPredictor
     from pixelseg.runconfig import RunConfig
 
+T = TypeVar("T")
+
 __all__ = [
-    "Item", "StemNamer", "Written", "output_names", "predict_files", "unique_stems",
+    "Item", "StemNamer", "Written", "batched", "output_names", "predict_files", "unique_stems",
     "write_legend", "write_mask_outputs",
 ]  # fmt: skip
 
@@ -191,7 +193,7 @@ def _read_ahead(
     one (2 ahead was enough to hide decoding)."""
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         pending: deque[list[tuple[Item, Future]]] = deque()
-        for chunk in _chunks(items, size):
+        for chunk in batched(items, size):
             pending.append([(item, pool.submit(read_image, item.path)) for item in chunk])
             if len(pending) > ahead:
                 yield [(item, future.result()) for item, future in pending.popleft()]
@@ -199,15 +201,17 @@ def _read_ahead(
             yield [(item, future.result()) for item, future in pending.popleft()]
 
 
-def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    chunk: list[Item] = []
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), read lazily
+    (``itertools.batched`` from Python 3.12, which pixelseg cannot assume)."""
+    batch: list[T] = []
     for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _write_one(

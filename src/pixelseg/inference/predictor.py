@@ -61,19 +61,6 @@ class Predictor(SegmentationPredictor):
         model, config = load_model(run, dev)
         return cls(model, config, dev, options)
 
-    @property
-    def threshold(self) -> float:
-        if self.options.threshold is not None:
-            return self.options.threshold
-        return self.config.threshold
-
-    @property
-    def postprocess(self) -> list[str]:
-        """Binary clean-up steps: the options', else those the run chose on its
-        validation images."""
-        steps = self.options.postprocess
-        return list(self.config.postprocess if steps is None else steps)
-
     @torch.no_grad()
     def logits(self, images: Sequence[ImageLike]) -> list[torch.Tensor]:
         """(C, H, W) logits at each image's original size."""

@@ -35,6 +35,7 @@ from pixelseg.data.imageops import resize_image
 from pixelseg.errors import DataError, PixelsegError
 from pixelseg.inference.cutout import Background, composite, cutout
 from pixelseg.inference.options import Outputs
+from pixelseg.inference.outputs import batched
 from pixelseg.report import overlay, save_png
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def predict_video(
         fps = stream.average_rate or Fraction(25)
         bar = tqdm(total=stream.frames or None, desc=path.name, unit="frame",
                    disable=None if progress else True)  # fmt: skip
-        batches = _batches(_decode(av, container, path), predictor.options.batch_size)
+        batches = batched(_decode(av, container, path), predictor.options.batch_size)
         smooth = TemporalSmoothing(predictor.options.smooth)
         for batch in batches:
             if not files:
@@ -197,17 +198,6 @@ class TemporalSmoothing:
         else:
             self.state = self.weight * self.state + (1 - self.weight) * logit
         return self.state
-
-
-def _batches(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    batch = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _decode(av: ModuleType, container: Any, path: Path) -> Iterator[np.ndarray]:
