@@ -52,6 +52,7 @@ def test_a_new_plan_moves_every_optimizer_group_and_keeps_the_frozen_encoder() -
     )
     cfg = TrainConfig(data="unused", num_classes=1, time_budget="1h", warmup_epochs=1,
                       freeze_encoder_epochs=5, encoder_weights="imagenet")  # fmt: skip
+    cfg = cfg.with_defaults()
     old = Schedule(cfg.epochs * steps, warmup=steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, group_schedules(old, optimizer, cfg, steps)

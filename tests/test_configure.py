@@ -15,7 +15,7 @@ PLENTY = 64 * 2**30
 
 def _cfg(**kw) -> TrainConfig:
     kw.setdefault("model", "unet")
-    return TrainConfig(data="unused", size=kw.pop("size", 32), num_classes=1, **kw)
+    return TrainConfig(data="unused", size=kw.pop("size", 32), num_classes=1, **kw).with_defaults()
 
 
 def test_the_users_batch_size_wins() -> None:

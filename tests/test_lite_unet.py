@@ -19,6 +19,7 @@ from pixelseg.engine import configure
 from pixelseg.engine.train import fit
 from pixelseg.models import create_model
 from pixelseg.models.efficientnet import LITE0_STAGES, EfficientNetLite
+from pixelseg.models.pretrained import has_pretrained_encoder
 from pixelseg.models.registry import ModelError
 from pixelseg.models.weights import find_imagenet_weights, read_encoder_state
 
@@ -169,8 +170,7 @@ def test_the_default_picks_the_pretrained_encoder_and_records_it(
     source = _random_timm_file(tmp_path)
     monkeypatch.setattr(configure, "find_imagenet_weights", lambda _name: source)
     monkeypatch.setattr("pixelseg.models.lite_unet.find_imagenet_weights", lambda _name: source)
-    cfg = _tiny_settings(tmp_path, tiny_data)
-    cfg.progress = True  # the log
+    cfg = replace(_tiny_settings(tmp_path, tiny_data), progress=True)  # the log
     fit(cfg)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"] == "lite-unet" and config["train"]["encoder_weights"] == "imagenet"
@@ -284,3 +284,22 @@ def test_lite_unet_exports_to_onnx(tiny_data: Path, tmp_path: Path, dynamic: boo
     result = export_onnx(run, tmp_path / "m.onnx", dynamic=dynamic)
     assert result.path.is_file() and result.max_abs_diff < 1e-4
     assert len(result.shapes) == (3 if dynamic else 1)
+
+
+def test_the_model_describes_and_freezes_its_encoder() -> None:
+    model = create_model("lite-unet", encoder="efficientnet_lite0")
+    assert has_pretrained_encoder(model)
+    assert model.encoder_channels == tuple(EfficientNetLite.out_channels)
+    model.freeze_encoder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    model(torch.rand(2, 3, 64, 64)).mean().backward()
+    optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(not k.startswith("encoder.") or "running" in k or "num_batches" in k
+                           for k in changed)  # fmt: skip  # batch-norm statistics still follow
+    assert any(k.startswith("decoder.") for k in changed)
+    model.freeze_encoder(False)
+    assert all(p.requires_grad for p in model.encoder.parameters())

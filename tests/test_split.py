@@ -202,7 +202,7 @@ def test_a_sequence_split_that_would_starve_training_is_refused():
 def test_training_splits_by_sequence_when_names_show_them(tmp_path, logs):
     from pixelseg.config import TrainConfig
     from pixelseg.data.layouts import Sample
-    from pixelseg.engine.train import prepare_split
+    from pixelseg.engine.resolve import prepare_split
 
     stems = _frames({f"seq{k}": 6 for k in range(8)})
     samples = [Sample(s, tmp_path / f"{s}.png", tmp_path / f"{s}.png") for s in stems]

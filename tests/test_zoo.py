@@ -99,6 +99,16 @@ def test_greyscale_input_and_a_transformer_encoder(smp) -> None:
         assert segformer(torch.randn(1, 3, 45, 70)).shape == (1, 1, 45, 70)
 
 
+def test_a_zoo_model_describes_and_freezes_its_encoder(smp) -> None:
+    model = create_model("smp-unet", encoder=TINY)
+    assert model.encoder_channels == tuple(model.net.encoder.out_channels)
+    model.freeze_encoder()
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.net.decoder.parameters())
+    model.freeze_encoder(False)
+    assert any(p.requires_grad for p in model.encoder.parameters())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -382,8 +392,9 @@ def test_segformer_with_its_mit_encoder_trains(smp, tiny_data: Path, tmp_path: P
 def test_the_default_encoder_is_recorded_and_settings_are_checked(tmp_path: Path) -> None:
     from pixelseg.config import TrainConfig
 
-    assert TrainConfig(data="d", model="smp-unet").model_kwargs == {"encoder": "resnet34"}
-    assert TrainConfig(data="d", model="unet").model_kwargs == {}
+    filled = TrainConfig(data="d", model="smp-unet").with_defaults()
+    assert filled.model_kwargs == {"encoder": "resnet34"}
+    assert TrainConfig(data="d", model="unet").with_defaults().model_kwargs == {}
     with pytest.raises(ValueError, match="fewer than epochs"):
         TrainConfig(data="d", model="smp-unet", epochs=3, freeze_encoder_epochs=3)
     with pytest.raises(ValueError, match="encoder_weights must be"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pixelseg.errors import SettingsError
@@ -14,6 +14,8 @@ CACHES = ("auto", "memory", "disk")  # see data/cache.py
 CLASS_WEIGHTS = ("none", "median-frequency", "auto")
 LOSS_NAMES: tuple[str, ...] = ("bce", "dice", "bce+dice", "ce", "ce+dice")  # see losses.py
 MAX_BUDGET_EPOCHS = 1000
+DEFAULT_EPOCHS = 40  # without a time budget
+DEFAULT_PATIENCE = 10  # without a time budget (whose schedule is planned to end with it)
 ZOO_DEFAULT_ENCODER = "resnet34"  # smp-* models without an "encoder" in model_kwargs
 LITE_DEFAULT_ENCODER = "tf_efficientnet_lite0"  # lite-unet's (the weights extra's weights)
 
@@ -42,9 +44,15 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``pixelseg train`` can be told. Defaults suit a small binary data set."""
+    """Everything ``pixelseg train`` can be told. Defaults suit a small binary data set.
+
+    A None (or "auto") is a setting left to pixelseg. Constructing one only checks it; the
+    run decides what is left once, when it starts (:func:`pixelseg.engine.resolve.resolve`),
+    and saves the decided settings in ``config.json``. Frozen: a change is a new copy
+    (``dataclasses.replace``).
+    """
 
     data: str
     out: str = "runs/pixelseg"
@@ -61,7 +69,7 @@ class TrainConfig:
     num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
     in_channels: int | None = None  # None: 1 if every image is greyscale, else 3
     size: tuple[int, int] | None = None  # training (height, width); None: from the images
-    epochs: int | None = None  # None: 40, or as many as fit in time_budget
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or as many as fit in time_budget
     time_budget: str | None = None  # wall-clock limit for the whole run: "15m", "900s", "1h"
     batch_size: int | None = None  # None: from the device's memory and the data set's size
     lr: float = 1e-3
@@ -97,27 +105,19 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.size = None if self.size is None else _parse_size(self.size)
+        """Refuse impossible settings at once (a typo fails before any data is read)."""
+        if self.size is not None:
+            _parse_size(self.size)
         if self.time_budget is not None:
-            parse_duration(self.time_budget)  # fail early on a typo
-        if self.epochs is None:
-            # with a time budget this is only a ceiling; the run plans its real length
-            self.epochs = MAX_BUDGET_EPOCHS if self.time_budget is not None else 40
-        if self.patience is None:
-            self.patience = 0 if self.time_budget is not None else 10
-        default_encoder = {"lite-unet": LITE_DEFAULT_ENCODER}.get(
-            self.model, ZOO_DEFAULT_ENCODER if self.model.startswith("smp-") else None
-        )
-        if default_encoder and "encoder" not in self.model_kwargs:
-            # recorded, so a saved run never depends on what the default is later
-            self.model_kwargs = {**self.model_kwargs, "encoder": default_encoder}
+            parse_duration(self.time_budget)
+        epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS
         checks = [
             (
                 self.model != "auto" or "encoder" not in self.model_kwargs,
                 "--encoder needs a model (--model lite-unet, smp-unet...): with model auto "
                 "pixelseg picks the model and its encoder itself",
             ),
-            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.epochs is None or self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.num_classes is None or self.num_classes >= 1, "num_classes must be >= 1"),
@@ -150,7 +150,7 @@ class TrainConfig:
                 "first epoch's time, which compiling inflates",
             ),
             (
-                self.time_budget is not None or self.freeze_encoder_epochs < self.epochs,
+                self.time_budget is not None or self.freeze_encoder_epochs < epochs,
                 "freeze_encoder_epochs must be fewer than epochs (else the encoder never learns)",
             ),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
@@ -161,13 +161,42 @@ class TrainConfig:
             ),
             (self.postprocess in POSTPROCESS, f"postprocess must be one of {POSTPROCESS}"),
             (self.in_channels in (None, 1, 3), "in_channels must be 1 or 3"),
-            (self.warmup_epochs >= 0 and self.patience >= 0, "warmup_epochs/patience must be >= 0"),
+            (
+                self.warmup_epochs >= 0 and (self.patience or 0) >= 0,
+                "warmup_epochs/patience must be >= 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
-        if self.loss is None and self.num_classes is not None:
-            self.loss = "bce+dice" if self.num_classes == 1 else "ce+dice"
+
+    def with_defaults(self) -> TrainConfig:
+        """These settings with every default that needs no data filled in: the epochs and
+        patience, the loss once the number of classes is known, the model's default encoder
+        (recorded, so a saved run never depends on what the default is later) and the size
+        as (height, width)."""
+        budget = self.time_budget is not None
+        # with a time budget the epochs are only a ceiling; the run plans its real length
+        epochs = MAX_BUDGET_EPOCHS if budget else DEFAULT_EPOCHS
+        loss = self.loss
+        if loss is None and self.num_classes is not None:
+            loss = "bce+dice" if self.num_classes == 1 else "ce+dice"
+        kwargs = self.model_kwargs
+        encoder = {"lite-unet": LITE_DEFAULT_ENCODER}.get(
+            self.model, ZOO_DEFAULT_ENCODER if self.model.startswith("smp-") else None
+        )
+        if encoder and "encoder" not in kwargs:
+            kwargs = {**kwargs, "encoder": encoder}
+        return replace(
+            self,
+            epochs=self.epochs if self.epochs is not None else epochs,
+            patience=self.patience
+            if self.patience is not None
+            else (0 if budget else DEFAULT_PATIENCE),
+            loss=loss,
+            model_kwargs=kwargs,
+            size=None if self.size is None else _parse_size(self.size),
+        )
 
     @property
     def score_name(self) -> str:
@@ -176,7 +205,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["size"] = list(self.size) if self.size is not None else None
+        d["size"] = list(_parse_size(self.size)) if self.size is not None else None
         return d
 
     @classmethod

@@ -21,29 +21,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pixelseg.config import TrainConfig, parse_duration
-from pixelseg.data.check import DatasetReport, check_samples
 from pixelseg.data.dataset import SegmentationDataset
-from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.data.split import (
-    SPLITS,
-    foreground_strata,
-    load_split,
-    make_sequence_split,
-    make_split,
-    save_split,
     select,
-    sequences,
 )
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint, distributed, finetune
 from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs, planned_epochs
 from pixelseg.engine.configure import (
-    choose_batch_size,
     choose_class_weights,
-    choose_for_budget,
-    choose_model,
-    choose_size,
-    resolve_class_settings,
 )
 from pixelseg.engine.console import console
 from pixelseg.engine.device import seed_everything
@@ -53,13 +39,13 @@ from pixelseg.engine.evaluate import calibrate_threshold, choose_postprocess, ev
 from pixelseg.engine.interrupt import StopSignals, TrainingInterrupted
 from pixelseg.engine.optimizer import adamw
 from pixelseg.engine.precision import Precision, choose_precision
+from pixelseg.engine.resolve import Plan, resolve
 from pixelseg.engine.sampling import EpochSampler
 from pixelseg.engine.schedule import Schedule
 from pixelseg.engine.state import Progress, TrainingState, random_state, unwrap
-from pixelseg.errors import DataError, PixelsegError, SettingsError
+from pixelseg.errors import PixelsegError, SettingsError
 from pixelseg.losses import build_loss
-from pixelseg.models import count_parameters, create_model, prefers_channels_last
-from pixelseg.models.complexity import meta_first
+from pixelseg.models import count_parameters, create_model
 from pixelseg.models.saved import load_model, save_weights
 from pixelseg.report import plot_curves, write_csv
 from pixelseg.runconfig import RunConfig
@@ -138,68 +124,6 @@ def train_one_epoch(
     return progress.loss_sum / max(progress.count, 1)
 
 
-def prepare_split(
-    cfg: TrainConfig, samples: list[Sample], fractions: list[float], run_dir: Path,
-    resuming: bool, write: bool = True,
-) -> dict[str, list[str]]:  # fmt: skip
-    """Reuse the run's ``split.json`` when resuming, else make (and, with ``write``, save) a
-    split: the data set's own, whole sequences apart when the file names show sequences
-    (``0016E5_07959``), else stratified. It depends on the seed alone, so every process
-    draws the same one."""
-    path = run_dir / "split.json"
-    if resuming:
-        return load_split(path)
-    if all(s.subset is not None for s in samples):  # keep the data set's own split (CamVid)
-        split = {k: sorted(s.stem for s in samples if s.subset == k) for k in SPLITS}
-        if not split["train"]:
-            present = ", ".join(f"{k}/" for k in SPLITS if split[k])
-            raise DataError(
-                f"{cfg.data}: the data set's own split has no training images (it holds "
-                f"{present} only); training needs train/ + trainannot/"
-            )
-        shared = _shared_sequences(split)
-        if shared:
-            log.info(f"note: the data set's own validation images come from sequences that "
-                f"training shows too ({', '.join(shared)}): validation scores will flatter "
-                "what images of new sequences get")  # fmt: skip
-        if write:
-            save_split(path, split)
-        return split
-    stems = [s.stem for s in samples]
-    seqs = sequences(stems)
-    split = None
-    if seqs is not None:  # whole sequences (or patients) apart: no near-copy on both sides
-        split = make_sequence_split(stems, seqs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-        if split is None:
-            log.info(f"{len(set(seqs))} sequences in the file names, but none small enough to hold "
-                "out without starving training: a split of single images")  # fmt: skip
-    if split is not None:
-        parts = {part: set(split[part]) for part in ("val", "test")}
-        held = {part: sorted({q for q, t in zip(seqs, stems, strict=True) if t in members})
-                for part, members in parts.items()}  # fmt: skip
-        log.info(f"split by sequence ({len(set(seqs))} in the file names): val "
-                 f"{', '.join(held['val'])}; test {', '.join(held['test'])}")  # fmt: skip
-    else:
-        if all(s.group is not None for s in samples):
-            strata = [s.group for s in samples]  # e.g. PH2's diagnosis
-        else:
-            strata = foreground_strata(fractions)  # small / medium / large objects
-        split = make_split(stems, cfg.val_fraction, cfg.test_fraction, cfg.seed, strata)
-    if write:
-        save_split(path, split)
-    return split
-
-
-def _shared_sequences(split: dict[str, list[str]]) -> list[str]:
-    """The sequences (read from the file names) that both training and validation hold."""
-    stems = split["train"] + split["val"]
-    seqs = sequences(stems)
-    if seqs is None:
-        return []
-    train = set(seqs[: len(split["train"])])
-    return sorted(train.intersection(seqs[len(split["train"]) :]))
-
-
 def run_config(
     cfg: TrainConfig, mean: list[float], std: list[float], in_channels: int,
     source_size: tuple[int, int] | None = None,
@@ -219,91 +143,26 @@ def run_config(
     )  # fmt: skip
 
 
-@dataclass
-class CheckedData:
-    """The data set's samples and the check's report on them (read once per run)."""
-
-    fmt: str
-    samples: list[Sample]
-    report: DatasetReport
-
-    @classmethod
-    def read(cls, cfg: TrainConfig) -> CheckedData:
-        """Find and check every pair; refuse to train on a broken data set."""
-        fmt, samples = find_samples(cfg.data, cfg.format)
-        # Large data sets (cached on disk) remember each pair's check, so that a rerun only
-        # decodes what changed; small ones check in seconds and leave no files behind.
-        remember = cfg.cache == "disk" or (cfg.cache == "auto" and len(samples) >= 2000)
-        report = check_samples(
-            cfg.data, fmt, samples, cfg.num_classes, cfg.progress, cfg.ignore_index,
-            cfg.class_colors, remember,
-        )  # fmt: skip
-        report.raise_if_problems()
-        return cls(fmt, samples, report)
-
-    def input_channels(self, cfg: TrainConfig) -> TrainConfig:
-        """``in_channels`` when left to pixelseg: 1 when every image is greyscale (EM
-        slices, X-rays), else 3."""
-        if cfg.in_channels is not None:
-            return cfg
-        channels = self.report.channels
-        log.info(
-            f"input channels: {channels} ({'greyscale' if channels == 1 else 'colour'} images)"
-        )
-        return replace(cfg, in_channels=channels)
-
-
-def build_datasets(
-    cfg: TrainConfig,
-    data: CheckedData,
-    run_dir: Path,
-    resuming: bool,
-    stride: int,
-    deadline: float | None = None,
-    device: torch.device | None = None,
-    write: bool = True,
-) -> tuple[SegmentationDataset, SegmentationDataset, TrainConfig]:
-    """Split the checked data (or reuse the run's split) and cache train/val.
-
-    Settings left to the data are filled in and returned with the data sets: the training
-    size (see :func:`choose_size`); with a ``deadline`` (a ``time.perf_counter()`` value: a
-    time budget's end) the size and the default U-Net's width are fitted to the time left
-    (see :func:`choose_for_budget`). Only with ``write`` is ``split.json`` saved (in a
-    distributed run, by rank 0).
-    """
-    samples, report = data.samples, data.report
-    fractions = [info.foreground for info in report.infos]
-    split = prepare_split(cfg, samples, fractions, run_dir, resuming, write)
-    missing = sorted(set().union(*split.values()) - {s.stem for s in samples})
-    if resuming and missing:
-        raise DataError(
-            f"{cfg.data} lacks {len(missing)} image(s) of the run's split (e.g. {missing[0]}); "
-            "resume with the data the run was started on"
-        )
-    channels = cfg.in_channels
-    heights, widths = [i.height for i in report.infos], [i.width for i in report.infos]
-    if deadline is not None:
-        left = deadline - time.perf_counter()
-        cfg = choose_for_budget(cfg, heights, widths, stride, left, len(split["train"]),
-                                channels, device or torch.device("cpu"))  # fmt: skip
-    cfg = choose_size(cfg, heights, widths, stride)
+def build_datasets(plan: Plan) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The plan's training and validation sets, decoded and cached at its size."""
+    cfg, samples = plan.cfg, plan.data.samples
+    kwargs = {"channels": cfg.in_channels, "colors": cfg.class_colors,
+              "ignore_index": cfg.ignore_index, "cache": cfg.cache}  # fmt: skip
     train_set = SegmentationDataset(
-        select(samples, split["train"]), cfg.size, cfg.num_classes, channels=channels,
-        colors=cfg.class_colors, ignore_index=cfg.ignore_index, cache=cfg.cache,
-    )  # fmt: skip
-    val_samples = select(samples, split["val"])
+        select(samples, plan.split["train"]), cfg.size, cfg.num_classes, **kwargs
+    )
+    val_samples = select(samples, plan.split["val"])
     if not val_samples:
         warnings.warn(
             f"no image held out for validation ({len(samples)} in all): the validation scores "
             "are measured on the training images",
             stacklevel=3,
         )
-        val_samples = select(samples, split["train"])
+        val_samples = select(samples, plan.split["train"])
     val_set = SegmentationDataset(
-        val_samples, cfg.size, cfg.num_classes, keep_original=True, channels=channels,
-        colors=cfg.class_colors, ignore_index=cfg.ignore_index, cache=cfg.cache,
-    )  # fmt: skip
-    return train_set, val_set, cfg
+        val_samples, cfg.size, cfg.num_classes, keep_original=True, **kwargs
+    )
+    return train_set, val_set
 
 
 RESUME_OVERRIDES = (
@@ -364,7 +223,7 @@ def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict
         log.info(f"{run_dir} holds an unfinished run: resuming it")
     # runs saved before these settings existed trained in float32 NCHW
     saved = {"precision": "fp32", "channels_last": "off", **state["config"]}
-    now = cfg.to_dict()
+    now = cfg.with_defaults().to_dict()  # compared as a new run would start
     # Asked to resume, the run may change RESUME_OVERRIDES; picked up by rerunning the same
     # command, it continues as it was (a time budget's planned epochs included).
     free = RESUME_OVERRIDES if resuming else AUTO_RESUME_OVERRIDES
@@ -408,25 +267,6 @@ def _calibrate(
         tried = ", ".join(f"{name} {dice:.4f}" for name, dice in scores.items())
         log.info(f"post-processing: {'+'.join(steps) or 'none'} (validation dice: {tried})")
     config.replace(threshold=threshold, postprocess=steps).write(run_dir)
-
-
-def _check_settings(cfg: TrainConfig, fetch: bool) -> tuple[int, str | None]:
-    """Fail on a bad model name/option, loss or encoder weights before spending time on
-    training; with ``fetch``, get the pretrained weights now (a resumed run has its own).
-
-    Returns the model's stride (what input sides must be multiples of) and where the
-    pretrained encoder weights were found (None: none loaded).
-    """
-    build_loss(cfg.loss, cfg.num_classes, ignore_index=cfg.ignore_index)
-
-    model = meta_first(  # the meta device: no weights allocated (some need real tensors)
-        lambda: create_model(
-            cfg.model, in_channels=cfg.in_channels or 3, num_classes=cfg.num_classes,
-            **cfg.model_kwargs,
-        )
-    )  # fmt: skip
-    source = finetune.check_finetune_settings(cfg, model, fetch=fetch)
-    return int(getattr(model, "stride", 1)), source
 
 
 def _schedule(cfg: TrainConfig, steps: int, state: dict | None) -> Schedule:
@@ -568,36 +408,6 @@ def _fit(
     return TrainResult(run.run_dir, t.best_epoch, t.best_score, cfg.score_name, t.history)
 
 
-def _settle_model(
-    cfg: TrainConfig, state: dict | None, world: World, device: torch.device,
-) -> tuple[TrainConfig, CheckedData, int, str | None]:  # fmt: skip
-    """Check the data, then decide the model, its starting weights and its precision (once,
-    when a run starts; rank 0's choice holds for every process: another machine may lack
-    the weights). A model the user named is checked, and its weights file fetched, before
-    the data is read. Returns the settings, the checked data, the model's stride and where
-    the pretrained weights were found (only rank 0 loads them: DDP copies its weights)."""
-    fetch = state is None and world.is_main
-    early = cfg.model != "auto" and cfg.encoder_weights != "auto"
-    if cfg.model != "auto":  # a bad model name, option or weights file fails before the data
-        stride, source = _check_settings(cfg, fetch=fetch and early)
-    data = CheckedData.read(cfg)
-    cfg = data.input_channels(cfg)
-    if state is None:  # decided once, saved, and kept by a resumed run (on any device)
-        cfg = choose_model(cfg, cfg.in_channels)
-        model, kwargs, weights = world.broadcast((cfg.model, cfg.model_kwargs, cfg.encoder_weights))
-        cfg = replace(cfg, model=model, model_kwargs=kwargs, encoder_weights=weights)
-        chosen = choose_precision(
-            cfg.precision, cfg.channels_last, device, prefers_channels_last(cfg.model)
-        )
-        if chosen.measured:
-            log.info(f"{chosen.describe()}: {chosen.measured}")
-        layout = "on" if chosen.channels_last else "off"
-        cfg = replace(cfg, precision=chosen.name, channels_last=layout)
-    if not early:
-        stride, source = _check_settings(cfg, fetch=fetch)
-    return cfg, data, stride, source
-
-
 def _prepare(
     cfg: TrainConfig, resume: bool, world: World, device: torch.device, started: float
 ) -> tuple[_Session, int, Progress | None]:
@@ -613,29 +423,19 @@ def _prepare(
             f"(pixelseg train --nproc {n}, or torchrun --nproc-per-node {n}): its learning-rate "
             "schedule, data order and random states are per process"
         )
-    cfg = resolve_class_settings(cfg)  # a no-op for a resumed run's saved (resolved) settings
-    cfg, data, stride, source = _settle_model(cfg, state, world, device)
-    seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     budget = parse_duration(cfg.time_budget) if cfg.time_budget and state is None else None
     deadline = started + budget if budget else None
-    resuming = state is not None
+    plan = resolve(cfg, device, world, run_dir, state, deadline)
+    cfg = plan.cfg
+    seed_everything(cfg.seed + world.rank)  # each process its own augmentation
     # A disk cache is decoded by rank 0 alone; the others wait, then open what it wrote
     # (each decoding its own copy would cost N times the CPU and the disk).
     shared_cache = world.distributed and cfg.cache != "memory"
     if shared_cache and not world.is_main:
         world.barrier()
-    train_set, val_set, mine = build_datasets(
-        cfg, data, run_dir, resuming, stride, deadline, device, write=world.is_main
-    )
+    train_set, val_set = build_datasets(plan)
     if shared_cache and world.is_main:
         world.barrier()
-    mine = choose_batch_size(mine, len(train_set), train_set.channels, device)
-    # Settings chosen from measurements (memory, step times) can differ between processes:
-    # rank 0's hold for all.
-    agreed = replace(world.broadcast(mine), progress=mine.progress)
-    if (agreed.size, agreed.in_channels) != (mine.size, mine.in_channels):
-        train_set, val_set, _ = build_datasets(agreed, data, run_dir, True, stride, None, device)
-    cfg = agreed
     # Normalise as the pretrained encoder expects, else with the training images' own
     # statistics (either kept from the first session).
     if state:
@@ -645,7 +445,7 @@ def _prepare(
         mean, std = finetune.input_normalization(cfg, in_channels) or train_set.channel_stats()
     config = run_config(cfg, mean, std, train_set.channels, train_set.median_original_size())
     # where the pretrained encoder's weights came from (kept from a resumed run's first start)
-    source = state.get("encoder_weights_source") if state else source
+    source = state.get("encoder_weights_source") if state else plan.weights_source
     weights = state.get("class_weights") if state else choose_class_weights(cfg, train_set)
     config = config.replace(encoder_weights_source=source, class_weights=weights)
     loss_fn = build_loss(

@@ -22,6 +22,7 @@ from torch import nn
 from pixelseg.config import LITE_DEFAULT_ENCODER
 from pixelseg.models._padding import crop_padding, pad_to_multiple
 from pixelseg.models.efficientnet import ENCODERS, EfficientNetLite
+from pixelseg.models.pretrained import freeze_module
 from pixelseg.models.registry import ModelError, register_model
 from pixelseg.models.weights import WEIGHTS_HINT, find_imagenet_weights, read_encoder_state
 
@@ -100,6 +101,13 @@ class LiteUNet(nn.Module):
         for stage, skip in zip(self.decoder, skips, strict=True):
             x = stage(x, skip)
         return crop_padding(self.head(x), padding)
+
+    @property
+    def encoder_channels(self) -> tuple[int, ...]:
+        return tuple(self.encoder.out_channels)
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        freeze_module(self.encoder, frozen)
 
     def default_encoder_weights(self) -> str:
         return "imagenet" if find_imagenet_weights(self.encoder_name) else "none"

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from torch import nn
 
-__all__ = ["PretrainedEncoderModel", "has_pretrained_encoder"]
+__all__ = ["PretrainedEncoderModel", "freeze_module", "has_pretrained_encoder"]
 
 
 class PretrainedEncoderModel(Protocol):
@@ -20,6 +20,15 @@ class PretrainedEncoderModel(Protocol):
 
     @property
     def encoder(self) -> nn.Module: ...
+
+    @property
+    def encoder_channels(self) -> tuple[int, ...]:
+        """Channels of the encoder's feature maps, shallowest first (the decoder's inputs)."""
+        ...
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """Stop (``frozen=False``: restart) the encoder's weights from learning."""
+        ...
 
     def default_encoder_weights(self) -> str:
         """What ``--encoder-weights auto`` means for this model on this machine: a weight
@@ -49,3 +58,12 @@ def has_pretrained_encoder(model: nn.Module) -> bool:
     return isinstance(getattr(model, "encoder", None), nn.Module) and all(
         callable(getattr(model, name, None)) for name in methods
     )
+
+
+def freeze_module(module: nn.Module, frozen: bool = True) -> None:
+    """No gradient for ``module``'s weights (or gradients again). Batch-norm statistics still
+    follow the data in training mode: ``pixelseg train --freeze-encoder-epochs`` freezes
+    the same way (an encoder learning rate of 0), so that normalisation adapts to the new
+    images while the filters stay as loaded."""
+    for param in module.parameters():
+        param.requires_grad_(not frozen)

@@ -23,6 +23,7 @@ from torch import nn
 
 from pixelseg.config import ZOO_DEFAULT_ENCODER
 from pixelseg.models._padding import crop_padding, pad_to_multiple
+from pixelseg.models.pretrained import freeze_module
 from pixelseg.models.registry import ModelError, register_model
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ENCODER", "INSTALL_HINT", "ZooModel", "import_smp"]
@@ -108,6 +109,13 @@ class ZooModel(nn.Module):
     @property
     def encoder(self) -> nn.Module:
         return self.net.encoder
+
+    @property
+    def encoder_channels(self) -> tuple[int, ...]:
+        return tuple(self.net.encoder.out_channels)
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        freeze_module(self.encoder, frozen)
 
     def default_encoder_weights(self) -> str:
         # smp fetches its weights from the hub: never without being asked
