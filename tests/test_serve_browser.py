@@ -6,6 +6,7 @@ PIXELSEG_REQUIRE_BROWSER=1 (as in CI, where ``.ci/run`` installs Chromium)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -41,16 +43,14 @@ def _need_browser():
     return sync_playwright
 
 
-@pytest.fixture
-def server(tiny_data: Path, tmp_path: Path):
-    """``pixelseg serve`` on a free port of 127.0.0.1, in a thread of this process."""
+@contextlib.contextmanager
+def _serving(run: Path):
+    """``pixelseg serve`` of ``run`` on a free port of 127.0.0.1, in a thread of this process."""
     pytest.importorskip("fastapi")
     import uvicorn
 
     from pixelseg.serve.app import ServeSettings, create_app
 
-    run = tmp_path / "run"
-    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=2, **FAST))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -62,9 +62,19 @@ def server(tiny_data: Path, tmp_path: Path):
         if server.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(tiny_data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=2, **FAST))
+    with _serving(run) as url:
+        yield url
 
 
 def test_page_shows_the_overlay_and_downloads_the_mask(
@@ -99,3 +109,58 @@ def test_page_shows_the_overlay_and_downloads_the_mask(
         page.wait_for_function("document.getElementById('result-caption').textContent === 'cutout'")
         assert page.evaluate("document.getElementById('status').textContent") == ""
         browser.close()
+
+
+def _y4m_clip(path: Path, frames: int = 20, size: tuple[int, int] = (240, 320)) -> np.ndarray:
+    """A Y4M clip (what Chromium's fake camera plays, in a loop) of the tiny data set's kind
+    of picture: a bright disc on dark noise, new noise each frame. Returns the disc."""
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 3.5) ** 2
+    rng = np.random.default_rng(0)
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{w} H{h} F15:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            grey = rng.integers(0, 80, (h, w)).astype(np.uint8)  # grey: Y is the picture
+            grey[disc] += 150
+            chroma = np.full((h // 2) * (w // 2) * 2, 128, np.uint8)  # no colour
+            out.write(b"FRAME\n" + grey.tobytes() + chroma.tobytes())
+    return disc
+
+
+def test_camera_mode_replaces_the_background(tiny_data: Path, tmp_path: Path) -> None:
+    """Chromium's fake camera plays a clip; the page sends its frames over the WebSocket and
+    draws the disc (the 'person') over a plain green background."""
+    sync_playwright = _need_browser()
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(tiny_data), out=str(run), epochs=12, patience=0, **FAST))
+    disc = _y4m_clip(tmp_path / "clip.y4m")
+    camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+              f"--use-file-for-fake-video-capture={tmp_path / 'clip.y4m'}"]  # fmt: skip
+    with _serving(run) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *camera])
+        page = browser.new_page()
+        page.goto(url)
+        page.click("#camera-start")
+        page.select_option("#background", "colour")  # shown once the camera is open
+        page.fill("#bg-colour", "#00ff00")
+        seen = page.evaluate("window.pixelsegCamera.frames")
+        page.wait_for_function(f"window.pixelsegCamera.frames >= {seen + 10}", timeout=60_000)
+        rgba = page.evaluate(
+            "(() => { const c = document.getElementById('live');"
+            " return [c.width, c.height, Array.from(c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data)]; })()"
+        )
+        fps = page.evaluate("document.getElementById('fps').textContent")
+        status = page.evaluate("document.getElementById('status').textContent")
+        errors = page.evaluate("window.pixelsegCamera.errors")
+        browser.close()
+    width, height, data = rgba
+    assert (height, width) == disc.shape
+    pixels = np.array(data, np.uint8).reshape(height, width, 4)[..., :3].astype(int)
+    green = (pixels[..., 0] < 30) & (pixels[..., 1] > 225) & (pixels[..., 2] < 30)
+    assert green[~disc].mean() > 0.9  # the background is replaced
+    assert green[disc].mean() < 0.1  # the disc is the camera's own (bright) pixels
+    assert pixels[disc].mean() > 120
+    assert status == "" and errors == 0
+    assert float(fps.split()[0]) > 0 and fps.endswith(" fps")

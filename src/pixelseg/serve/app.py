@@ -26,7 +26,7 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi import Depends, FastAPI, Query, Request, Security, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect
 from pixelseg.errors import SettingsError
 from pixelseg.inference import load
 from pixelseg.serve.batcher import Batcher, ModelUnavailable, Overloaded
+from pixelseg.serve.camera import camera_session
 from pixelseg.serve.guard import BrowserGuard, allowed_hosts, normal_origin
 from pixelseg.serve.memory import MemoryBudget, decode_cost, render_cost
 from pixelseg.serve.uploads import (
@@ -230,6 +231,11 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.websocket("/camera")
+    async def camera(websocket: WebSocket) -> None:
+        """The page's camera mode: frames in, alpha mattes out (serve/camera.py)."""
+        await camera_session(websocket)
 
     @app.get("/health", summary="Liveness: the service is up and its model thread runs")
     async def health(request: Request) -> JSONResponse:

@@ -16,7 +16,9 @@ checks stop both, as Jupyter does for its local server:
   origin in ``cors_origins``. Clients that are not browsers (curl, Python) send none and
   are not affected.
 
-The refusal is a 403 with a JSON ``{"error": ...}`` body, like every other refusal.
+The refusal is a 403 with a JSON ``{"error": ...}`` body, like every other refusal. The
+camera's WebSocket (``/camera``) is checked the same way (browsers send ``Origin`` on every
+WebSocket handshake, and no CORS rule protects one): a refused handshake gets a 403.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ class BrowserGuard:
         self.origins = {normal_origin(o) for o in origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             problem = self.problem(
                 {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             )
-            if problem:
+            if problem and scope["type"] == "http":
                 await JSONResponse({"error": problem}, 403)(scope, receive, send)
+                return
+            if problem:  # a WebSocket closed before it is accepted: the handshake gets 403
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
                 return
         await self.app(scope, receive, send)
 
