@@ -19,8 +19,10 @@
   let encoding = Promise.resolve();
   let picture = null;  // the background picture, when one was chosen
   const arrivals = [];  // times (ms) the recent mattes arrived: the frame rate
-  // for scripts (tests, benchmarks): frames drawn and the rate over the last 2 seconds
-  window.pixelsegCamera = { frames: 0, fps: 0, errors: 0 };
+  // for scripts (tests, benchmarks): frames drawn, the rate over the last 2 seconds, and
+  // the median time from taking a frame to drawing it (ms) over the last 30
+  window.pixelsegCamera = { frames: 0, fps: 0, errors: 0, latency: 0 };
+  const delays = [];
 
   function say(text) { $("status").textContent = text; }
 
@@ -112,6 +114,7 @@
     frame.width = video.videoWidth;
     frame.height = video.videoHeight;
     frame.getContext("2d").drawImage(video, 0, 0);
+    frame.takenAt = performance.now();
     sent.push(frame);
     // encoded one after another, so the frames leave in the order of `sent`
     encoding = encoding.then(() => new Promise((done) => frame.toBlob((blob) => {
@@ -141,7 +144,7 @@
     const ctx = live.getContext("2d");
     background(ctx, W, H, frame);
     ctx.drawImage(person, 0, 0);
-    count();
+    count(frame);
   }
 
   function background(ctx, W, H, frame) {
@@ -160,13 +163,16 @@
     }
   }
 
-  function count() {
+  function count(frame) {
     const now = performance.now();
     arrivals.push(now);
     while (arrivals.length && arrivals[0] < now - 2000) arrivals.shift();
     const span = (now - arrivals[0]) / 1000;
     const fps = arrivals.length > 1 && span > 0 ? (arrivals.length - 1) / span : 0;
     window.pixelsegCamera.frames += 1;
+    delays.push(now - frame.takenAt);
+    if (delays.length > 30) delays.shift();
+    window.pixelsegCamera.latency = [...delays].sort((a, b) => a - b)[delays.length >> 1];
     window.pixelsegCamera.fps = fps;
     $("fps").textContent = `${fps.toFixed(1)} fps`;
   }
