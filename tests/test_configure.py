@@ -76,3 +76,44 @@ def test_small_images_are_never_enlarged_or_timed_twice(logs: list[str]) -> None
     small = choose_for_budget(_cfg(size=None), [48] * 3, [64] * 3, 16, 1e-3, 16, 3, CPU)
     assert small.size == (48, 64) and small.model_kwargs == {"base_channels": 8}
     assert "none of the candidates" in logs[-1]
+
+
+def _fake_timer(cfg: TrainConfig) -> tuple[float, str]:
+    """Milliseconds that grow with the pixels: 65.5 at 256x256, 36.9 at 192x192."""
+    return cfg.size[0] * cfg.size[1] / 1000, "a fake engine"
+
+
+def test_a_latency_picks_the_largest_size_within_it(logs: list[str]) -> None:
+    from pixelseg.engine.configure import choose_size_for_latency
+
+    shapes = ([480] * 3, [480] * 3)  # square images, larger than every candidate
+    cfg = _cfg(size=None, model="lite-unet-fast", latency="40ms")
+    assert choose_size_for_latency(cfg, *shapes, 32, _fake_timer).size == (192, 192)
+    assert "size: 192x192 for --latency 40ms" in logs[-1] and "36.9 ms" in logs[-1]
+    assert choose_size_for_latency(_cfg(size=None, latency="0.07s"), *shapes, 32,
+                                   _fake_timer).size == (256, 256)  # fmt: skip
+    # a target nothing meets: the smallest size tried, with a warning that says so
+    tight = choose_size_for_latency(_cfg(size=None, latency="1ms"), *shapes, 32, _fake_timer)
+    assert tight.size == (64, 64) and "over --latency 1ms even at the smallest" in logs[-1]
+    # the user's size is kept, and checked
+    given = _cfg(size=256, latency="10ms")
+    assert choose_size_for_latency(given, *shapes, 32, _fake_timer) is given
+    assert "takes 65.5 ms an image on a fake engine, over --latency 10ms" in logs[-1]
+    assert choose_size_for_latency(_cfg(size=None), *shapes, 32, _fake_timer).size is None
+
+
+def test_latency_settings_are_read_or_refused() -> None:
+    from pixelseg.config import parse_milliseconds
+
+    assert [parse_milliseconds(t) for t in ("10ms", "0.01s", "7.5", 3)] == [10, 10, 7.5, 3]
+    for bad in ("fast", "-3ms", "0"):
+        with pytest.raises(ValueError, match="latency"):
+            TrainConfig(data="d", latency=bad)
+
+
+def test_inference_time_is_measured_on_onnx_runtime_when_installed() -> None:
+    from pixelseg.engine.configure import inference_ms
+
+    pytest.importorskip("onnxruntime")
+    ms, engine = inference_ms(_cfg(size=64, model="lite-unet-fast"), runs=3)
+    assert 0 < ms < 5000 and engine == "ONNX Runtime"

@@ -303,3 +303,40 @@ def test_the_model_describes_and_freezes_its_encoder() -> None:
     assert any(k.startswith("decoder.") for k in changed)
     model.freeze_encoder(False)
     assert all(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_the_fast_decoder_options_keep_the_size_and_cost_less() -> None:
+    from pixelseg.models.complexity import forward_gflops
+
+    fast = create_model("lite-unet-fast", encoder="efficientnet_lite0").eval()
+    default = create_model("lite-unet", encoder="efficientnet_lite0").eval()
+    with torch.no_grad():
+        assert fast(torch.rand(1, 3, 75, 101)).shape == (1, 1, 75, 101)
+        for stride in (2, 4):
+            model = create_model("lite-unet", output_stride=stride, separable=True).eval()
+            assert model(torch.rand(2, 3, 64, 96)).shape == (2, 1, 64, 96)
+    assert forward_gflops(fast) < 0.5 * forward_gflops(default)
+    with pytest.raises(ModelError, match="output_stride must be 1, 2 or 4"):
+        create_model("lite-unet", output_stride=8)
+    with pytest.raises(ModelError, match="3 channel counts >= 1 with output_stride 4"):
+        create_model("lite-unet", output_stride=4, decoder_channels=(64, 32))
+
+
+def test_train_with_a_latency_target_picks_the_fast_model(
+    tiny_data: Path, tmp_path: Path, logs: list[str]
+) -> None:
+    from pixelseg.cli import main
+
+    args = ["train", str(tiny_data), "--out", str(tmp_path / "run"), "--latency", "500ms",
+            "--encoder-weights", "none", "--epochs", "1", "--batch-size", "4",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "lite-unet-fast" and config["train"]["latency"] == "500ms"
+    assert any("model: lite-unet-fast from scratch (--latency 500ms" in m for m in logs)
+    size = "x".join(map(str, config["size"]))
+    assert any(m.startswith(f"size: {size} for --latency 500ms") for m in logs), logs
+    assert pixelseg.load(tmp_path / "run").predict(np.zeros((40, 48, 3), np.uint8)).shape == (
+        40,
+        48,
+    )

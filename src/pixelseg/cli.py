@@ -206,6 +206,13 @@ _TRAIN_OPTIONS = [
         "times the first epoch and plans as many as fit",
     ),
     (
+        "latency",
+        str,
+        "time the model may take per image at inference, e.g. 10ms: picks lite-unet-fast "
+        "(unless --model is given) and the largest size that runs within it on this CPU "
+        "(ONNX Runtime when installed)",
+    ),
+    (
         "batch_size",
         int,
         "images per step (default: 8 on a CPU, 32 on a GPU, at most an eighth of the "

@@ -44,6 +44,23 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
+def parse_milliseconds(text: str | float) -> float:
+    """Milliseconds in ``"10ms"``, ``"0.01s"`` or a plain number of milliseconds."""
+    value = str(text).strip().lower()
+    scale = 1.0
+    if value.endswith("ms"):
+        value = value[:-2]
+    elif value.endswith("s"):
+        value, scale = value[:-1], 1000.0
+    try:
+        ms = float(value) * scale
+    except ValueError:
+        raise SettingsError(f"cannot read the latency {text!r}; use e.g. 10ms or 0.01s") from None
+    if not ms > 0:
+        raise SettingsError(f"a latency must be positive, got {text!r}")
+    return ms
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything ``pixelseg train`` can be told. Defaults suit a small binary data set.
@@ -71,6 +88,9 @@ class TrainConfig:
     size: tuple[int, int] | None = None  # training (height, width); None: from the images
     epochs: int | None = None  # None: DEFAULT_EPOCHS, or as many as fit in time_budget
     time_budget: str | None = None  # wall-clock limit for the whole run: "15m", "900s", "1h"
+    # time the model may take for one image at inference, "10ms": picks lite-unet-fast (with
+    # model auto) and the largest size that runs within it (engine/configure.py)
+    latency: str | None = None
     batch_size: int | None = None  # None: from the device's memory and the data set's size
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -110,6 +130,8 @@ class TrainConfig:
             _parse_size(self.size)
         if self.time_budget is not None:
             parse_duration(self.time_budget)
+        if self.latency is not None:
+            parse_milliseconds(self.latency)
         epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS
         checks = [
             (
@@ -182,7 +204,7 @@ class TrainConfig:
         if loss is None and self.num_classes is not None:
             loss = "bce+dice" if self.num_classes == 1 else "ce+dice"
         kwargs = self.model_kwargs
-        encoder = {"lite-unet": LITE_DEFAULT_ENCODER}.get(
+        encoder = {"lite-unet": LITE_DEFAULT_ENCODER, "lite-unet-fast": LITE_DEFAULT_ENCODER}.get(
             self.model, ZOO_DEFAULT_ENCODER if self.model.startswith("smp-") else None
         )
         if encoder and "encoder" not in kwargs:

@@ -9,12 +9,13 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from pixelseg.config import TrainConfig
+from pixelseg.config import TrainConfig, parse_milliseconds
 from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import detect_format
@@ -70,15 +71,23 @@ def choose_model(cfg: TrainConfig, in_channels: int) -> TrainConfig:
             + ("but --encoder-weights is none" if cfg.encoder_weights == "none"
                else f"and there are no ImageNet weights on this machine: {WEIGHTS_HINT}")
         )  # fmt: skip
-    if pretrained or ((in_channels == 3 or finetuning) and source is not None):
+    # a latency target asks for the light decoder, from ImageNet weights when there are some
+    name = "lite-unet-fast" if cfg.latency else "lite-unet"
+    if pretrained or ((in_channels == 3 or finetuning or cfg.latency) and source is not None):
         weights = cfg.encoder_weights if pretrained else "imagenet"
         log.info(
-            f"model: lite-unet, EfficientNet-Lite0 encoder from {weights} weights"
+            f"model: {name}, EfficientNet-Lite0 encoder from {weights} weights"
             + (f" ({source})" if source and not pretrained else "")
-            + " (colour images)" * (in_channels == 3)
+            + " (colour images)" * (in_channels == 3 and not cfg.latency)
+            + f" (--latency {cfg.latency})" * bool(cfg.latency)
         )
-        return replace(cfg, model="lite-unet", model_kwargs={"encoder": DEFAULT_ENCODER},
+        return replace(cfg, model=name, model_kwargs={"encoder": DEFAULT_ENCODER},
                        encoder_weights=weights)  # fmt: skip
+    if cfg.latency:
+        why = "--encoder-weights none" if cfg.encoder_weights == "none" else WEIGHTS_HINT
+        log.info(f"model: {name} from scratch (--latency {cfg.latency}; {why})")
+        return replace(cfg, model=name, model_kwargs={"encoder": DEFAULT_ENCODER},
+                       encoder_weights="none")  # fmt: skip
     if cfg.encoder_weights == "none":
         why = "--encoder-weights none"
     elif in_channels != 3:
@@ -129,6 +138,82 @@ def choose_size(
         f"{AUTO_LONG_SIDE}, aspect ratio kept, multiples of the model's stride {stride})"
     )
     return replace(cfg, size=size)
+
+
+# longer sides tried for --latency, largest first: a latency caps the cost, so never
+# beyond what choose_size would pick without one
+LATENCY_SIDES = (256, 224, 192, 160, 128, 96, 64)
+
+
+def choose_size_for_latency(
+    cfg: TrainConfig, heights: list[int], widths: list[int], stride: int,
+    timer: Callable[[TrainConfig], tuple[float, str]] | None = None,
+) -> TrainConfig:  # fmt: skip
+    """With ``latency``, the largest training size (the images' aspect ratio kept) at which
+    the model segments one image within it on this machine's CPU, measured with random
+    weights through ONNX Runtime when installed (else PyTorch). A size the user gave is
+    only checked. ``timer`` (for tests) maps settings to (ms, engine)."""
+    if cfg.latency is None:
+        return cfg
+    target = parse_milliseconds(cfg.latency)
+    timer = timer or inference_ms
+    if cfg.size is not None:
+        ms, engine = timer(cfg)
+        if ms > target:
+            log.warning(
+                f"size {cfg.size[0]}x{cfg.size[1]}: {cfg.model} takes {ms:.1f} ms an image on "
+                f"{engine}, over --latency {cfg.latency}; a smaller --size would meet it"
+            )
+        return cfg
+    sizes = list(dict.fromkeys(_scaled_size(heights, widths, stride, s) for s in LATENCY_SIDES))
+    for size in sizes:
+        ms, engine = timer(replace(cfg, size=size))
+        if ms <= target:
+            log.info(
+                f"size: {size[0]}x{size[1]} for --latency {cfg.latency} ({cfg.model} takes "
+                f"{ms:.1f} ms an image on {engine} here, measured; the largest size within it)"
+            )
+            return replace(cfg, size=size)
+    log.warning(
+        f"{cfg.model} takes {ms:.1f} ms an image at {size[0]}x{size[1]} on {engine}, over "
+        f"--latency {cfg.latency} even at the smallest size tried; training at that size"
+    )
+    return replace(cfg, size=size)
+
+
+def inference_ms(cfg: TrainConfig, runs: int = 30) -> tuple[float, str]:
+    """Median milliseconds for one image at ``cfg.size`` on this machine's CPU (random
+    weights), through ONNX Runtime as ``pixelseg predict --engine onnx`` runs it when the
+    onnx extra is installed, else through PyTorch; and which of the two."""
+    model = create_model(
+        cfg.model, in_channels=cfg.in_channels or 3, num_classes=cfg.num_classes or 1,
+        **cfg.model_kwargs,
+    ).eval()  # fmt: skip
+    image = torch.rand(1, cfg.in_channels or 3, *cfg.size)
+    try:
+        from pixelseg.inference.export import onnx_bytes
+        from pixelseg.inference.onnx import open_session
+
+        session = open_session(onnx_bytes(model, tuple(image.shape)))
+        array = image.numpy()
+        run, engine = (lambda: session.run(None, {"image": array})), "ONNX Runtime"
+    except (ImportError, PixelsegError):  # no onnx extra: PyTorch's time instead
+        with torch.no_grad():
+            model(image)
+
+        def run() -> None:
+            with torch.no_grad():
+                model(image)
+
+        engine = "PyTorch (install pixelseg[onnx] to measure ONNX Runtime)"
+    for _ in range(5):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2], engine
 
 
 def _median(values: list[int]) -> int:

@@ -2,10 +2,11 @@
 
 :func:`resolve` reads and checks the data, then fills in, in order, what the user left
 open (None or "auto"): the classes, the input channels, the model and its starting
-weights, the precision, the split, the training size (fitted to a time budget), the batch
-size. Each choice is logged with its reason (:mod:`pixelseg.engine.configure`). The
-result is a :class:`Plan`, frozen like its settings; training only reads it. A resumed
-run starts from its saved, already decided settings, so nothing is decided again.
+weights, the precision, the split, the training size (fitted to a latency target and a
+time budget), the batch size. Each choice is logged with its reason
+(:mod:`pixelseg.engine.configure`). The result is a :class:`Plan`, frozen like its
+settings; training only reads it. A resumed run starts from its saved, already decided
+settings, so nothing is decided again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pixelseg.engine.configure import (
     choose_for_budget,
     choose_model,
     choose_size,
+    choose_size_for_latency,
     resolve_class_settings,
 )
 from pixelseg.engine.distributed import World
@@ -95,6 +97,7 @@ def resolve(
     heights = [i.height for i in data.report.infos]
     widths = [i.width for i in data.report.infos]
     n_train = len(split["train"])
+    cfg = choose_size_for_latency(cfg, heights, widths, stride)
     if deadline is not None:
         left = deadline - time.perf_counter()
         cfg = choose_for_budget(cfg, heights, widths, stride, left, n_train, cfg.in_channels,

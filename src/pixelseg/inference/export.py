@@ -92,6 +92,8 @@ def onnx_bytes(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the exporter's own
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # the bilinear resize's slices, which the exporter leaves as operations: harmless
+        warnings.filterwarnings("ignore", message="Constant folding")
         try:
             torch.onnx.export(
                 model, (torch.randn(*example_shape),), buffer, input_names=["image"],

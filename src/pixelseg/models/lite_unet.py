@@ -33,18 +33,30 @@ DEFAULT_ENCODER = LITE_DEFAULT_ENCODER
 # narrower than smp's (256, 128, 64, 32, 16), since on a CPU the decoder's full-resolution
 # convolutions cost more than the whole encoder
 DECODER_CHANNELS = (128, 64, 48, 32, 16)
+# lite-unet-fast's decoder: narrow, depthwise-separable, stopping at stride 4. At 256x256
+# on ONNX Runtime (2-core CPU) 0.38x the default decoder's time: 7.5 against 19.7 ms
+# (benchmarks/fast_models.py; docs/benchmarks.md for what each part buys and costs)
+FAST_DECODER = {"decoder_channels": (64, 32, 24), "separable": True, "output_stride": 4}
 
 
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+def _conv_bn_relu(cin: int, cout: int, separable: bool = False) -> list[nn.Module]:
+    if separable:  # depthwise 3x3, then pointwise 1x1 (MobileNet's block): ~8x fewer FLOPs
+        return [
+            nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+            nn.ReLU(True), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(True),
+        ]  # fmt: skip
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
 
 
 class DecoderStage(nn.Module):
     """Upsample 2x, concatenate the skip (if any), two conv-BN-ReLU."""
 
-    def __init__(self, cin: int, skip: int, cout: int) -> None:
+    def __init__(self, cin: int, skip: int, cout: int, separable: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Sequential(*_conv_bn_relu(cin + skip, cout), *_conv_bn_relu(cout, cout))
+        self.conv = nn.Sequential(
+            *_conv_bn_relu(cin + skip, cout, separable), *_conv_bn_relu(cout, cout, separable)
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -61,7 +73,13 @@ class LiteUNet(nn.Module):
         num_classes: output channels (1 for binary segmentation).
         encoder: ``tf_efficientnet_lite0`` (Google's weights, in the ``weights`` extra) or
             ``efficientnet_lite0`` (timm's).
-        decoder_channels: channels of the five decoder stages, deepest first.
+        decoder_channels: channels of the decoder stages, deepest first (five with
+            ``output_stride`` 1, one fewer for each halving of the output).
+        separable: depthwise-separable decoder convolutions (a fast model's: see
+            docs/models.md for what each option buys on a CPU).
+        output_stride: 1 (logits from a full-resolution decoder), 2 or 4 (the decoder stops
+            there and the logits are upsampled bilinearly: the full-resolution stages cost
+            the most and add least for objects larger than a few pixels).
     """
 
     def __init__(
@@ -70,37 +88,49 @@ class LiteUNet(nn.Module):
         num_classes: int = 1,
         encoder: str = DEFAULT_ENCODER,
         decoder_channels: tuple[int, ...] | list[int] = DECODER_CHANNELS,
+        separable: bool = False,
+        output_stride: int = 1,
     ) -> None:
         super().__init__()
+        if output_stride not in (1, 2, 4):
+            raise ModelError(f"output_stride must be 1, 2 or 4, got {output_stride!r}")
         if encoder not in ENCODERS:
             raise ModelError(f"unknown encoder '{encoder}' for lite-unet; encoders: "
                              f"{', '.join(ENCODERS)}")  # fmt: skip
         decoder_channels = tuple(decoder_channels)
-        if len(decoder_channels) != 5 or min(decoder_channels) < 1:
+        stages = {1: 5, 2: 4, 4: 3}[output_stride]
+        if output_stride != 1 and decoder_channels == DECODER_CHANNELS:
+            decoder_channels = DECODER_CHANNELS[:stages]
+        if len(decoder_channels) != stages or min(decoder_channels) < 1:
             raise ModelError(
-                f"decoder_channels must be 5 channel counts >= 1, got {decoder_channels!r}"
+                f"decoder_channels must be {stages} channel counts >= 1 with output_stride "
+                f"{output_stride}, got {decoder_channels!r}"
             )
+        self.output_stride = output_stride
         self.in_channels = in_channels
         self.encoder_name = encoder
         self.encoder = EfficientNetLite(encoder, in_channels)
         self.stride = self.encoder.stride
         skips = self.encoder.out_channels[-2::-1] + (0,)  # strides 16, 8, 4, 2, then none
         cin = self.encoder.out_channels[-1]
-        stages = []
-        for skip, cout in zip(skips, decoder_channels, strict=True):
-            stages.append(DecoderStage(cin, skip, cout))
+        decoder = []
+        for skip, cout in zip(skips[:stages], decoder_channels, strict=True):
+            decoder.append(DecoderStage(cin, skip, cout, separable))
             cin = cout
-        self.decoder = nn.ModuleList(stages)
+        self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(cin, num_classes, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, padding = pad_to_multiple(x, self.stride)
         features = self.encoder.features(x)
         x = features[-1]
-        skips = [*features[-2::-1], None]
+        skips = [*features[-2::-1], None][: len(self.decoder)]
         for stage, skip in zip(self.decoder, skips, strict=True):
             x = stage(x, skip)
-        return crop_padding(self.head(x), padding)
+        x = self.head(x)
+        if self.output_stride > 1:
+            x = F.interpolate(x, scale_factor=float(self.output_stride), mode="bilinear")
+        return crop_padding(x, padding)
 
     @property
     def encoder_channels(self) -> tuple[int, ...]:
@@ -176,5 +206,19 @@ def lite_unet(
     num_classes: int = 1,
     encoder: str = DEFAULT_ENCODER,
     decoder_channels: tuple[int, ...] | list[int] = DECODER_CHANNELS,
+    separable: bool = False,
+    output_stride: int = 1,
 ) -> LiteUNet:
-    return LiteUNet(in_channels, num_classes, encoder, decoder_channels)
+    return LiteUNet(in_channels, num_classes, encoder, decoder_channels, separable, output_stride)
+
+
+@register_model(
+    "lite-unet-fast",
+    prefers_channels_last=True,
+    description="lite-unet with a light decoder (depthwise-separable, to stride 4): for "
+    "real time, about 0.4x lite-unet's time (train --latency picks it)",
+)
+def lite_unet_fast(
+    in_channels: int = 3, num_classes: int = 1, encoder: str = DEFAULT_ENCODER
+) -> LiteUNet:
+    return LiteUNet(in_channels, num_classes, encoder, **FAST_DECODER)
