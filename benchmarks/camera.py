@@ -1,7 +1,7 @@
 """The page's camera mode, timed: headless Chromium with a fake camera against ``pixelseg serve``.
 
 Makes a clip of people photos at the camera's size (each photo held for a few frames, a
-Y4M file that Chromium's fake camera plays in a loop at ``--camera-fps``), starts ``pixelseg
+Y4M file that Chromium's fake camera plays in a loop at 30 fps), starts ``pixelseg
 serve RUN`` in its own process, opens the page in Debian's Chromium, starts the camera with
 the chosen background, and after a warm-up counts for ``--seconds`` the frames the page
 drew with a fresh matte. Prints frames per second (median of ``--repeats`` windows), the
@@ -57,10 +57,11 @@ def write_clip(photos: list[Path], path: Path, size: tuple[int, int], hold: int)
     return frames
 
 
-def serve(run: str, engine: str, port: int) -> subprocess.Popen:
+def serve(run: str, engine: str, port: int, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "pixelseg", "serve", run, "--port", str(port),
                "--engine", engine, "--device", "cpu"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the server's log goes to a file: a pipe nobody reads would stall it once full
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     for _ in range(600):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
@@ -69,7 +70,7 @@ def serve(run: str, engine: str, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.1)
         if server.poll() is not None:
-            raise SystemExit(f"pixelseg serve stopped: {server.stderr.read().decode()}")
+            raise SystemExit(f"pixelseg serve stopped: {log.read_text()}")
     raise SystemExit("pixelseg serve did not start within a minute")
 
 
@@ -96,7 +97,7 @@ def main() -> None:
     n = write_clip(photos, clip, (height, width), hold=15)
     print(f"clip: {len(photos)} photos, {n} frames at {width}x{height}, 30 fps, looped")
     port = free_port()
-    server = serve(args.run, args.engine, port)
+    server = serve(args.run, args.engine, port, work / "serve.log")
     flags = ["--no-sandbox", "--use-fake-device-for-media-stream",
              "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
              "--disable-background-networking", "--disable-component-update"]  # fmt: skip

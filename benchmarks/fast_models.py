@@ -5,8 +5,9 @@ to ONNX at batch 1 and times one image on ONNX Runtime (the settings ``pixelseg 
 --engine onnx`` uses), median of ``--runs`` after a warm-up, beside the default decoder
 measured in the same run (the ratio column). The options: a narrower decoder, depthwise-
 separable decoder convolutions, a decoder that stops at stride 2 or 4 (bilinear logits),
-a lower input size, and ONNX Runtime's graph optimisations (Conv+BN folding, at its
-"basic" level, and the rest) turned off, on in part, and on.
+a lower input size, ONNX Runtime's graph optimisations (Conv+BN folding, at its "basic"
+level, and the rest) turned off, on in part, and on, and the encoder's padding left as Pad
+nodes rather than folded into the convolutions (inference/onnx_passes.py).
 
     python benchmarks/fast_models.py --size 256 --runs 100
 
@@ -53,6 +54,19 @@ def ort_ms(session, image: np.ndarray, runs: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def unfolded(model: torch.nn.Module, image: np.ndarray) -> bytes:
+    """The graph as torch's exporter writes it, without pixelseg's folding of padding."""
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(image),), buffer, input_names=["image"],
+                          output_names=["logits"], opset_version=17, dynamo=False)  # fmt: skip
+    return buffer.getvalue()
+
+
 def session_with(data: bytes, level: str):
     import onnxruntime
 
@@ -74,11 +88,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     def model(kwargs: dict) -> torch.nn.Module:
-        return create_model("lite-unet", encoder="efficientnet_lite0", **kwargs).eval()
+        return create_model("lite-unet", **kwargs).eval()  # the default encoder
 
-    def measure(kwargs: dict, side: int, level: str = "ORT_ENABLE_ALL") -> float:
+    def measure(kwargs: dict, side: int, level: str = "ORT_ENABLE_ALL", fold: bool = True) -> float:
         image = np.random.rand(1, 3, side, side).astype(np.float32)
-        data = onnx_bytes(model(kwargs), image.shape)
+        data = onnx_bytes(model(kwargs), image.shape) if fold else unfolded(model(kwargs), image)
         return ort_ms(session_with(data, level), image, args.runs)
 
     print(f"ONNX Runtime, one {args.size}x{args.size} image, median of {args.runs} (ms):")
@@ -91,6 +105,10 @@ def main() -> None:
     for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
         ms = measure({}, args.size, level)
         print(f"  {level:<40} {ms:7.2f} ms  {ms / base:5.2f}x")
+    print("the encoder's TensorFlow padding as Pad nodes (not folded into the convolutions):")
+    for name in ("default decoder (128, 64, 48, 32, 16)", "fast: separable, narrow, to stride 4"):
+        ms = measure(VARIANTS[name], args.size, fold=False)
+        print(f"  {name:<40} {ms:7.2f} ms  {ms / base:5.2f}x")
     for name in ("fast: separable, narrow, to stride 2", "fast: separable, narrow, to stride 4"):
         print(f"{name}, by input size:")
         for side in (int(s) for s in args.sizes.split(",")):

@@ -138,3 +138,37 @@ def test_serve_with_the_onnx_engine(run: Path, tiny_data: Path, tmp_path: Path) 
             assert c.post("/predict?output=probabilities", content=image,
                           headers=png).status_code == 200  # fmt: skip
     assert answers["torch"] == answers["onnx"]  # the same mask PNG, byte for byte
+
+
+@pytest.mark.parametrize(("fill", "folded"), [(0.0, 1), (1.0, 0)])
+def test_zero_padding_is_folded_into_the_convolution(fill: float, folded: int) -> None:
+    """TensorFlow-style uneven padding before a strided conv becomes the Conv's own pads
+    (a Pad of ones is left alone); the graph still computes what the model does."""
+    import onnx
+
+    from pixelseg.inference.export import onnx_bytes
+    from pixelseg.inference.onnx import open_session
+
+    model = torch.nn.Sequential(torch.nn.ConstantPad2d((0, 1, 0, 1), fill),
+                                torch.nn.Conv2d(3, 4, 3, stride=2)).eval()  # fmt: skip
+    graph = onnx_bytes(model, (1, 3, 16, 16))
+    kinds = [node.op_type for node in onnx.load_from_string(graph).graph.node]
+    assert kinds.count("Pad") == 1 - folded
+    x = torch.randn(1, 3, 16, 16)
+    got = open_session(graph).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
+
+
+def test_the_encoders_padding_leaves_no_pad_before_a_conv() -> None:
+    import onnx
+
+    from pixelseg.inference.export import onnx_bytes
+    from pixelseg.models import create_model
+
+    graph = onnx.load_from_string(onnx_bytes(create_model("lite-unet-fast").eval(), (1, 3, 64, 64)))
+    readers = {name: node.op_type for node in graph.graph.node for name in node.input}
+    pads = [node for node in graph.graph.node if node.op_type == "Pad"]
+    # only the model's own padding of the input to a multiple of 32 is left
+    assert len(pads) == 1 and pads[0].input[0] == "image"
+    assert all(readers.get(p.output[0]) != "Conv" or p.input[0] == "image" for p in pads)

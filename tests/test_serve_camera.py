@@ -84,6 +84,8 @@ def test_a_bad_frame_is_an_error_message_and_the_connection_goes_on(client: Test
         assert ws.receive_json()["ready"]
         ws.send_bytes(b"GIF89a not really")
         assert "unsupported image format GIF" in ws.receive_json()["error"]
+        ws.send_text("a text message")
+        assert "send frames as binary messages" in ws.receive_json()["error"]
         ws.send_bytes(_frame(0)[0])
         assert decode_matte(ws.receive_bytes()).shape == (32, 32)
 
@@ -129,3 +131,20 @@ def test_the_api_key_and_the_origin_are_checked(run: Path) -> None:
         with c.websocket_connect(CAMERA, headers={"Origin": LOCAL}) as ws:
             ws.send_text('{"key": "s3cret"}')
             assert ws.receive_json()["ready"]
+
+
+def test_connections_beyond_max_cameras_are_told_to_come_back(run: Path) -> None:
+    app = create_app(ServeSettings(run=str(run), device="cpu", max_cameras=1))
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(CAMERA) as first:
+        first.send_text("{}")
+        assert first.receive_json()["ready"]
+        with c.websocket_connect(CAMERA) as second:
+            assert "1 cameras are connected already" in second.receive_json()["error"]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                second.receive_text()
+        assert closed.value.code == 1013
+        first.send_bytes(_frame(1)[0])  # the first one goes on
+        assert decode_matte(first.receive_bytes()).shape == (32, 32)
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(CAMERA) as again:
+        again.send_text("{}")  # the first one's place was given back when it closed
+        assert again.receive_json()["ready"]

@@ -479,7 +479,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, batch_size=args.batch_size, api_key=key,
         model_timeout=args.model_timeout, host=args.host,
         render_memory=int(args.render_memory_mb * 2**20), upload_timeout=args.upload_timeout,
-        upload_memory=int(args.upload_memory_mb * 2**20),
+        upload_memory=int(args.upload_memory_mb * 2**20), max_cameras=args.max_cameras,
         allowed_hosts=tuple(_listed(args.allowed_hosts)),
         cors_origins=tuple(_listed(args.cors_origins)),
     )  # fmt: skip
@@ -498,8 +498,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # a stop (Ctrl-C, SIGTERM) waits at most this long for requests in progress
     # (no uvicorn limit_concurrency: it answers 503 without reading the upload, and a client
     # still sending its body then hangs; pixelseg bounds the bytes it buffers instead)
+    # A camera's WebSocket messages: at most one frame of --max-mb each, and two waiting to
+    # be read (uvicorn's defaults, 16 MiB x 32, would let each connection hold 512 MiB).
     options = {"host": args.host, "port": args.port, "timeout_graceful_shutdown": 10,
-               "timeout_keep_alive": 5}  # fmt: skip
+               "timeout_keep_alive": 5, "ws_max_size": settings.max_bytes,
+               "ws_max_queue": 2}  # fmt: skip
     if args.workers > 1:  # each worker process loads the model from the settings
         settings_to_env(settings)
         uvicorn.run("pixelseg.serve.app:create_app_from_env", factory=True,
@@ -809,6 +812,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--upload-memory-mb", type=float, default=512.0,
         help="bytes of uploads still arriving that may be held at once, MB (512); more: 503",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-cameras", type=int, default=8,
+        help="camera-mode connections (the page's live camera) at a time (8)",
     )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 

@@ -75,8 +75,8 @@ def resolve(
     cfg = resolve_class_settings(cfg).with_defaults()
     fetch = state is None and world.is_main  # only rank 0 loads weights: DDP copies its own
     early = cfg.model != "auto" and cfg.encoder_weights != "auto"
-    if early:
-        stride, source = check_settings(cfg, fetch=fetch)
+    if cfg.model != "auto":  # a bad name or option fails before the data is read
+        stride, source = check_settings(cfg, fetch=fetch and early)
     data = CheckedData.read(cfg)
     cfg = data.input_channels(cfg)
     if state is None:
@@ -97,7 +97,10 @@ def resolve(
     heights = [i.height for i in data.report.infos]
     widths = [i.width for i in data.report.infos]
     n_train = len(split["train"])
-    cfg = choose_size_for_latency(cfg, heights, widths, stride)
+    # (a resumed run's size was decided when it started; under torchrun rank 0 times it
+    # alone, as the others would slow its measurement down, and its choice is broadcast)
+    if state is None and world.is_main:
+        cfg = choose_size_for_latency(cfg, heights, widths, stride)
     if deadline is not None:
         left = deadline - time.perf_counter()
         cfg = choose_for_budget(cfg, heights, widths, stride, left, n_train, cfg.in_channels,

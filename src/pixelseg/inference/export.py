@@ -107,7 +107,20 @@ def onnx_bytes(
                 f"{name} cannot be exported to ONNX by torch's exporter: "
                 f"{str(error).strip().splitlines()[0]}"
             ) from None
-    return buffer.getvalue()
+    return _optimized(buffer.getvalue())
+
+
+def _optimized(graph: bytes) -> bytes:
+    """The graph with its zero padding folded into convolutions (onnx_passes.py); as it is
+    without the onnx package, which that needs."""
+    try:
+        import onnx
+    except ImportError:
+        return graph
+    from pixelseg.inference.onnx_passes import fold_pads
+
+    model = onnx.load_from_string(graph)
+    return model.SerializeToString() if fold_pads(model) else graph
 
 
 def compare(

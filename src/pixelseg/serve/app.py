@@ -77,6 +77,7 @@ class ServeSettings:
     # bytes of uploads still arriving that may be held at once (raw bodies; multipart
     # files beyond 1 MB are spooled to disk by Starlette); beyond it: 503
     upload_memory: int = 512 * 2**20
+    max_cameras: int = 8  # camera-mode WebSocket connections at a time (serve/camera.py)
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
@@ -91,9 +92,10 @@ class ServeSettings:
         if self.engine not in ("torch", "onnx"):
             raise SettingsError(f"engine must be torch or onnx, got {self.engine!r}")
         if min(self.max_bytes, self.max_pixels, self.max_queue, self.batch_size,
-               self.render_memory) < 1:  # fmt: skip
+               self.render_memory, self.max_cameras) < 1:  # fmt: skip
             raise SettingsError(
-                "max_bytes, max_pixels, max_queue, batch_size and render_memory must be >= 1"
+                "max_bytes, max_pixels, max_queue, batch_size, render_memory and max_cameras "
+                "must be >= 1"
             )
 
 
@@ -140,6 +142,7 @@ def create_app(
     app.state.settings, app.state.in_flight = settings, 0
     app.state.memory = MemoryBudget(settings.render_memory)
     app.state.receiving = 0  # bytes of uploads still arriving (the event loop's thread only)
+    app.state.cameras = 0  # camera WebSockets open (the same)
     _add_error_handlers(app)
     _add_routes(app)
     if settings.cors_origins:  # answers the preflights of the sites allowed

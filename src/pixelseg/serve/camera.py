@@ -41,7 +41,8 @@ MAX_SMOOTH = 0.95
 # soft edge, which the browser's scaling of the matte to the frame keeps smooth.
 SOFTNESS = 0.2
 HELLO_TIMEOUT = 10.0  # seconds for the settings message
-POLICY_VIOLATION = 1008  # WebSocket close code: refused
+POLICY_VIOLATION = 1008  # WebSocket close codes: refused,
+TRY_AGAIN_LATER = 1013  # and too many connections
 
 
 def matte(logit: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
@@ -73,30 +74,49 @@ class _Refused(Exception):
 
 
 async def camera_session(websocket: WebSocket) -> None:
-    """Serve one page's camera until it disconnects."""
+    """Serve one page's camera until it disconnects.
+
+    At most ``max_cameras`` connections at a time, counted from the handshake: with the
+    server's per-connection bound on queued messages (``pixelseg serve`` gives uvicorn
+    ``ws_max_size`` = ``max_bytes`` and ``ws_max_queue`` = 2), that bounds the bytes frames
+    can hold before they are read."""
     await websocket.accept()
     state = websocket.app.state
+    if state.cameras >= state.settings.max_cameras:
+        busy = f"{state.settings.max_cameras} cameras are connected already; try again later"
+        await websocket.send_text(json.dumps({"error": busy}))
+        await websocket.close(TRY_AGAIN_LATER)
+        return
+    state.cameras += 1  # (only the event loop's thread counts: no lock needed)
+    try:
+        await _serve(websocket, state)
+    except WebSocketDisconnect:
+        return
+    finally:
+        state.cameras -= 1
+
+
+async def _serve(websocket: WebSocket, state) -> None:
     try:
         smoothing, threshold = await _hello(websocket, state)
     except _Refused as refused:
         await websocket.send_text(json.dumps({"error": str(refused)}))
         await websocket.close(POLICY_VIOLATION)
         return
-    except WebSocketDisconnect:
-        return
-    predictor = state.predictor
-    await websocket.send_text(json.dumps({"ready": True, "size": list(predictor.size)}))
-    try:
-        while True:
-            data = await websocket.receive_bytes()
-            try:
-                alpha = await _segment(state, data, smoothing, threshold)
-            except (ApiError, Overloaded, ModelUnavailable) as problem:
-                await websocket.send_text(json.dumps({"error": _message(problem)}))
-                continue
-            await websocket.send_bytes(encode_matte(alpha))
-    except WebSocketDisconnect:
-        return
+    await websocket.send_text(json.dumps({"ready": True, "size": list(state.predictor.size)}))
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        try:
+            if data is None:
+                raise ApiError(400, "send frames as binary messages (encoded images)")
+            alpha = await _segment(state, data, smoothing, threshold)
+        except (ApiError, Overloaded, ModelUnavailable) as problem:
+            await websocket.send_text(json.dumps({"error": _message(problem)}))
+            continue
+        await websocket.send_bytes(encode_matte(alpha))
 
 
 async def _hello(websocket: WebSocket, state) -> tuple[TemporalSmoothing, float]:
@@ -107,7 +127,7 @@ async def _hello(websocket: WebSocket, state) -> tuple[TemporalSmoothing, float]
             raise ValueError
     except asyncio.TimeoutError:
         raise _Refused(f"no settings message within {HELLO_TIMEOUT:g} s") from None
-    except (ValueError, KeyError):  # not JSON, or a binary message first
+    except (ValueError, KeyError, RecursionError):  # not JSON, or a binary message first
         raise _Refused('the first message must be JSON settings, e.g. {"smooth": 0.5}') from None
     key = state.settings.api_key
     given = hello.get("key") or websocket.headers.get("x-api-key") or ""

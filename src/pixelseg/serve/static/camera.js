@@ -26,36 +26,56 @@
 
   function say(text) { $("status").textContent = text; }
 
+  // Each start is a new session; handlers of an older one (its socket closing late, a
+  // frame still being encoded, a video-frame callback) see that and do nothing.
+  let session = 0;
+
   async function start() {
     if (!navigator.mediaDevices?.getUserMedia) {
       say("this browser cannot open a camera here (the page must be served from localhost or https)");
       return;
     }
+    const mine = ++session;
+    $("camera-start").disabled = true;
+    let opened;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({
+      opened = await navigator.mediaDevices.getUserMedia({
         video: { width: { ideal: 320 }, height: { ideal: 240 } }, audio: false,
       });
     } catch (error) {
-      say(`the camera could not be opened: ${error.message}`);
+      if (mine === session) {
+        say(`the camera could not be opened: ${error.message}`);
+        $("camera-start").disabled = false;
+      }
       return;
     }
+    if (mine !== session) {  // stopped while the browser asked for the camera
+      opened.getTracks().forEach((track) => track.stop());
+      return;
+    }
+    stream = opened;
     video.srcObject = stream;
     await video.play();
     waiting = 0;
-    watch();
+    watch(mine);
     $("camera").hidden = false;
-    $("camera-start").disabled = true;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(`${scheme}://${location.host}/camera`);
-    socket.binaryType = "arraybuffer";
-    socket.onopen = () => socket.send(JSON.stringify({
+    const ws = new WebSocket(`${scheme}://${location.host}/camera`);
+    socket = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => ws.send(JSON.stringify({
       smooth: Number($("smooth").value), key: $("key").value || undefined,
     }));
-    socket.onmessage = received;
-    socket.onclose = () => { if (running) say("the connection to the server was closed"); stop(); };
+    ws.onmessage = (event) => { if (mine === session) received(event); };
+    ws.onclose = () => {
+      if (mine !== session) return;
+      if (running) say("the connection to the server was closed");
+      stop();
+    };
   }
 
   function stop() {
+    session += 1;
     running = false;
     spare.push(...sent.splice(0));
     if (socket && socket.readyState <= WebSocket.OPEN) socket.close();
@@ -89,15 +109,16 @@
   let presented = 0;
   let lastSent = -1;
   let waiting = 0;
-  function watch() {
+  function watch(mine) {
     if (!video.requestVideoFrameCallback) return;
     video.requestVideoFrameCallback((now, meta) => {
+      if (mine !== session) return;
       presented = meta.presentedFrames;
       if (waiting > 0 && running) {
         waiting -= 1;
         send();
       }
-      if (stream) watch();
+      watch(mine);
     });
   }
 
@@ -116,9 +137,19 @@
     frame.getContext("2d").drawImage(video, 0, 0);
     frame.takenAt = performance.now();
     sent.push(frame);
+    const mine = session;
+    const ws = socket;
     // encoded one after another, so the frames leave in the order of `sent`
     encoding = encoding.then(() => new Promise((done) => frame.toBlob((blob) => {
-      if (running && blob) socket.send(blob);
+      if (mine === session && running) {
+        if (blob) {
+          ws.send(blob);
+        } else {  // not encoded: forget the frame and take another
+          sent.splice(sent.indexOf(frame), 1);
+          spare.push(frame);
+          send();
+        }
+      }
       done();
     }, "image/jpeg", 0.85)));
   }
