@@ -46,9 +46,11 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     y0, y1, wy = axis(height, h)
     x0, x1, wx = axis(width, w)
-    top = logits[:, y0][:, :, x0] * (1 - wx) + logits[:, y0][:, :, x1] * wx
-    bottom = logits[:, y1][:, :, x0] * (1 - wx) + logits[:, y1][:, :, x1] * wx
-    return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
+    # separable: along the width at the small height first, then along the height, so
+    # only two of the four gathers are of the full size
+    rows = logits[:, :, x0] * (1 - wx) + logits[:, :, x1] * wx  # (C, h, W)
+    wy = wy[:, None]
+    return (rows[:, y0] * (1 - wy) + rows[:, y1] * wy).astype(np.float32)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
