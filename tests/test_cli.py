@@ -69,7 +69,8 @@ def test_unknown_model_is_a_clear_error(tiny_data: Path, tmp_path: Path, capsys)
     code = main(["train", str(tiny_data), "--out", str(tmp_path / "r"), "--model", "segformer"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "Valid models: lesson-segnet, lesson-unet, lite-unet, lite-unet-fast, smp-deeplabv3," in err
+    valid = "lesson-segnet, lesson-unet, lite-unet, lite-unet-fast, smp-deeplabv3,"
+    assert f"Valid models: {valid}" in err
 
 
 def test_train_evaluate_predict(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -44,7 +44,7 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_builtin_models_are_registered_and_sorted() -> None:
-    assert ALL_MODELS == ["lesson-segnet", "lesson-unet", "lite-unet", "unet"]
+    assert ALL_MODELS == ["lesson-segnet", "lesson-unet", "lite-unet", "lite-unet-fast", "unet"]
     assert list_models() == sorted(ALL_MODELS + ZOO_MODELS)
     for name in list_models():
         assert model_description(name)
