@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from pixelseg.inference.export import onnx_bytes
-from pixelseg.inference.onnx import open_session
 from pixelseg.models import create_model
 
 NARROW = (64, 32, 24, 16, 8)
@@ -70,12 +69,11 @@ def unfolded(model: torch.nn.Module, image: np.ndarray) -> bytes:
 def session_with(data: bytes, level: str):
     import onnxruntime
 
-    session = open_session(data)  # pixelseg's settings, then only the level changed
+    # pixelseg's settings (inference/onnx.py: open_session), with only the level changed
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
-    del session
     return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 

@@ -198,23 +198,25 @@ class TrainConfig:
         (recorded, so a saved run never depends on what the default is later) and the size
         as (height, width)."""
         budget = self.time_budget is not None
-        # with a time budget the epochs are only a ceiling; the run plans its real length
+        # with a time budget the epochs are only a ceiling; the run plans its real length,
+        # and its schedule ends with the budget (no early stopping)
         epochs = MAX_BUDGET_EPOCHS if budget else DEFAULT_EPOCHS
+        patience = 0 if budget else DEFAULT_PATIENCE
         loss = self.loss
         if loss is None and self.num_classes is not None:
             loss = "bce+dice" if self.num_classes == 1 else "ce+dice"
         kwargs = self.model_kwargs
-        encoder = {"lite-unet": LITE_DEFAULT_ENCODER, "lite-unet-fast": LITE_DEFAULT_ENCODER}.get(
-            self.model, ZOO_DEFAULT_ENCODER if self.model.startswith("smp-") else None
-        )
+        encoder = None
+        if self.model.startswith("lite-unet"):
+            encoder = LITE_DEFAULT_ENCODER
+        elif self.model.startswith("smp-"):
+            encoder = ZOO_DEFAULT_ENCODER
         if encoder and "encoder" not in kwargs:
             kwargs = {**kwargs, "encoder": encoder}
         return replace(
             self,
             epochs=self.epochs if self.epochs is not None else epochs,
-            patience=self.patience
-            if self.patience is not None
-            else (0 if budget else DEFAULT_PATIENCE),
+            patience=self.patience if self.patience is not None else patience,
             loss=loss,
             model_kwargs=kwargs,
             size=None if self.size is None else _parse_size(self.size),

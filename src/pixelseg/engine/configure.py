@@ -198,8 +198,6 @@ def inference_ms(cfg: TrainConfig, runs: int = 30) -> tuple[float, str]:
         array = image.numpy()
         run, engine = (lambda: session.run(None, {"image": array})), "ONNX Runtime"
     except (ImportError, PixelsegError):  # no onnx extra: PyTorch's time instead
-        with torch.no_grad():
-            model(image)
 
         def run() -> None:
             with torch.no_grad():
@@ -213,10 +211,10 @@ def inference_ms(cfg: TrainConfig, runs: int = 30) -> tuple[float, str]:
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2], engine
+    return 1000 * _median(times), engine
 
 
-def _median(values: list[int]) -> int:
+def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 

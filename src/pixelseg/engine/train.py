@@ -22,15 +22,11 @@ from tqdm.auto import tqdm
 
 from pixelseg.config import TrainConfig, parse_duration
 from pixelseg.data.dataset import SegmentationDataset
-from pixelseg.data.split import (
-    select,
-)
+from pixelseg.data.split import select
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint, distributed, finetune
 from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs, planned_epochs
-from pixelseg.engine.configure import (
-    choose_class_weights,
-)
+from pixelseg.engine.configure import choose_class_weights
 from pixelseg.engine.console import console
 from pixelseg.engine.device import seed_everything
 from pixelseg.engine.distributed import World

@@ -92,7 +92,8 @@ def onnx_bytes(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the exporter's own
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        # the bilinear resize's slices, which the exporter leaves as operations: harmless
+        # F.pad's amounts, a Slice with step -1 that the exporter cannot fold: harmless
+        # (onnx_passes.py folds them)
         warnings.filterwarnings("ignore", message="Constant folding")
         try:
             torch.onnx.export(

@@ -7,7 +7,7 @@ sides alike, so the model pads first (``F.pad``) and the exporter writes a ``Pad
 before each such ``Conv``. ONNX's ``Conv`` takes uneven ``pads`` itself, but ONNX Runtime
 does not fuse the two. On its fast CPU path, which computes convolutions in blocks of
 channels (NCHWc), every ``Pad`` costs a layout change out and back in. Folded,
-``lite-unet-fast`` at 256x256 ran in 7.5 instead of 10.3 ms on the 2-core CPU
+``lite-unet-fast`` at 256x256 ran in 7.9 instead of 10.2 ms on the 2-core CPU
 (docs/benchmarks.md).
 """
 

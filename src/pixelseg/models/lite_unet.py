@@ -34,7 +34,7 @@ DEFAULT_ENCODER = LITE_DEFAULT_ENCODER
 # convolutions cost more than the whole encoder
 DECODER_CHANNELS = (128, 64, 48, 32, 16)
 # lite-unet-fast's decoder: narrow, depthwise-separable, stopping at stride 4. At 256x256
-# on ONNX Runtime (2-core CPU) 0.38x the default decoder's time: 7.5 against 19.7 ms
+# on ONNX Runtime (2-core CPU) 0.40x the default decoder's time: 7.9 against 20.0 ms
 # (benchmarks/fast_models.py; docs/benchmarks.md for what each part buys and costs)
 FAST_DECODER = {"decoder_channels": (64, 32, 24), "separable": True, "output_stride": 4}
 

@@ -48,6 +48,7 @@ from pixelseg.serve.uploads import (
     check_content_length,
     check_size,
     decode_image,
+    decode_small,
     header_pixels,
 )
 from pixelseg.version import __version__
@@ -290,7 +291,9 @@ def _add_routes(app: FastAPI) -> None:
         try:
             predictor, (pixels, mode) = state.predictor, header_pixels(data, state.limits)
             async with state.memory.hold(decode_cost(pixels, mode)):
-                size, small = await run_in_threadpool(_decode_small, data, state.limits, predictor)
+                size, small = await run_in_threadpool(
+                    decode_small, data, state.limits, predictor.size
+                )
             logit = await state.batcher.submit(small)
             # overlays and cut-outs need the picture again: decoded anew rather than kept
             # at full size while the request waited for the model
@@ -378,14 +381,6 @@ async def _read_body(request: Request, limits: Limits) -> bytes:
     finally:
         state.receiving -= size
     return b"".join(chunks)
-
-
-def _decode_small(data: bytes, limits: Limits, predictor) -> tuple[tuple[int, int], np.ndarray]:
-    """(the picture's (height, width), the picture at the model's input size)."""
-    from pixelseg.data.imageops import resize_image
-
-    image = decode_image(data, limits)
-    return image.shape[:2], resize_image(image, predictor.size)
 
 
 def _render(

@@ -30,10 +30,11 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
+from pixelseg.inference.onnx import logits_to_proba
 from pixelseg.inference.video import TemporalSmoothing
 from pixelseg.serve.batcher import ModelUnavailable, Overloaded
 from pixelseg.serve.memory import decode_cost
-from pixelseg.serve.uploads import ApiError, Limits, check_size, decode_image, header_pixels
+from pixelseg.serve.uploads import ApiError, check_size, decode_small, header_pixels
 
 DEFAULT_SMOOTH = 0.5  # weight of the frames before (see inference/video.py)
 MAX_SMOOTH = 0.95
@@ -48,12 +49,8 @@ TRY_AGAIN_LATER = 1013  # and too many connections
 def matte(logit: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
     """HxW uint8 alpha from (C, H, W) logits: the probability of anything but the
     background (class 0 of a multi-class run), ramped around ``threshold``."""
-    logit = np.asarray(logit, dtype=np.float32)
-    if num_classes == 1:
-        proba = 1 / (1 + np.exp(-logit[0]))
-    else:
-        exp = np.exp(logit - logit.max(axis=0, keepdims=True))
-        proba = 1 - exp[0] / exp.sum(axis=0)
+    probabilities = logits_to_proba(np.asarray(logit, dtype=np.float32))
+    proba = probabilities[0] if num_classes == 1 else 1 - probabilities[0]
     alpha = np.clip(0.5 + (proba - threshold) / SOFTNESS, 0, 1)
     return (alpha * 255).round().astype(np.uint8)
 
@@ -156,17 +153,11 @@ async def _segment(
         check_size(data, limits)
         pixels, mode = header_pixels(data, limits)
         async with state.memory.hold(decode_cost(pixels, mode)):
-            small = await run_in_threadpool(_decode, data, limits, predictor.size)
+            _, small = await run_in_threadpool(decode_small, data, limits, predictor.size)
         logit = smoothing(await state.batcher.submit(small))
         return await run_in_threadpool(matte, logit, predictor.num_classes, threshold)
     finally:
         state.in_flight -= 1
-
-
-def _decode(data: bytes, limits: Limits, size: tuple[int, int]) -> np.ndarray:
-    from pixelseg.data.imageops import resize_image
-
-    return resize_image(decode_image(data, limits), size)
 
 
 def _message(problem: Exception) -> str:

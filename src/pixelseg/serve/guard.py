@@ -69,12 +69,12 @@ class BrowserGuard:
             problem = self.problem(
                 {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             )
-            if problem and scope["type"] == "http":
-                await JSONResponse({"error": problem}, 403)(scope, receive, send)
-                return
-            if problem:  # a WebSocket closed before it is accepted: the handshake gets 403
-                await receive()  # websocket.connect
-                await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
+            if problem:
+                if scope["type"] == "http":
+                    await JSONResponse({"error": problem}, 403)(scope, receive, send)
+                else:  # a WebSocket closed before it is accepted: the handshake gets 403
+                    await receive()  # websocket.connect
+                    await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
                 return
         await self.app(scope, receive, send)
 

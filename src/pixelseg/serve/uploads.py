@@ -75,6 +75,17 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     return rgb
 
 
+def decode_small(
+    data: bytes, limits: Limits, size: tuple[int, int]
+) -> tuple[tuple[int, int], np.ndarray]:
+    """(the picture's own (height, width), the picture resized to the model's ``size``):
+    what the model's thread takes, so nothing full-size waits in its queue."""
+    from pixelseg.data.imageops import resize_image
+
+    image = decode_image(data, limits)
+    return image.shape[:2], resize_image(image, size)
+
+
 def _checked_header(data: bytes, limits: Limits) -> Image.Image:
     """The upload opened lazily (header only), its format and size checked."""
     try:
