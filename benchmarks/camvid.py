@@ -59,15 +59,19 @@ def main() -> None:
                         help="train, validate and score on three different sequences")  # fmt: skip
     parser.add_argument("--scratch", action="store_true",
                         help="no pretrained weights (--encoder-weights none)")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training setting, e.g. crop=192x256 (repeatable)")  # fmt: skip
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.out or Path(tmp) / "camvid")
         data, split = args.data, "val"
         if args.by_sequence:
             data, split = by_sequence(Path(args.data), Path(tmp) / "data"), "test"
         t0 = time.perf_counter()
-        weights = {"encoder_weights": "none"} if args.scratch else {}
-        result = pixelseg.train(data, out=run, time_budget=args.budget, seed=args.seed, **weights)
+        if args.scratch:
+            settings["encoder_weights"] = "none"
+        result = pixelseg.train(data, out=run, time_budget=args.budget, seed=args.seed, **settings)
         seconds = time.perf_counter() - t0
         m = pixelseg.evaluate(run, data, split=split, progress=False)
         config = json.loads((run / "config.json").read_text())
@@ -81,7 +85,9 @@ def main() -> None:
         f"\nCamVid {scored}, trained {seconds / 60:.1f} min ({len(result.history)} epochs, "
         f"best {result.best_epoch}) on {where}"
     )
-    print(f"settings: {config['model']} {config['model_kwargs']}, size {config['size']}, "
+    crop = config["train"].get("crop")
+    print(f"settings: {config['model']} {config['model_kwargs']}, size {config['size']}"
+          f"{f', trained on {crop} patches' if crop else ''}, "
           f"batch {config['train']['batch_size']}, loss {config['train']['loss']}")  # fmt: skip
     print(f"{'':<22}{'pixelseg':>10}{'SegNet':>10}")
     for key, ref in SEGNET.items():

@@ -1,6 +1,8 @@
-"""Settings pixelseg derives from the data and the machine: the batch size."""
+"""Settings pixelseg derives from the data and the machine: batch size, size, patches."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -117,3 +119,34 @@ def test_inference_time_is_measured_on_onnx_runtime_when_installed() -> None:
     pytest.importorskip("onnxruntime")
     ms, engine = inference_ms(_cfg(size=64, model="lite-unet-fast"), runs=3)
     assert 0 < ms < 5000 and engine == "ONNX Runtime"
+
+
+def test_a_given_crop_is_checked_against_the_size(logs: list[str]) -> None:
+    from pixelseg.engine.configure import check_crop, choose_size
+
+    cfg = TrainConfig(data="d", model="unet", num_classes=1, crop="64x96").with_defaults()
+    assert cfg.crop == (64, 96) and cfg.to_dict()["crop"] == [64, 96]
+    assert TrainConfig(data="d", crop="none").with_defaults().crop is None
+    # the size left open: the images up to the patches' source size (never enlarged)
+    sized = choose_size(cfg, [360] * 3, [480] * 3, 16)
+    assert sized.size == (352, 480) and sized.train_size == (64, 96)
+    assert check_crop(sized).crop == (64, 96)
+    assert "training on 64x96 patches of the images at 352x480" in logs[-1]
+    too_big = dataclasses.replace(cfg, size=(48, 64))
+    with pytest.raises(PixelsegError, match="crop 64x96 is larger than the size 48x64"):
+        check_crop(too_big)
+    assert check_crop(dataclasses.replace(cfg, size=(64, 96))).crop is None  # the whole image
+    with pytest.raises(ValueError, match="crop .none or HEIGHTxWIDTH. must look like"):
+        TrainConfig(data="d", crop="wide")
+    # a step's memory is counted at the patch's size, not the images'
+    whole_image = dataclasses.replace(cfg, crop=None, size=(64, 96))
+    assert training_bytes_per_image(sized, 3) == training_bytes_per_image(whole_image, 3)
+
+
+def test_a_time_budget_times_steps_on_the_patch(logs: list[str]) -> None:
+    from pixelseg.engine.configure import choose_for_budget
+
+    patched = _cfg(size=None, crop="48x64")
+    chosen = choose_for_budget(patched, [480] * 3, [640] * 3, 16, 1e-3, 16, 3, CPU)
+    # the size is not the budget's to pick (the patch fixes a step's cost); the width is
+    assert chosen.size is None and chosen.model_kwargs == {"base_channels": 8}

@@ -433,3 +433,46 @@ def test_normalize_batched_and_single():
     out = normalize(x, mean, std)
     torch.testing.assert_close(out[1], normalize(x[1], mean, std))
     torch.testing.assert_close(out[0, 2], (x[0, 2] - 0.3) / 2.0)
+
+
+def _window_of(out: torch.Tensor, full: torch.Tensor) -> list[tuple[int, int]]:
+    """Where ``out`` (h, w) lies in ``full`` (H, W) as an exact copy."""
+    h, w = out.shape[-2:]
+    return [(i, j) for i in range(full.shape[-2] - h + 1) for j in range(full.shape[-1] - w + 1)
+            if torch.equal(out, full[..., i : i + h, j : j + w])]  # fmt: skip
+
+
+def test_a_crop_without_other_augmentation_copies_a_random_window_exactly():
+    mask = torch.arange(11 * 10).view(11, 10)
+    image = (mask.float() / 110)[None].repeat(3, 1, 1)
+    aug = Augment.crop_only((4, 7))
+    places = set()
+    for seed in range(60):
+        torch.manual_seed(seed)
+        out_image, out_mask = aug(image, mask)
+        assert out_image.shape == (3, 4, 7) and out_mask.shape == (4, 7)
+        where = _window_of(out_mask, mask)
+        assert len(where) == 1  # a window of the mask, not a resampled one
+        i, j = where[0]
+        torch.testing.assert_close(out_image, image[:, i : i + 4, j : j + 7], rtol=0, atol=1e-6)
+        places.add(where[0])
+    # every row and column offset is reached, the borders included
+    assert {i for i, _ in places} == set(range(8)) and {j for _, j in places} == set(range(4))
+
+
+def test_a_crop_with_augmentation_keeps_image_and_mask_aligned():
+    mask = torch.from_numpy(_class_map(40, 56)).long()
+    image = _encoded(mask)
+    aug = Augment(hflip=True, vflip=True, rotate_degrees=25, scale=0.2, color=0.0, crop=(16, 24))
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out_image, out_mask = aug(image[None].repeat(2, 1, 1, 1), mask[None].repeat(2, 1, 1))
+        assert out_image.shape == (2, 3, 16, 24) and out_mask.shape == (2, 16, 24)
+        agree = ((out_image[:, 0] * 3).round().long() == out_mask).float().mean().item()
+        assert agree > 0.9, (seed, agree)
+    # a crop the size of the image is the whole image: the usual draws, nothing more
+    torch.manual_seed(3)
+    same = Augment(crop=(40, 56))(image, mask)
+    torch.manual_seed(3)
+    whole = Augment()(image, mask)
+    assert torch.equal(same[1], whole[1]) and torch.equal(same[0], whole[0])

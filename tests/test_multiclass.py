@@ -263,3 +263,29 @@ def test_class_names_must_be_distinct() -> None:
 
     with pytest.raises(SettingsError, match="distinct"):
         resolve_classes("folders", "unused", 3, ["sky", "road", "sky"], None)
+
+
+def test_training_on_patches_predicts_whole_images(tiny_camvid: Path, tmp_path: Path) -> None:
+    """``--crop``: steps see random patches; validation, the saved size and predictions
+    are whole images."""
+    import pixelseg
+
+    run = tmp_path / "run"
+    result = pixelseg.train(
+        tiny_camvid, out=run, epochs=2, size="32x48", crop="16x24", batch_size=2,
+        model="unet", model_kwargs={"base_channels": 8, "depth": 2}, progress=False,
+    )  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["size"] == [32, 48] and config["train"]["crop"] == [16, 24]
+    assert len(result.history) == 2 and 0 <= result.history[-1]["val_miou"] <= 1
+    pred = tmp_path / "pred"
+    assert main(["predict", str(run), str(tiny_camvid / "val" / "val00.png"), "--out",
+                 str(pred)]) == 0  # fmt: skip
+    assert np.asarray(Image.open(pred / "val00_mask.png")).shape == (36, 48)
+    # what a training step saw: patches of the cached 32x48 images
+    from pixelseg.config import TrainConfig
+    from pixelseg.engine.train import training_augment
+
+    seen = training_augment(TrainConfig.from_dict(config["train"]))
+    images, masks = seen(torch.rand(2, 3, 32, 48), torch.zeros(2, 32, 48, dtype=torch.long))
+    assert images.shape == (2, 3, 16, 24) and masks.shape == (2, 16, 24)

@@ -198,6 +198,12 @@ _TRAIN_OPTIONS = [
         "training size: 256 or HEIGHTxWIDTH (default: the median image scaled to a "
         "longer side of 256, aspect ratio kept)",
     ),
+    (
+        "crop",
+        str,
+        "train on random HEIGHTxWIDTH patches of the images at --size (default without "
+        "--size: the images up to 512 pixels on the longer side) and predict on whole images",
+    ),
     ("epochs", int, "training epochs (default 40; with --time-budget, as many as fit)"),
     (
         "time_budget",

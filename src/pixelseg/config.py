@@ -86,6 +86,9 @@ class TrainConfig:
     num_classes: int | None = None  # None: from the data (a class table), else 1 = binary
     in_channels: int | None = None  # None: 1 if every image is greyscale, else 3
     size: tuple[int, int] | None = None  # training (height, width); None: from the images
+    # train on random (height, width) patches of the images at `size` and predict on whole
+    # images (docs/data.md); None: whole images
+    crop: str | tuple[int, int] | None = None
     epochs: int | None = None  # None: DEFAULT_EPOCHS, or as many as fit in time_budget
     time_budget: str | None = None  # wall-clock limit for the whole run: "15m", "900s", "1h"
     # time the model may take for one image at inference, "10ms": picks lite-unet-fast (with
@@ -128,6 +131,7 @@ class TrainConfig:
         """Refuse impossible settings at once (a typo fails before any data is read)."""
         if self.size is not None:
             _parse_size(self.size)
+        self.crop_size  # noqa: B018 (parses the crop: a typo fails here)
         if self.time_budget is not None:
             parse_duration(self.time_budget)
         if self.latency is not None:
@@ -220,7 +224,20 @@ class TrainConfig:
             loss=loss,
             model_kwargs=kwargs,
             size=None if self.size is None else _parse_size(self.size),
+            crop=self.crop_size,
         )
+
+    @property
+    def crop_size(self) -> tuple[int, int] | None:
+        """The training patch (height, width); None for whole images."""
+        if self.crop is None or self.crop == "none":
+            return None
+        return _parse_size(self.crop, "crop (none or HEIGHTxWIDTH)")
+
+    @property
+    def train_size(self) -> tuple[int, int]:
+        """(height, width) of what a training step sees: the patch, else the whole image."""
+        return self.crop_size or _parse_size(self.size)
 
     @property
     def score_name(self) -> str:
@@ -230,6 +247,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["size"] = list(_parse_size(self.size)) if self.size is not None else None
+        crop = self.crop_size
+        d["crop"] = list(crop) if crop is not None else None
         return d
 
     @classmethod
@@ -238,7 +257,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _parse_size(size: Any) -> tuple[int, int]:
+def _parse_size(size: Any, what: str = "size") -> tuple[int, int]:
     """``256`` or ``"256"`` → (256, 256); ``"192x256"`` or (192, 256) → (192, 256) as (h, w)."""
     if isinstance(size, str):
         parts = size.lower().replace(",", "x").split("x")
@@ -246,7 +265,7 @@ def _parse_size(size: Any) -> tuple[int, int]:
             values = [int(p) for p in parts]
         except ValueError:
             raise SettingsError(
-                f"size must look like 256 or 192x256 (height x width), got {size!r}"
+                f"{what} must look like 256 or 192x256 (height x width), got {size!r}"
             ) from None
     elif isinstance(size, int):
         values = [size]
@@ -255,5 +274,5 @@ def _parse_size(size: Any) -> tuple[int, int]:
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or min(values) < 8:
-        raise SettingsError(f"size must be one or two integers >= 8, got {size!r}")
+        raise SettingsError(f"{what} must be one or two integers >= 8, got {size!r}")
     return values[0], values[1]

@@ -4,10 +4,11 @@ Augmentation runs on whole batches on the training device (GPU or CPU), after th
 uint8 batch has been moved there: per-sample augmentation in DataLoader workers made
 the CPU the bottleneck of GPU training, with the GPU idle most of the time.
 
-Geometry (flips, rotation, scale) is applied to image and mask together with one affine
-grid per sample; images are sampled bilinearly and masks with nearest neighbour, so class
-indices are never blended. Colour jitter touches the image only. The random parameters
-are drawn from torch's global CPU generator, so a seeded run is reproducible on any device.
+Geometry (flips, rotation, scale, and the crop when training on patches) is applied to
+image and mask together with one affine grid per sample; images are sampled bilinearly and
+masks with nearest neighbour, so class indices are never blended. Colour jitter touches the
+image only. The random parameters are drawn from torch's global CPU generator, so a seeded
+run is reproducible on any device.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ class Augment:
     rotate_degrees: float = 20.0
     scale: float = 0.15  # zoom factor drawn from [1 - scale, 1 + scale]
     color: float = 0.15  # brightness/contrast/saturation jitter
+    # (height, width) of a random window to return instead of the whole image: the model
+    # then trains on patches at the images' resolution and predicts on whole images
+    crop: tuple[int, int] | None = None
+
+    @classmethod
+    def crop_only(cls, crop: tuple[int, int]) -> Augment:
+        """Random windows of ``crop`` and nothing else (training with augmentation off)."""
+        return cls(hflip=False, vflip=False, rotate_degrees=0.0, scale=0.0, color=0.0, crop=crop)
 
     def __call__(
         self, images: torch.Tensor, masks: torch.Tensor
@@ -44,7 +53,7 @@ class Augment:
         # the flips are drawn first, then the rotation and zoom, whichever path applies them
         hflip = torch.rand(n) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
         vflip = torch.rand(n) < 0.5 if self.vflip else torch.zeros(n, dtype=torch.bool)
-        if self.rotate_degrees > 0 or self.scale > 0:
+        if self.rotate_degrees > 0 or self.scale > 0 or self._cropping(images):
             images, masks = self._affine(images, masks, hflip, vflip)  # flips included
         else:
             if self.hflip:
@@ -58,12 +67,17 @@ class Augment:
     def _uniform(self, n: int, spread: float, centre: float = 0.0) -> torch.Tensor:
         return centre + (torch.rand(n, dtype=torch.float64) * 2 - 1) * spread
 
+    def _cropping(self, images: torch.Tensor) -> bool:
+        return self.crop is not None and tuple(self.crop) != tuple(images.shape[-2:])
+
     def _affine(
         self, images: torch.Tensor, masks: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flip, rotate and zoom each sample with one grid: a flip is a sign in the matrix,
-        which saves two passes over the batch per flip (it samples pixel centres exactly)."""
+        """Flip, rotate, zoom and crop each sample with one grid: a flip is a sign in the
+        matrix, which saves two passes over the batch per flip (it samples pixel centres
+        exactly), and a crop is a smaller output grid placed at random."""
         n, _, h, w = images.shape
+        oh, ow = self.crop if self._cropping(images) else (h, w)
         angle = self._uniform(n, math.radians(self.rotate_degrees))
         zoom = self._uniform(n, self.scale, centre=1.0)
         cos, sin = angle.cos() / zoom, angle.sin() / zoom
@@ -71,17 +85,17 @@ class Augment:
         # row that gives its x (hflip) or y (vflip)
         sx = 1.0 - 2.0 * hflip.double()
         sy = 1.0 - 2.0 * vflip.double()
-        # affine_grid works in normalised coordinates; correct for the aspect ratio so a
-        # rotation stays a rotation on non-square images.
-        zero = torch.zeros(n, dtype=torch.float64)
-        theta = torch.stack(
-            [
-                torch.stack([sx * cos, -sx * sin * h / w, zero], 1),
-                torch.stack([sy * sin * w / h, sy * cos, zero], 1),
-            ],
-            1,
-        ).to(images.device, images.dtype)
-        grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+        # In pixels the map is [[sx cos, -sx sin], [sy sin, sy cos]]; affine_grid works in
+        # coordinates normalised by each grid's half-sides, so entry (i, j) is scaled by the
+        # output's half-side j over the input's half-side i. A rotation stays a rotation on
+        # non-square images, and a crop keeps the input's pixel size.
+        a, b = sx * cos * ow / w, -sx * sin * oh / w
+        c, d = sy * sin * ow / h, sy * cos * oh / h
+        tx, ty = self._window_centres(n, a.abs() + b.abs(), c.abs() + d.abs(), w, h, (oh, ow))
+        theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1).to(
+            images.device, images.dtype
+        )
+        grid = F.affine_grid(theta, [n, 1, oh, ow], align_corners=False)
         images = F.grid_sample(
             images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
         )
@@ -93,6 +107,25 @@ class Augment:
             align_corners=False,
         )[:, 0].to(masks.dtype)
         return images, masks
+
+    def _window_centres(
+        self, n: int, reach_x: torch.Tensor, reach_y: torch.Tensor, w: int, h: int,
+        out: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Where each output window is centred in the input (normalised coordinates): at the
+        centre for whole images, else uniformly where the window stays inside the image
+        (``reach``: its half-extent, rotated and zoomed, in normalised units). The window
+        moves by whole pixels, so an unrotated, unzoomed crop copies pixels exactly."""
+        if out == (h, w):
+            zero = torch.zeros(n, dtype=torch.float64)
+            return zero, zero
+        centres = []
+        for reach, side in ((reach_x, w), (reach_y, h)):
+            # pixels the window may move (the 1e-6: 7 pixels must not round down to 6)
+            slack = ((1 - reach).clamp_min(0) * side + 1e-6).floor()
+            offset = (torch.rand(n, dtype=torch.float64) * (slack + 1)).floor()  # 0..slack
+            centres.append((offset - slack / 2) * 2 / side)
+        return centres[0], centres[1]
 
     def _jitter(self, images: torch.Tensor) -> torch.Tensor:
         """Brightness b, contrast c about the image's mean m, saturation s about each pixel's

@@ -118,6 +118,9 @@ def choose_class_weights(cfg: TrainConfig, train_set: SegmentationDataset) -> li
 
 
 AUTO_LONG_SIDE = 256  # pixels on the longer side when the size is left to pixelseg
+# With --crop and no --size, the images are kept at up to this longer side: a step sees
+# a patch of them, so its cost depends on the patch alone (docs/data.md).
+CROP_LONG_SIDE = 512
 
 
 def choose_size(
@@ -125,19 +128,38 @@ def choose_size(
 ) -> TrainConfig:  # fmt: skip
     """Pick ``cfg.size`` from the images when the user gave none.
 
-    The median image shape is scaled so its longer side is ``AUTO_LONG_SIDE`` (never up),
-    keeping the aspect ratio, and each side is rounded to a multiple of the network's
-    stride, so no padding is needed and nothing is squashed.
+    The median image shape is scaled so its longer side is ``AUTO_LONG_SIDE`` (with a
+    ``--crop``, ``CROP_LONG_SIDE``; never up), keeping the aspect ratio, and each side is
+    rounded to a multiple of the network's stride, so no padding is needed and nothing is
+    squashed.
     """
     if cfg.size is not None:
         return cfg
-    size = _scaled_size(heights, widths, stride, AUTO_LONG_SIDE)
+    side = AUTO_LONG_SIDE if cfg.crop_size is None else CROP_LONG_SIDE
+    size = _scaled_size(heights, widths, stride, side)
     h, w = _median(heights), _median(widths)
     log.info(
         f"size: {size[0]}x{size[1]} (median image {h}x{w}, longer side to at most "
-        f"{AUTO_LONG_SIDE}, aspect ratio kept, multiples of the model's stride {stride})"
+        f"{side}, aspect ratio kept, multiples of the model's stride {stride})"
     )
     return replace(cfg, size=size)
+
+
+def check_crop(cfg: TrainConfig) -> TrainConfig:
+    """A given ``cfg.crop`` checked against the size it is cut from (known by now)."""
+    crop = cfg.crop_size
+    if crop is None:
+        return cfg
+    if crop[0] > cfg.size[0] or crop[1] > cfg.size[1]:
+        raise PixelsegError(
+            f"crop {crop[0]}x{crop[1]} is larger than the size {cfg.size[0]}x{cfg.size[1]} it "
+            "is cut from; give a smaller --crop or a larger --size"
+        )
+    if tuple(crop) == tuple(cfg.size):
+        return replace(cfg, crop=None)  # the whole image
+    h, w = cfg.size
+    log.info(f"training on {crop[0]}x{crop[1]} patches of the images at {h}x{w}")
+    return cfg
 
 
 # longer sides tried for --latency, largest first: a latency caps the cost, so never
@@ -253,7 +275,8 @@ def choose_for_budget(
     expensive first). Only what the user left to pixelseg is chosen; if nothing is fast
     enough, the cheapest candidate.
     """
-    sides = LONG_SIDES if cfg.size is None else (None,)
+    # (a given crop fixes a step's cost whatever the size: the images are cut to it)
+    sides = LONG_SIDES if cfg.size is None and cfg.crop_size is None else (None,)
     free_width = cfg.model == "unet" and "base_channels" not in cfg.model_kwargs
     options = WIDTHS if free_width else (None,)
     if len(sides) == 1 and len(options) == 1:
@@ -273,7 +296,7 @@ def choose_for_budget(
         why = "none of the candidates gives that many, so the cheapest"
     steps = int(TRAIN_SHARE * max(0.0, budget) / seconds) if seconds > 0 else 0
     what = []
-    if cfg.size is None:
+    if len(sides) > 1:
         what.append(f"size {chosen.size[0]}x{chosen.size[1]}")
     if free_width:
         what.append(f"model width base_channels={chosen.model_kwargs['base_channels']}")
@@ -335,7 +358,8 @@ def _step_seconds(
         )
         model = precision.prepare_model(model.to(device))
         optimizer = adamw(model.parameters())  # as training will
-        x = precision.prepare_batch(torch.randn(batch, in_channels, *cfg.size, device=device))
+        x = torch.randn(batch, in_channels, *cfg.train_size, device=device)
+        x = precision.prepare_batch(x)
         times: list[float] = []
         try:
             for _ in range(3):
@@ -383,8 +407,9 @@ def choose_batch_size(
     while batch > 1 and batch * per_image > MEMORY_SHARE * free:
         batch //= 2
     if per_image > MEMORY_SHARE * free:
+        h, w = cfg.train_size
         raise PixelsegError(
-            f"one {cfg.size[0]}x{cfg.size[1]} image needs about {per_image / 2**20:,.0f} MiB to "
+            f"one {h}x{w} image needs about {per_image / 2**20:,.0f} MiB to "
             f"train {cfg.model}, more than half of the {free / 2**20:,.0f} MiB free on {device}; "
             "use a smaller --size or a smaller model"
         )
@@ -419,7 +444,7 @@ def training_bytes_per_image(cfg: TrainConfig, in_channels: int) -> int:
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, in_channels, *cfg.size))
+            model.eval()(torch.zeros(1, in_channels, *cfg.train_size))
     finally:
         for h in hooks:
             h.remove()

@@ -139,6 +139,15 @@ def run_config(
     )  # fmt: skip
 
 
+def training_augment(cfg: TrainConfig) -> Augment | None:
+    """The training batches' random transforms: the default ones, or with augmentation off
+    only the random patch (when training on patches)."""
+    crop = cfg.crop_size
+    if cfg.augment:
+        return Augment(crop=crop)
+    return Augment.crop_only(crop) if crop else None
+
+
 def build_datasets(plan: Plan) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The plan's training and validation sets, decoded and cached at its size."""
     cfg, samples = plan.cfg, plan.data.samples
@@ -455,15 +464,17 @@ def _prepare(
         t.patience_start = start_epoch - 1  # more epochs: patience counts from here
     run = _Session(
         cfg, run_dir, config, mean, std, t, loader, sampler,
-        BatchTransform(mean, std, Augment() if cfg.augment else None), BatchTransform(mean, std),
+        BatchTransform(mean, std, training_augment(cfg)), BatchTransform(mean, std),
         loss_fn, val_set, device, world, len(loader),
     )  # fmt: skip
     epochs = f"{cfg.epochs} epoch" + "s" * (cfg.epochs > 1)
     processes = f" x {world.size} processes" if world.distributed else ""
+    crop = cfg.crop_size
+    patches = f" (trained on {crop[0]}x{crop[1]} patches)" if crop else ""
     log.info(
         f"pixelseg: {cfg.model} ({count_parameters(t.model):,} parameters) on {device}"
         f"{processes}; {len(train_set)} train / {len(val_set)} val images at "
-        f"{cfg.size[0]}x{cfg.size[1]}; loss {cfg.loss}; {t.precision.describe()}; "
+        f"{cfg.size[0]}x{cfg.size[1]}{patches}; loss {cfg.loss}; {t.precision.describe()}; "
         f"{f'up to {cfg.time_budget}' if budget else epochs}"
     )
     # A time budget plans the number of epochs from the time the first epochs take; a
