@@ -48,6 +48,17 @@ def by_sequence(root: Path, out: Path) -> Path:
     return out
 
 
+def _setting(item: str) -> tuple[str, object]:
+    """``key=value`` → (key, value read as JSON, else as text): ``epochs=5``, ``crop=192x256``."""
+    key, _, value = item.partition("=")
+    if key in ("seed", "time_budget", "out"):
+        raise SystemExit(f"--set {key}: use the benchmark's own option")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/camvid")
@@ -62,7 +73,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a training setting, e.g. crop=192x256 (repeatable)")  # fmt: skip
     args = parser.parse_args()
-    settings = dict(item.split("=", 1) for item in args.set)
+    settings = dict(_setting(item) for item in args.set)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.out or Path(tmp) / "camvid")
         data, split = args.data, "val"
@@ -87,7 +98,7 @@ def main() -> None:
     )
     crop = config["train"].get("crop")
     print(f"settings: {config['model']} {config['model_kwargs']}, size {config['size']}"
-          f"{f', trained on {crop} patches' if crop else ''}, "
+          f"{f', trained on {crop[0]}x{crop[1]} patches' if crop else ''}, "
           f"batch {config['train']['batch_size']}, loss {config['train']['loss']}")  # fmt: skip
     print(f"{'':<22}{'pixelseg':>10}{'SegNet':>10}")
     for key, ref in SEGNET.items():

@@ -121,21 +121,17 @@ def test_inference_time_is_measured_on_onnx_runtime_when_installed() -> None:
     assert 0 < ms < 5000 and engine == "ONNX Runtime"
 
 
-def test_a_given_crop_is_checked_against_the_size(logs: list[str]) -> None:
-    from pixelseg.engine.configure import check_crop, choose_size
+def test_a_given_crop_is_checked_against_the_size() -> None:
+    from pixelseg.engine.configure import choose_size
 
     cfg = TrainConfig(data="d", model="unet", num_classes=1, crop="64x96").with_defaults()
     assert cfg.crop == (64, 96) and cfg.to_dict()["crop"] == [64, 96]
-    assert TrainConfig(data="d", crop="none").with_defaults().crop is None
+    assert TrainConfig(data="d", crop="None").with_defaults().crop is None
     # the size left open: the images up to the patches' source size (never enlarged)
     sized = choose_size(cfg, [360] * 3, [480] * 3, 16)
     assert sized.size == (352, 480) and sized.train_size == (64, 96)
-    assert check_crop(sized).crop == (64, 96)
-    assert "training on 64x96 patches of the images at 352x480" in logs[-1]
-    too_big = dataclasses.replace(cfg, size=(48, 64))
     with pytest.raises(PixelsegError, match="crop 64x96 is larger than the size 48x64"):
-        check_crop(too_big)
-    assert check_crop(dataclasses.replace(cfg, size=(64, 96))).crop is None  # the whole image
+        choose_size(cfg, [48] * 3, [64] * 3, 16)  # images smaller than the patch
     with pytest.raises(ValueError, match="crop .none or HEIGHTxWIDTH. must look like"):
         TrainConfig(data="d", crop="wide")
     # a step's memory is counted at the patch's size, not the images'
@@ -143,10 +139,23 @@ def test_a_given_crop_is_checked_against_the_size(logs: list[str]) -> None:
     assert training_bytes_per_image(sized, 3) == training_bytes_per_image(whole_image, 3)
 
 
-def test_a_time_budget_times_steps_on_the_patch(logs: list[str]) -> None:
-    from pixelseg.engine.configure import choose_for_budget
+def test_a_time_budget_times_steps_on_the_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixelseg.engine import configure
 
+    timed: list[tuple[tuple[int, int], int]] = []
+
+    def step_seconds(cfg: TrainConfig, *args, **kwargs) -> float:
+        timed.append((cfg.train_size, cfg.model_kwargs["base_channels"]))
+        return 1.0
+
+    monkeypatch.setattr(configure, "_step_seconds", step_seconds)
     patched = _cfg(size=None, crop="48x64")
-    chosen = choose_for_budget(patched, [480] * 3, [640] * 3, 16, 1e-3, 16, 3, CPU)
+    chosen = configure.choose_for_budget(patched, [480] * 3, [640] * 3, 16, 1e-3, 16, 3, CPU)
     # the size is not the budget's to pick (the patch fixes a step's cost); the width is
     assert chosen.size is None and chosen.model_kwargs == {"base_channels": 8}
+    assert {size for size, _ in timed} == {(48, 64)}
+    assert {width for _, width in timed} == {32, 16, 8}
+    with pytest.raises(ValueError, match="crop 64x96 is larger than the size 48x64"):
+        TrainConfig(data="d", size="48x64", crop="64x96")
+    with pytest.raises(ValueError, match="crop with latency needs a size"):
+        TrainConfig(data="d", latency="8ms", crop="64x96")

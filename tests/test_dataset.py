@@ -476,3 +476,26 @@ def test_a_crop_with_augmentation_keeps_image_and_mask_aligned():
     torch.manual_seed(3)
     whole = Augment()(image, mask)
     assert torch.equal(same[1], whole[1]) and torch.equal(same[0], whole[0])
+
+
+def test_rotated_and_zoomed_windows_stay_inside_the_image(monkeypatch):
+    """Where the window fits, its sampling grid never reaches past the image's border (so no
+    reflected pixels enter a patch)."""
+    import torch.nn.functional as F
+
+    grids = []
+    real = F.affine_grid
+
+    def recording(theta, size, align_corners=False):
+        grid = real(theta, size, align_corners=align_corners)
+        grids.append(grid)
+        return grid
+
+    monkeypatch.setattr(F, "affine_grid", recording)
+    aug = Augment(hflip=True, vflip=True, rotate_degrees=20, scale=0.15, color=0.0, crop=(24, 32))
+    torch.manual_seed(0)
+    aug(torch.rand(64, 3, 96, 128), torch.zeros(64, 96, 128, dtype=torch.long))
+    (grid,) = grids
+    # normalised pixel centres lie within [-1 + 1/side, 1 - 1/side]
+    assert grid.abs().amax().item() <= 1.0
+    assert grid[..., 0].amin() < -0.5 and grid[..., 0].amax() > 0.5  # windows do move

@@ -265,11 +265,23 @@ def test_class_names_must_be_distinct() -> None:
         resolve_classes("folders", "unused", 3, ["sky", "road", "sky"], None)
 
 
-def test_training_on_patches_predicts_whole_images(tiny_camvid: Path, tmp_path: Path) -> None:
+def test_training_on_patches_predicts_whole_images(
+    tiny_camvid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``--crop``: steps see random patches; validation, the saved size and predictions
     are whole images."""
     import pixelseg
+    from pixelseg.data.transforms import BatchTransform
 
+    seen: list[tuple[bool, tuple[int, ...]]] = []
+    real = BatchTransform.__call__
+
+    def recording(self, batch, device):
+        images, masks = real(self, batch, device)
+        seen.append((self.augment is not None, tuple(images.shape[-2:])))
+        return images, masks
+
+    monkeypatch.setattr(BatchTransform, "__call__", recording)
     run = tmp_path / "run"
     result = pixelseg.train(
         tiny_camvid, out=run, epochs=2, size="32x48", crop="16x24", batch_size=2,
@@ -282,10 +294,6 @@ def test_training_on_patches_predicts_whole_images(tiny_camvid: Path, tmp_path: 
     assert main(["predict", str(run), str(tiny_camvid / "val" / "val00.png"), "--out",
                  str(pred)]) == 0  # fmt: skip
     assert np.asarray(Image.open(pred / "val00_mask.png")).shape == (36, 48)
-    # what a training step saw: patches of the cached 32x48 images
-    from pixelseg.config import TrainConfig
-    from pixelseg.engine.train import training_augment
-
-    seen = training_augment(TrainConfig.from_dict(config["train"]))
-    images, masks = seen(torch.rand(2, 3, 32, 48), torch.zeros(2, 32, 48, dtype=torch.long))
-    assert images.shape == (2, 3, 16, 24) and masks.shape == (2, 16, 24)
+    # training batches were patches of the cached 32x48 images; every other batch was whole
+    assert {shape for augmented, shape in seen if augmented} == {(16, 24)}
+    assert {shape for augmented, shape in seen if not augmented} == {(32, 48)}

@@ -131,7 +131,14 @@ class TrainConfig:
         """Refuse impossible settings at once (a typo fails before any data is read)."""
         if self.size is not None:
             _parse_size(self.size)
-        self.crop_size  # noqa: B018 (parses the crop: a typo fails here)
+        crop = self.crop_size  # parsed here: a typo fails at once
+        if crop is not None and self.size is not None:
+            h, w = _parse_size(self.size)
+            if crop[0] > h or crop[1] > w:
+                raise SettingsError(
+                    f"crop {crop[0]}x{crop[1]} is larger than the size {h}x{w} it is cut from "
+                    "(images are never enlarged for patches): give a smaller --crop"
+                )
         if self.time_budget is not None:
             parse_duration(self.time_budget)
         if self.latency is not None:
@@ -170,6 +177,11 @@ class TrainConfig:
                 "encoder_weights must be auto, none, imagenet or a file path",
             ),  # fmt: skip
             (self.freeze_encoder_epochs >= 0, "freeze_encoder_epochs must be >= 0"),
+            (
+                self.crop_size is None or self.size is not None or self.latency is None,
+                "crop with latency needs a size: the latency fixes the size predictions are "
+                "made at, which the patches are cut from (give --size)",
+            ),
             (
                 not (self.compile and self.time_budget is not None),
                 "compile cannot be combined with time_budget: the budget is planned from the "
@@ -230,7 +242,7 @@ class TrainConfig:
     @property
     def crop_size(self) -> tuple[int, int] | None:
         """The training patch (height, width); None for whole images."""
-        if self.crop is None or self.crop == "none":
+        if self.crop is None or (isinstance(self.crop, str) and self.crop.lower() == "none"):
             return None
         return _parse_size(self.crop, "crop (none or HEIGHTxWIDTH)")
 

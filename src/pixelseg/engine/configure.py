@@ -145,23 +145,6 @@ def choose_size(
     return replace(cfg, size=size)
 
 
-def check_crop(cfg: TrainConfig) -> TrainConfig:
-    """A given ``cfg.crop`` checked against the size it is cut from (known by now)."""
-    crop = cfg.crop_size
-    if crop is None:
-        return cfg
-    if crop[0] > cfg.size[0] or crop[1] > cfg.size[1]:
-        raise PixelsegError(
-            f"crop {crop[0]}x{crop[1]} is larger than the size {cfg.size[0]}x{cfg.size[1]} it "
-            "is cut from; give a smaller --crop or a larger --size"
-        )
-    if tuple(crop) == tuple(cfg.size):
-        return replace(cfg, crop=None)  # the whole image
-    h, w = cfg.size
-    log.info(f"training on {crop[0]}x{crop[1]} patches of the images at {h}x{w}")
-    return cfg
-
-
 # longer sides tried for --latency, largest first: a latency caps the cost, so never
 # beyond what choose_size would pick without one
 LATENCY_SIDES = (256, 224, 192, 160, 128, 96, 64)
@@ -411,7 +394,7 @@ def choose_batch_size(
         raise PixelsegError(
             f"one {h}x{w} image needs about {per_image / 2**20:,.0f} MiB to "
             f"train {cfg.model}, more than half of the {free / 2**20:,.0f} MiB free on {device}; "
-            "use a smaller --size or a smaller model"
+            f"use a smaller --{'crop' if cfg.crop_size else 'size'} or a smaller model"
         )
     log.info(
         f"batch size: {batch} (about {per_image / 2**20:,.0f} MiB an image in training, "

@@ -32,7 +32,6 @@ from pixelseg.data.split import (
 )
 from pixelseg.engine import finetune
 from pixelseg.engine.configure import (
-    check_crop,
     choose_batch_size,
     choose_for_budget,
     choose_model,
@@ -106,7 +105,7 @@ def resolve(
         left = deadline - time.perf_counter()
         cfg = choose_for_budget(cfg, heights, widths, stride, left, n_train, cfg.in_channels,
                                 device)  # fmt: skip
-    cfg = check_crop(choose_size(cfg, heights, widths, stride))
+    cfg = choose_size(cfg, heights, widths, stride)
     cfg = choose_batch_size(cfg, n_train, cfg.in_channels, device)
     # Settings chosen from measurements (memory, step times) can differ between processes:
     # rank 0's hold for all.
