@@ -31,6 +31,9 @@ A pixelseg recipe takes settings after colons, to compare variants in one run:
 ``--budget none`` the pixelseg recipes train without a time budget (give ``epochs=N``), so
 a fast machine can replay the number of steps a slow one fits in its budget.
 
+``--final-too`` also scores each pixelseg run's last epoch (its ``last.pt`` weights) beside
+the epoch the run kept (the best on its own validation images), at no extra training.
+
 Wall time grows with folds x recipes: with ``--budget 15m`` the default and baseline
 recipes take 15 minutes a fold each. ``--folds-to-run 0,1`` runs some folds only.
 """
@@ -41,6 +44,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -55,7 +59,10 @@ import pixelseg
 from pixelseg.config import parse_duration
 from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import Sample, find_samples
+from pixelseg.engine.checkpoint import load_state
 from pixelseg.metrics import BinaryMetrics
+from pixelseg.models.saved import build_model, save_weights
+from pixelseg.runconfig import CONFIG_FILE, RunConfig
 
 RECIPES = (
     "default",
@@ -235,12 +242,30 @@ def run_recipe(
     m = pixelseg.evaluate(out, test_dir, split="all", progress=False)
     config = json.loads((out / "config.json").read_text())
     h, w = config["size"]
-    return {
+    scores = {
         "dice": m["dice"], "iou": m["iou"], "threshold": m["threshold"],
         "postprocess": "+".join(m["postprocess"]) or "none", "epochs": len(result.history),
+        "best_epoch": config["best"]["epoch"],
         "settings": f"{config['model']} {h}x{w} {config['model_kwargs'] or ''} "
-        f"batch {config['train']['batch_size']}",
+        f"{config['train'].get('flips', 'both')} flips batch {config['train']['batch_size']}",
     }  # fmt: skip
+    if args.final_too:
+        final = final_epoch_run(out)
+        f = pixelseg.evaluate(final, test_dir, split="all", progress=False)
+        scores.update(final_dice=f["dice"], final_iou=f["iou"])
+    return scores
+
+
+def final_epoch_run(run: Path) -> Path:
+    """A copy of ``run`` whose weights are the last epoch's (from ``last.pt``) instead of
+    the best validation epoch's; the threshold and clean-up steps stay the best epoch's."""
+    final = run.parent / f"{run.name}-final"
+    final.mkdir()
+    shutil.copy(run / CONFIG_FILE, final / CONFIG_FILE)
+    model = build_model(RunConfig.read(run))
+    model.load_state_dict(load_state(run)["model"])
+    save_weights(final, model)
+    return final
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -266,6 +291,10 @@ def main() -> None:
     parser.add_argument("--lesson-epochs", type=int, default=30)
     parser.add_argument("--encoder", default="resnet34", help="encoder of the smp-unet recipe")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--final-too", action="store_true",
+        help="pixelseg recipes: also score the last epoch's weights (not the best on val)",
+    )  # fmt: skip
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     recipes = args.recipes.split(",")
@@ -295,10 +324,11 @@ def main() -> None:
                 r.update(fold=i, recipe=recipe, seconds=time.perf_counter() - t0,
                          n_train=len(train), n_test=len(test))  # fmt: skip
                 results["runs"].append(r)
+                final = f", final epoch {r['final_dice']:.4f}" if "final_dice" in r else ""
                 print(f"{i:>4} {recipe:<24}{r['dice']:>8.4f}{r['iou']:>8.4f}"
                       f"{r['threshold']:>8.2f}{r['seconds']:>9.0f}  {r.get('settings', '')} "
-                      f"{r.get('epochs', '')} epochs, post-processing "
-                      f"{r.get('postprocess', 'none')}", flush=True)  # fmt: skip
+                      f"{r.get('epochs', '')} epochs (best {r.get('best_epoch', '-')}){final}, "
+                      f"post-processing {r.get('postprocess', 'none')}", flush=True)  # fmt: skip
     print("\nmean over folds:")
     for recipe in recipes:
         runs = [r for r in results["runs"] if r["recipe"] == recipe]
@@ -309,9 +339,13 @@ def main() -> None:
             "iou": statistics.mean(r["iou"] for r in runs),
             "seconds": sum(r["seconds"] for r in runs),
         }
+        finals = [r["final_dice"] for r in runs if "final_dice" in r]
+        if finals:
+            results[recipe]["final_dice"] = statistics.mean(finals)
         s = results[recipe]
+        final = f", final epoch {s['final_dice']:.4f}" if finals else ""
         print(f"  {recipe:<24} Dice {s['dice']:.4f} (sd {s['dice_sd']:.4f}) IoU {s['iou']:.4f}"
-              f"  {s['seconds'] / 60:.1f} min for {len(runs)} folds")  # fmt: skip
+              f"{final}  {s['seconds'] / 60:.1f} min for {len(runs)} folds")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -38,11 +38,12 @@ def test_a_run_starts_from_settings_with_nothing_left_open(tiny_data: Path, tmp_
     decided = plan.cfg
     left_open = [f.name for f in dataclasses.fields(decided)
                  if getattr(decided, f.name) in (None, "auto")]  # fmt: skip
-    # what may stay open: settings whose None means "off" or "calibrate on validation"
+    # what may stay open: settings whose None means "off" or "calibrate on validation",
+    # and those read from the decoded training masks (class weights, flips)
     assert set(left_open) <= {"time_budget", "threshold", "ignore_index", "class_names",
                               "class_colors", "encoder_lr_scale", "format", "cache",
                               "class_weights", "postprocess", "device", "latency",
-                              "crop"}  # fmt: skip
+                              "crop", "flips"}  # fmt: skip
     assert decided.model == "unet" and decided.in_channels == 3 and decided.num_classes == 1
     assert decided.loss == "bce+dice" and decided.precision in ("fp32", "bf16", "fp16")
     assert decided.size is not None and all(side % plan.stride == 0 for side in decided.size)

@@ -193,6 +193,12 @@ _TRAIN_OPTIONS = [
     ("ignore_index", int, "mask value that counts in no loss and no metric (e.g. void)"),
     ("class_weights", str, "loss weights per class"),
     (
+        "flips",
+        str,
+        "training flips: both axes, or horizontal only for images with an up (photos); "
+        "auto decides from the masks",
+    ),
+    (
         "size",
         str,
         "training size: 256 or HEIGHTxWIDTH (default: the median image scaled to a "
@@ -284,7 +290,10 @@ _TRAIN_OPTIONS = [
 
 
 NO_POSTPROCESS = "binary runs: skip the clean-up steps training chose (see config.json)"
-TTA_HELP = "test-time augmentation: average over flipped copies (4x slower)"
+TTA_HELP = (
+    "test-time augmentation: average over flipped copies (4x slower; 2x, left-right only, "
+    "for a model trained with --flips horizontal)"
+)
 TTA_ROTATIONS_HELP = "with --tta: also the 90-degree rotations (8 views, 8x slower)"
 
 
@@ -292,6 +301,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from pixelseg.config import (
         CACHES,
         CLASS_WEIGHTS,
+        FLIPS,
         LOSS_NAMES,
         POSTPROCESS,
         PRECISIONS,
@@ -303,6 +313,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "format": FORMATS,
         "loss": LOSS_NAMES,
         "class_weights": CLASS_WEIGHTS,
+        "flips": FLIPS,
         "postprocess": POSTPROCESS,
         "precision": PRECISIONS,
         "channels_last": SWITCHES,

@@ -12,6 +12,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # see engine/precision.py
 SWITCHES = ("auto", "on", "off")
 CACHES = ("auto", "memory", "disk")  # see data/cache.py
 CLASS_WEIGHTS = ("none", "median-frequency", "auto")
+# training flips: both axes, left-right only (images with an up: photos, street scenes), or
+# auto (left-right only when the masks show an up; data/orientation.py)
+FLIPS = ("auto", "both", "horizontal")
 LOSS_NAMES: tuple[str, ...] = ("bce", "dice", "bce+dice", "ce", "ce+dice")  # see losses.py
 MAX_BUDGET_EPOCHS = 1000
 DEFAULT_EPOCHS = 40  # without a time budget
@@ -110,6 +113,7 @@ class TrainConfig:
     # a time budget, whose learning-rate schedule is planned to end with the budget
     patience: int | None = None
     augment: bool = True
+    flips: str = "auto"  # auto | both | horizontal (see FLIPS)
     precision: str = "auto"  # training autocast: auto | fp32 | bf16 | fp16 (engine/precision.py)
     channels_last: str = "auto"  # NHWC weights and batches: auto | on | off
     compile: bool = False  # torch.compile the model in place (for GPUs; see docs/usage.md)
@@ -158,6 +162,7 @@ class TrainConfig:
                 self.class_weights in CLASS_WEIGHTS,
                 f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}",
             ),
+            (self.flips in FLIPS, f"flips must be one of {', '.join(FLIPS)}"),
             (
                 self.threshold is None or 0 <= self.threshold <= 1,
                 "threshold must be a probability between 0 and 1",

@@ -60,6 +60,12 @@ class RunConfig:
     best: dict[str, Any] | None = None  # {"epoch": N, score_name: value}
     train: dict[str, Any] = field(default_factory=dict)  # the TrainConfig, as a dict
 
+    @property
+    def upright(self) -> bool:
+        """Trained on images with an up, with left-right flips only (data/orientation.py):
+        test-time augmentation then shows no upside-down views."""
+        return self.train.get("flips") == "horizontal"
+
     def __post_init__(self) -> None:  # JSON lists become tuples; nothing else changes
         for name in _TUPLES:
             value = getattr(self, name)

@@ -19,6 +19,7 @@ from pixelseg.config import TrainConfig, parse_milliseconds
 from pixelseg.data.classes import median_frequency_weights, resolve_classes
 from pixelseg.data.dataset import SegmentationDataset
 from pixelseg.data.layouts import detect_format
+from pixelseg.data.orientation import mask_asymmetry
 from pixelseg.engine.finetune import resolve_encoder_weights
 from pixelseg.engine.optimizer import adamw
 from pixelseg.engine.precision import choose_precision
@@ -115,6 +116,19 @@ def choose_class_weights(cfg: TrainConfig, train_set: SegmentationDataset) -> li
         return None
     log.info(f"class weights (median frequency): {', '.join(f'{w:.2f}' for w in weights)}")
     return weights
+
+
+def choose_flips(cfg: TrainConfig, train_set: SegmentationDataset) -> TrainConfig:
+    """Settle ``flips: auto``: left-right only when the training masks show that the images
+    have an up (data/orientation.py), both axes otherwise."""
+    if cfg.flips != "auto":
+        return cfg
+    asymmetry = mask_asymmetry(train_set.iter_masks(), cfg.num_classes, cfg.ignore_index)
+    if asymmetry.upright:
+        log.info(f"flips: left-right only (the images have an up: {asymmetry.describe()})")
+        return replace(cfg, flips="horizontal")
+    log.info(f"flips: both axes (no up in the masks: {asymmetry.describe()})")
+    return replace(cfg, flips="both")
 
 
 AUTO_LONG_SIDE = 256  # pixels on the longer side when the size is left to pixelseg

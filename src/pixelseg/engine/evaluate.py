@@ -253,7 +253,7 @@ def _evaluate_run(
 ) -> dict:  # fmt: skip
     model, config = load_model(run, dev)
     if tta:
-        model = TTAModel(model, tta_rotations)
+        model = TTAModel(model, tta_rotations, config.upright)
     _, samples = find_samples(data, format)
     missing: list[str] = []  # the split's images that are not in data
     if split != "all" and all(s.subset is not None for s in samples):
@@ -315,7 +315,10 @@ def _evaluate_run(
         postprocess_steps=steps,
         world=world,
     )
-    views = "flips and rotations" if tta_rotations else "flips" if tta else None
+    views = None
+    if tta:
+        views = "left-right flips" if config.upright else "flips"
+        views += " and rotations" if tta_rotations else ""
     metrics = {**metrics, "split": split, "data": str(data), "tta": views,
                "missing_images": len(missing)}  # fmt: skip
     if config.num_classes == 1:

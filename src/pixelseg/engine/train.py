@@ -26,7 +26,7 @@ from pixelseg.data.split import select
 from pixelseg.data.transforms import Augment, BatchTransform
 from pixelseg.engine import checkpoint, distributed, finetune
 from pixelseg.engine.budget import EPOCH_STEPS, Clock, plan_epochs, planned_epochs
-from pixelseg.engine.configure import choose_class_weights
+from pixelseg.engine.configure import choose_class_weights, choose_flips
 from pixelseg.engine.console import console
 from pixelseg.engine.device import seed_everything
 from pixelseg.engine.distributed import World
@@ -144,7 +144,7 @@ def training_augment(cfg: TrainConfig) -> Augment | None:
     only the random patch (when training on patches)."""
     crop = cfg.crop_size
     if cfg.augment:
-        return Augment(crop=crop)
+        return Augment(vflip=cfg.flips != "horizontal", crop=crop)
     return Augment.crop_only(crop) if crop else None
 
 
@@ -177,7 +177,7 @@ RESUME_OVERRIDES = (
 AUTO_RESUME_OVERRIDES = ("workers", "device", "progress", "save_every", "compile", "cache")
 # settings whose "auto" is decided when a run starts and saved as decided: a rerun that
 # leaves them to pixelseg again continues with the saved choice (like a None size)
-DECIDED_AT_START = ("precision", "channels_last", "model", "encoder_weights")
+DECIDED_AT_START = ("precision", "channels_last", "model", "encoder_weights", "flips")
 
 
 def resume_config(run_dir: str | Path, **overrides) -> TrainConfig:
@@ -227,7 +227,7 @@ def _open_run(cfg: TrainConfig, resuming: bool) -> tuple[TrainConfig, Path, dict
             )
         log.info(f"{run_dir} holds an unfinished run: resuming it")
     # runs saved before these settings existed trained in float32 NCHW
-    saved = {"precision": "fp32", "channels_last": "off", **state["config"]}
+    saved = {"precision": "fp32", "channels_last": "off", "flips": "both", **state["config"]}
     now = cfg.with_defaults().to_dict()  # compared as a new run would start
     # Asked to resume, the run may change RESUME_OVERRIDES; picked up by rerunning the same
     # command, it continues as it was (a time budget's planned epochs included).
@@ -441,6 +441,7 @@ def _prepare(
     train_set, val_set = build_datasets(plan)
     if shared_cache and world.is_main:
         world.barrier()
+    cfg = choose_flips(cfg, train_set)  # (a resumed run's settings have it settled)
     # Normalise as the pretrained encoder expects, else with the training images' own
     # statistics (either kept from the first session).
     if state:

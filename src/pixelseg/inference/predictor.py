@@ -51,7 +51,8 @@ class Predictor(SegmentationPredictor):
         check_options(self.options, self.num_classes)
         self.transform = BatchTransform(config.mean, config.std)  # as in evaluation
         # TTA wraps the model once, here: a predictor's options do not change
-        self._net = TTAModel(model, self.options.tta_rotations) if self.options.tta else model
+        tta = self.options.tta
+        self._net = TTAModel(model, self.options.tta_rotations, config.upright) if tta else model
 
     @classmethod
     def from_run(

@@ -1,5 +1,9 @@
 """Test-time augmentation: a model wrapper that averages flipped (and rotated) views.
 
+The views follow the model's training: a model trained with left-right flips only (on
+images with an up, ``flips: horizontal`` in its ``config.json``) is shown the left-right
+pair, any other the four flips (and the rotations when asked).
+
 A segmentation network is not exactly equivariant to flips: a lesion's mask predicted on a
 mirrored image, mirrored back, differs a little from the direct prediction. Averaging the
 *probabilities* of the views (sigmoid for binary, softmax for classes; averaging logits
@@ -12,13 +16,23 @@ from __future__ import annotations
 
 import torch
 
+from pixelseg.errors import SettingsError
 from pixelseg.inference.logits import logits_to_proba
 
 
-def tta_views(rotations: bool = False) -> list[tuple[int, bool]]:
+def tta_views(rotations: bool = False, upright: bool = False) -> list[tuple[int, bool]]:
     """Views as (quarter turns, horizontal flip): the four flips (identity, horizontal,
     vertical = half turn + horizontal, both = half turn), or with ``rotations`` all eight
-    symmetries of a square."""
+    symmetries of a square. A model trained ``upright`` (left-right flips only, on images
+    with an up) sees the left-right pair only: upside down it meets scenes it never learned.
+    """
+    if upright:
+        if rotations:
+            raise SettingsError(
+                "this model was trained on images with an up (flips: horizontal), so turned "
+                "views are scenes it never saw: use --tta without --tta-rotations"
+            )
+        return [(0, False), (0, True)]
     if rotations:
         return [(k, flip) for k in range(4) for flip in (False, True)]
     return [(0, False), (0, True), (2, True), (2, False)]
@@ -28,10 +42,12 @@ class TTAModel(torch.nn.Module):
     """``model`` evaluated on every view of :func:`tta_views`, each mapped back, the
     probabilities averaged and returned as logits: (N, C, H, W) → (N, C, H, W)."""
 
-    def __init__(self, model: torch.nn.Module, rotations: bool = False) -> None:
+    def __init__(
+        self, model: torch.nn.Module, rotations: bool = False, upright: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
-        self.views = tta_views(rotations)
+        self.views = tta_views(rotations, upright)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         proba = None
