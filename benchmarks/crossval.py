@@ -41,6 +41,7 @@ recipes take 15 minutes a fold each. ``--folds-to-run 0,1`` runs some folds only
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -296,6 +297,10 @@ def main() -> None:
         help="pixelseg recipes: also score the last epoch's weights (not the best on val)",
     )  # fmt: skip
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument(
+        "--keep", metavar="DIR",
+        help="keep each fold's data links and runs in DIR/fold<i>/ (default: a temporary folder)",
+    )  # fmt: skip
     args = parser.parse_args()
     recipes = args.recipes.split(",")
     unknown = sorted({parse_recipe(r)[0] for r in recipes} - set(RECIPES))
@@ -311,7 +316,8 @@ def main() -> None:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": [],
     }  # fmt: skip
     print(f"{'fold':>4} {'recipe':<24}{'dice':>8}{'iou':>8}{'thresh':>8}{'seconds':>9}")
-    with tempfile.TemporaryDirectory() as tmp:
+    keep = contextlib.nullcontext(args.keep) if args.keep else None
+    with keep or tempfile.TemporaryDirectory() as tmp:
         for i in to_run:
             test = folds[i]
             train = [s for j, f in enumerate(folds) if j != i for s in f]
