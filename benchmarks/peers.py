@@ -92,21 +92,18 @@ def run_peer(python: Path, paths: list[Path], model: int) -> tuple[list[np.ndarr
 def pixelseg_predictors(run: Path) -> dict:
     """The run on each engine: PyTorch, ONNX Runtime (``model.onnx``, exported here when
     missing) and ONNX Runtime on int8 copies (``onnxruntime.quantization``): dynamic (the
-    weights in int8, the activations quantized on the fly) and static (QDQ, per-channel
-    weights, activation ranges calibrated on the run's own training images)."""
+    weights in int8, the activations quantized on the fly) and static (what ``pixelseg
+    export --int8`` writes: QDQ, per-channel weights, activation ranges calibrated on the
+    run's own training images)."""
     import pixelseg
     from pixelseg.inference.export import export_onnx
     from pixelseg.inference.onnx import OnnxPredictor, open_session
+    from pixelseg.inference.quantize import calibration_inputs, quantize_graph, run_samples
     from pixelseg.runconfig import RunConfig
 
     predictors = {"torch": pixelseg.load(run, device="cpu")}
     try:
-        from onnxruntime.quantization import (
-            QuantFormat,
-            QuantType,
-            quantize_dynamic,
-            quantize_static,
-        )  # fmt: skip
+        from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         return predictors
     if not (run / "model.onnx").is_file():
@@ -114,36 +111,14 @@ def pixelseg_predictors(run: Path) -> dict:
     predictors["onnx"] = pixelseg.load(run, engine="onnx")
     config = RunConfig.read(run)
     with tempfile.TemporaryDirectory() as tmp:
-        dynamic, static = Path(tmp) / "dynamic.onnx", Path(tmp) / "static.onnx"
+        dynamic = Path(tmp) / "dynamic.onnx"
         quantize_dynamic(run / "model.onnx", dynamic, weight_type=QuantType.QUInt8)
         predictors["onnx int8 dynamic"] = OnnxPredictor(open_session(dynamic), config)
-        quantize_static(run / "model.onnx", static, _Calibration(run, config),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
-        predictors["onnx int8 static"] = OnnxPredictor(open_session(static), config)
+    train, _ = run_samples(run, config)
+    calibration = calibration_inputs(config, train)
+    static = quantize_graph((run / "model.onnx").read_bytes(), calibration)
+    predictors["onnx int8 static"] = OnnxPredictor(open_session(static), config)
     return predictors
-
-
-class _Calibration:
-    """32 of the run's own training images, prepared as the model sees them: the ranges
-    that static quantization fixes for the activations (never the scored photos)."""
-
-    def __init__(self, run: Path, config) -> None:
-        from pixelseg.data.imageops import resize_image
-        from pixelseg.data.split import load_split, select
-
-        train = load_split(run / "split.json")["train"]
-        samples = select(find_samples(config.train["data"])[1], train)[:32]
-        mean = np.asarray(config.mean, np.float32)[:, None, None]
-        std = np.asarray(config.std, np.float32)[:, None, None]
-        batches = []
-        for sample in samples:
-            image = resize_image(read_image(sample.image), config.size).transpose(2, 0, 1)
-            batches.append({"image": ((image.astype(np.float32) / 255 - mean) / std)[None]})
-        self.batches = iter(batches)
-
-    def get_next(self) -> dict | None:
-        return next(self.batches, None)
 
 
 def run_pixelseg(predictor, paths: list[Path]) -> tuple[list[np.ndarray], list[float]]:

@@ -172,3 +172,17 @@ def test_the_encoders_padding_leaves_no_pad_before_a_conv() -> None:
     # only the model's own padding of the input to a multiple of 32 is left
     assert len(pads) == 1 and pads[0].input[0] == "image"
     assert all(readers.get(p.output[0]) != "Conv" or p.input[0] == "image" for p in pads)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.97, 1.0])
+def test_threshold_on_logits_equals_threshold_on_probabilities(threshold: float) -> None:
+    """The onnx engine compares logits with the threshold's logit, not a sigmoid of every
+    pixel with the threshold: the masks must be the same, at 0 and 1 too."""
+    from pixelseg.inference.onnx import logit_of, sigmoid
+
+    logits = np.random.default_rng(0).normal(scale=6, size=(64, 64)).astype(np.float32)
+    logits[0, :3] = [np.float32(logit_of(threshold))] * 3 if 0 < threshold < 1 else 0
+    expected = sigmoid(logits) > threshold
+    got = logits > logit_of(threshold)
+    assert (got == expected).mean() >= 1 - 3 / logits.size  # the 3 pixels exactly on it
+    assert (got[1:] == expected[1:]).all()

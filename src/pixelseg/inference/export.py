@@ -8,7 +8,9 @@ the graph is fixed at batch 1 and the training size. Before it is written, the g
 by ONNX Runtime on random inputs and compared with PyTorch: the largest difference is
 reported (float32 kernels differ in the last bits), and a graph that computes something
 else (traced operations that only hold at the size traced) is refused rather than written.
-smp's PAN, which pads inputs to a minimum size, exports with fixed sizes only.
+smp's PAN, which pads inputs to a minimum size, exports with fixed sizes only. With
+``int8`` the checked graph is then quantized (:mod:`pixelseg.inference.quantize`) and the
+int8 one is written, with what it costs in the run's validation metric.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_bytes
 from pixelseg.inference.onnx import ONNX_FILE, open_session
+from pixelseg.inference.quantize import Int8Report, quantize_run
 from pixelseg.models.saved import load_model
 
 DEFAULT_OPSET = 17
@@ -38,13 +41,19 @@ class ExportResult:
     max_abs_diff: float  # between ONNX Runtime and PyTorch logits on random inputs
     max_abs_logit: float  # the largest logit seen, for scale
     shapes: list[tuple[int, ...]]  # the input shapes compared
+    int8: Int8Report | None = None  # with int8: the quantized graph against the float one
 
 
 def export_onnx(
     run: str | Path, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
-    dynamic: bool = False, check: bool = True,
+    dynamic: bool = False, check: bool = True, int8: bool = False,
+    data: str | Path | None = None,
 ) -> ExportResult:  # fmt: skip
-    """Write ``run/model.onnx`` (or ``out``) and compare it with the PyTorch model."""
+    """Write ``run/model.onnx`` (or ``out``) and compare it with the PyTorch model.
+
+    ``int8``: write the graph quantized to int8, calibrated on the run's training images
+    and scored on its validation images (in ``data``, default where the run found them).
+    """
     run = Path(run)
     model, config = load_model(run, "cpu")
     if dynamic and getattr(model, "min_size", 0):
@@ -56,7 +65,7 @@ def export_onnx(
             "takes the training size, which pixelseg predict --engine onnx resizes to)"
         )
     channels, (height, width) = config.in_channels, config.size
-    data = onnx_bytes(model, (1, channels, height, width), dynamic, opset)
+    graph = onnx_bytes(model, (1, channels, height, width), dynamic, opset)
     path = Path(out) if out else run / ONNX_FILE
     result = ExportResult(path, float("nan"), float("nan"), [])
     if check:
@@ -64,7 +73,7 @@ def export_onnx(
         if dynamic:  # another batch size, and a size that is no multiple of the stride
             shapes.append((2, channels, height + 8, width - 8))
             shapes.append((1, channels, 67, 93))
-        result = compare(model, data, shapes, path)
+        result = compare(model, graph, shapes, path)
         tolerance = TOLERANCE * max(1.0, result.max_abs_logit)
         if not result.max_abs_diff <= tolerance:  # NaN fails too
             hint = " (export without --dynamic)" if dynamic else ""
@@ -73,7 +82,9 @@ def export_onnx(
                 f"by up to {result.max_abs_diff:.3g} (of {result.max_abs_logit:.3g}) on inputs of "
                 f"{', '.join('x'.join(map(str, s)) for s in shapes)}{hint}; nothing was written"
             )
-    write_bytes(path, data)
+    if int8:
+        graph, result.int8 = quantize_run(run, graph, data)
+    write_bytes(path, graph)
     return result
 
 
