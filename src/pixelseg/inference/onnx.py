@@ -94,10 +94,10 @@ def open_session(model: str | Path | bytes):
     # U-Net at 256x256 takes 145 ms per image with the "extended" level and 111 ms with it).
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     # ORT's worker threads spin for a while after each run, waiting for the next one. That
-    # is left on: on the 2-core Xeon, lite-unet-fast at 256x256 ran in 5.8 ms with spinning
-    # and 7.4 without (waking a sleeping worker costs each of the graph's many small ops),
-    # and neither the numpy steps between runs nor a PyTorch convolution right after one
-    # got slower (docs/deploy.md has the figures).
+    # is left on: on the 2-core Xeon, lite-unet-fast at 256x256 ran in 6.2 ms with spinning
+    # and 7.7 without (waking a sleeping worker costs each of the graph's many small ops);
+    # numpy work between runs was no slower, a PyTorch op right after one ~10% slower
+    # (benchmarks/onnx_spinning.py; docs/deploy.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     source = model if isinstance(model, bytes) else str(model)
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -16,10 +16,12 @@ convolution gains a ``DynamicQuantizeLinear`` before it and rescaling after it
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +140,7 @@ def quantize_graph(graph: bytes, calibration: Sequence[np.ndarray]) -> bytes:
         def get_next(self) -> dict | None:
             return next(self.inputs, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(graph)
         quantize_static(
@@ -146,6 +148,19 @@ def quantize_graph(graph: bytes, calibration: Sequence[np.ndarray]) -> bytes:
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )  # fmt: skip
         return target.read_bytes()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantizer logs advice on the root logger (run its shape-inference pre-processing
+    first) that is not the user's to act on: the graph quantizes without it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def score(predictor: OnnxPredictor, config: RunConfig, samples: Sequence[Sample]) -> float:
