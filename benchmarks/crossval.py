@@ -316,8 +316,8 @@ def main() -> None:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": [],
     }  # fmt: skip
     print(f"{'fold':>4} {'recipe':<24}{'dice':>8}{'iou':>8}{'thresh':>8}{'seconds':>9}")
-    keep = contextlib.nullcontext(args.keep) if args.keep else None
-    with keep or tempfile.TemporaryDirectory() as tmp:
+    folder = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()
+    with folder as tmp:
         for i in to_run:
             test = folds[i]
             train = [s for j, f in enumerate(folds) if j != i for s in f]

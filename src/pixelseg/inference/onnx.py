@@ -79,6 +79,20 @@ def logits_to_proba(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(0, keepdims=True)
 
 
+def model_inputs(images: Sequence[np.ndarray], config: RunConfig) -> np.ndarray:
+    """HxWx3 uint8 RGB images → the graph's input: (N, C, h, w) float32 at the run's
+    size and channels, normalised with its mean and std."""
+    arrays = [to_channels(image, config.in_channels) for image in images]
+    batch = np.stack([resize_image(a, config.size) for a in arrays]).transpose(0, 3, 1, 2)
+    # contiguous while still uint8, so the float copy is the array ORT reads as is, and
+    # (x / 255 - mean) / std as x * scale + offset: two passes over the pixels, not four
+    batch = np.ascontiguousarray(batch).astype(np.float32)
+    std = np.asarray(config.std, np.float32)[:, None, None]
+    batch *= 1 / (255 * std)
+    batch += -np.asarray(config.mean, np.float32)[:, None, None] / std
+    return batch
+
+
 def open_session(model: str | Path | bytes):
     """An ONNX Runtime session on the CPU (the ``onnx`` extra) for a file or its bytes."""
     try:
@@ -118,10 +132,6 @@ class OnnxPredictor(SegmentationPredictor):
         self.size = config.size
         self.num_classes = config.num_classes
         check_options(self.options, self.num_classes)
-        # (x / 255 - mean) / std as x * scale + offset: two passes over the pixels, not four
-        std = np.asarray(config.std, np.float32)[:, None, None]
-        self.scale = 1 / (255 * std)
-        self.offset = -np.asarray(config.mean, np.float32)[:, None, None] / std
         self.batch_dim = session.get_inputs()[0].shape[0]  # "batch" if exported --dynamic
 
     @classmethod
@@ -143,12 +153,7 @@ class OnnxPredictor(SegmentationPredictor):
     def model_logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(C, h, w) float32 logits at the model's size; :meth:`upsample` takes them to an
         image's size."""
-        arrays = [to_channels(image, self.config.in_channels) for image in images]
-        batch = np.stack([resize_image(a, self.size) for a in arrays]).transpose(0, 3, 1, 2)
-        # contiguous while still uint8, so the float copy is the array ORT reads as is
-        batch = np.ascontiguousarray(batch).astype(np.float32)
-        batch *= self.scale
-        batch += self.offset
+        batch = model_inputs(images, self.config)
         if isinstance(self.batch_dim, int):  # a graph exported for one batch size
             return [self.session.run(None, {"image": x[None]})[0][0] for x in batch]
         return list(self.session.run(None, {"image": batch})[0])

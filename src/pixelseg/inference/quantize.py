@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pixelseg.data.imageops import resize_image, to_channels
 from pixelseg.data.io import read_image, read_mask
 from pixelseg.data.layouts import Sample, find_samples
 from pixelseg.data.split import load_split, select
 from pixelseg.errors import PixelsegError
-from pixelseg.inference.onnx import OnnxPredictor, open_session
+from pixelseg.inference.onnx import OnnxPredictor, model_inputs, open_session
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
 from pixelseg.runconfig import RunConfig
 
@@ -107,17 +106,8 @@ def run_samples(
 
 
 def calibration_inputs(config: RunConfig, train: Sequence[Sample]) -> list[np.ndarray]:
-    """Up to :data:`CALIBRATION_IMAGES` training images as the graph takes them."""
-    return [model_input(config, read_image(s.image)) for s in train[:CALIBRATION_IMAGES]]
-
-
-def model_input(config: RunConfig, image: np.ndarray) -> np.ndarray:
-    """(1, C, h, w) float32: an RGB image as the graph takes it."""
-    small = resize_image(to_channels(image, config.in_channels), config.size)
-    x = small.transpose(2, 0, 1).astype(np.float32) / 255
-    mean = np.asarray(config.mean, np.float32)[:, None, None]
-    std = np.asarray(config.std, np.float32)[:, None, None]
-    return ((x - mean) / std)[None]
+    """Up to :data:`CALIBRATION_IMAGES` training images as the graph takes them, one each."""
+    return [model_inputs([read_image(s.image)], config) for s in train[:CALIBRATION_IMAGES]]
 
 
 def quantize_graph(graph: bytes, calibration: Sequence[np.ndarray]) -> bytes:
