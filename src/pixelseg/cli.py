@@ -347,6 +347,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["class_names"] = list(parse_class_names(args.classes))
     if args.sync_batchnorm:
         given["sync_batchnorm"] = True
+    if args.train_on_val:
+        given["train_on_val"] = True
     if args.nproc is not None:
         return _launch_torchrun(args.nproc, args.argv)
     if args.resume:
@@ -637,6 +639,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         )
     p.add_argument("--classes", help="class names: a,b,c or a classes.json/classes.csv file")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument(
+        "--train-on-val", action="store_true",
+        help="train on the validation images too and keep the last epoch (validation scores "
+        "are then scores on seen images; binary runs keep threshold 0.5, no clean-up)",
+    )  # fmt: skip
     p.add_argument(
         "--compile", action="store_true",
         help="torch.compile the model (a minute of compiling; meant for GPUs: on a 2-core CPU "

@@ -108,6 +108,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     val_fraction: float = 0.15
+    # the validation images train too (all labelled images but the test ones): the last
+    # epoch's weights are kept, and validation scores are scores on seen images
+    train_on_val: bool = False
     test_fraction: float = 0.15
     # early stopping: epochs without a better val score (0 = never); None: 10, or never under
     # a time budget, whose learning-rate schedule is planned to end with the budget

@@ -255,6 +255,12 @@ def _evaluate_run(
     if tta:
         model = TTAModel(model, tta_rotations, config.upright)
     _, samples = find_samples(data, format)
+    if split == "val" and config.train.get("train_on_val"):
+        warnings.warn(
+            f"{run} trained on its validation images (--train-on-val): their scores are "
+            "scores on seen images",
+            stacklevel=3,
+        )
     missing: list[str] = []  # the split's images that are not in data
     if split != "all" and all(s.subset is not None for s in samples):
         # a data set with its own split (SegNet's test/ + testannot/...): the split named

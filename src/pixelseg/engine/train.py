@@ -153,9 +153,8 @@ def build_datasets(plan: Plan) -> tuple[SegmentationDataset, SegmentationDataset
     cfg, samples = plan.cfg, plan.data.samples
     kwargs = {"channels": cfg.in_channels, "colors": cfg.class_colors,
               "ignore_index": cfg.ignore_index, "cache": cfg.cache}  # fmt: skip
-    train_set = SegmentationDataset(
-        select(samples, plan.split["train"]), cfg.size, cfg.num_classes, **kwargs
-    )
+    trained = plan.split["train"] + (plan.split["val"] if cfg.train_on_val else [])
+    train_set = SegmentationDataset(select(samples, trained), cfg.size, cfg.num_classes, **kwargs)
     val_samples = select(samples, plan.split["val"])
     if not val_samples:
         warnings.warn(
@@ -403,7 +402,8 @@ def _fit(
         epoch = _train_epochs(run, start_epoch, progress, stop, on_epoch_end)
     cfg, t = run.cfg, run.t  # a time budget may have re-planned the epochs
     if world.is_main:  # rank 0 finishes alone; the others wait for it below
-        if cfg.num_classes == 1 and t.best_epoch:
+        # (images the model trained on would choose a threshold that flatters it)
+        if cfg.num_classes == 1 and t.best_epoch and not cfg.train_on_val:
             _calibrate(cfg, run.run_dir, run.val_set, run.eval_tf, device)
         plot_curves(t.history, run.run_dir / "curves.png", cfg.score_name)
         run.save(epoch, finished=True)
@@ -478,6 +478,10 @@ def _prepare(
         f"{cfg.size[0]}x{cfg.size[1]}{patches}; loss {cfg.loss}; {t.precision.describe()}; "
         f"{f'up to {cfg.time_budget}' if budget else epochs}"
     )
+    if cfg.train_on_val:
+        log.info("the validation images train too (--train-on-val): their scores are scores on "
+                 "seen images, the last epoch's weights are kept and binary runs keep threshold "
+                 f"{config.threshold} with no clean-up steps")  # fmt: skip
     # A time budget plans the number of epochs from the time the first epochs take; a
     # resumed run gets what is left of it (an older last.pt without a clock: no budget).
     if budget:
@@ -572,8 +576,10 @@ def _one_epoch(run: _Session, epoch: int, progress: Progress, stop: StopSignals)
         "lr": t.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2),
     }  # fmt: skip
     t.history.append(row)
-    improved = score > t.best_score
-    if improved:  # the best weights so far: these are what predict/evaluate use
+    # the best weights so far are what predict/evaluate use; with the validation images in
+    # training their score cannot choose an epoch, and the last one is kept
+    improved = score > t.best_score or cfg.train_on_val
+    if improved:
         t.best_score, t.best_epoch = score, epoch
         if world.is_main:
             save_weights(run.run_dir, evaluated)
