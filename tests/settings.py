@@ -11,6 +11,9 @@ FAST = {
     "lr": 3e-3,
     "progress": False,
 }
+# the same run from the command line (progress bars are off when not on a terminal)
+FAST_ARGS = ["--model", "unet", "--model-arg", "base_channels=8", "--model-arg", "depth=2",
+             "--size", "32", "--batch-size", "4", "--lr", "3e-3"]  # fmt: skip
 
 
 def run_config(size: list[int], num_classes: int = 1, **values) -> RunConfig:

@@ -11,21 +11,7 @@ import pytest
 from PIL import Image
 
 from pixelseg.cli import main
-
-FAST = [
-    "--model",
-    "unet",
-    "--model-arg",
-    "base_channels=8",
-    "--model-arg",
-    "depth=2",
-    "--size",
-    "32",
-    "--batch-size",
-    "4",
-    "--lr",
-    "3e-3",
-]
+from settings import FAST_ARGS as FAST
 
 
 def test_models_lists_lesson_counts(capsys: pytest.CaptureFixture) -> None:

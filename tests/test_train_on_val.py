@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from pixelseg.cli import main
-
-FAST = ["--model", "unet", "--model-arg", "base_channels=8", "--model-arg", "depth=2",
-        "--size", "32", "--batch-size", "4", "--epochs", "3"]  # fmt: skip
+from settings import FAST_ARGS
 
 
 def _train(data: Path, run: Path, *extra: str) -> dict:
-    assert main(["train", str(data), "--out", str(run), *FAST, *extra]) == 0
+    assert main(["train", str(data), "--out", str(run), *FAST_ARGS, "--epochs", "3", *extra]) == 0
     return json.loads((run / "config.json").read_text())
 
 
