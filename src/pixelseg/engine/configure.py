@@ -25,6 +25,7 @@ from pixelseg.engine.optimizer import adamw
 from pixelseg.engine.precision import choose_precision
 from pixelseg.errors import PixelsegError
 from pixelseg.models import create_model
+from pixelseg.models.efficientnet import ENCODERS
 from pixelseg.models.lite_unet import DEFAULT_ENCODER
 from pixelseg.models.registry import ModelError
 from pixelseg.models.weights import WEIGHTS_HINT, find_imagenet_weights
@@ -77,7 +78,7 @@ def choose_model(cfg: TrainConfig, in_channels: int) -> TrainConfig:
     if pretrained or ((in_channels == 3 or finetuning or cfg.latency) and source is not None):
         weights = cfg.encoder_weights if pretrained else "imagenet"
         log.info(
-            f"model: {name}, EfficientNet-Lite0 encoder from {weights} weights"
+            f"model: {name}, {ENCODERS[DEFAULT_ENCODER].title} encoder from {weights} weights"
             + (f" ({source})" if source and not pretrained else "")
             + " (colour images)" * (in_channels == 3 and not cfg.latency)
             + f" (--latency {cfg.latency})" * bool(cfg.latency)

@@ -1,4 +1,4 @@
-"""``lite-unet``: a U-Net decoder on a light ImageNet encoder (EfficientNet-Lite0).
+"""``lite-unet``: a U-Net decoder on a light ImageNet encoder (EfficientNet-Lite0 by default).
 
 Built as segmentation_models.pytorch builds its ``Unet``: the encoder returns feature maps
 at strides 2 to 32 (:meth:`EfficientNetLite.features`); each decoder stage upsamples 2x,
@@ -24,7 +24,7 @@ from pixelseg.models._padding import crop_padding, pad_to_multiple
 from pixelseg.models.efficientnet import ENCODERS, EfficientNetLite
 from pixelseg.models.pretrained import freeze_module
 from pixelseg.models.registry import ModelError, register_model
-from pixelseg.models.weights import WEIGHTS_HINT, find_imagenet_weights, read_encoder_state
+from pixelseg.models.weights import find_imagenet_weights, read_encoder_state, weights_hint
 
 __all__ = ["LiteUNet"]
 
@@ -71,8 +71,9 @@ class LiteUNet(nn.Module):
     Args:
         in_channels: 3 for RGB, 1 for greyscale.
         num_classes: output channels (1 for binary segmentation).
-        encoder: ``tf_efficientnet_lite0`` (Google's weights, in the ``weights`` extra) or
-            ``efficientnet_lite0`` (timm's).
+        encoder: ``tf_efficientnet_lite0`` (Google's weights, in the ``weights`` extra),
+            ``efficientnet_lite0`` (timm's), or the larger ``tf_efficientnet_lite1`` and
+            ``tf_efficientnet_lite2`` (Google's, each in a package of its own).
         decoder_channels: channels of the decoder stages, deepest first (five with
             ``output_stride`` 1, one fewer for each halving of the output).
         separable: depthwise-separable decoder convolutions (a fast model's: see
@@ -150,7 +151,7 @@ class LiteUNet(nn.Module):
         path = Path(weights) if weights != "imagenet" else find_imagenet_weights(self.encoder_name)
         if path is None:
             raise ModelError(f"no ImageNet weights for {self.encoder_name} on this machine: "
-                             f"{WEIGHTS_HINT}")  # fmt: skip
+                             f"{weights_hint(self.encoder_name)}")  # fmt: skip
         if not path.is_file():
             raise ModelError(f"{path}: encoder weights file not found")
         state = read_encoder_state(path)
@@ -199,7 +200,7 @@ def _keys(what: str, keys: list[str]) -> str:
     "lite-unet",
     prefers_channels_last=True,
     description="U-Net decoder on an EfficientNet-Lite0 encoder (ImageNet weights, pretrained "
-    "by default when installed)",
+    "by default when installed; --encoder tf_efficientnet_lite1/2 for larger ones)",
 )
 def lite_unet(
     in_channels: int = 3,

