@@ -412,9 +412,9 @@ def test_train_on_a_larger_encoder_from_the_command_line(tiny_data: Path, tmp_pa
 
     source = _installed_weights("tf_efficientnet_lite1")
     run = tmp_path / "run"
-    args = ["train", str(tiny_data), "--out", str(run), "--epochs", "1", "--size", "64",
-            "--batch-size", "4", "--model", "lite-unet", "--encoder", "tf_efficientnet_lite1"]
-    assert main(args) == 0  # fmt: skip
+    settings = ["--epochs", "1", "--size", "64", "--batch-size", "4", "--model", "lite-unet"]
+    args = ["train", str(tiny_data), "--out", str(run), *settings]
+    assert main([*args, "--encoder", "tf_efficientnet_lite1"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["model_kwargs"] == {"encoder": "tf_efficientnet_lite1"}
     assert config["train"]["encoder_weights"] == "imagenet"
