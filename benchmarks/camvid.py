@@ -10,6 +10,10 @@ is slightly optimistic; CamVid's own test set is not part of ``../shared/data``.
     python benchmarks/camvid.py --data ../shared/data/camvid --budget 10m
     python benchmarks/camvid.py --data ../shared/data/camvid --budget 10m --by-sequence
     python benchmarks/camvid.py --budget 10m --by-sequence --tta   # also scored with --tta
+    python benchmarks/camvid.py --budget 10m --by-sequence --ensemble 2   # 2 runs of 5m each
+
+``--ensemble K`` splits the budget into K runs (seeds SEED..SEED+K-1, one split), scores
+each, then ``pixelseg ensemble`` of them: the printed table is the ensemble's.
 
 CamVid's 30 validation images come from sequence 0016E5, which training also shows, while
 171 of its 233 test scenes come from Seq05VD, which training never shows: a score on frames
@@ -29,6 +33,8 @@ from pathlib import Path
 import torch
 
 import pixelseg
+from pixelseg.config import parse_duration
+from pixelseg.engine.train import TrainResult
 
 # Badrinarayanan et al., TPAMI 2017, CamVid test set, all 367 training images, VGG16 encoder
 SEGNET = {"miou": 0.601, "global_accuracy": 0.904, "class_accuracy": 0.712}
@@ -47,6 +53,24 @@ def by_sequence(root: Path, out: Path) -> Path:
                 for path in sorted(folder.glob(f"{sequence}_*.png")):
                     (out / sub / path.name).symlink_to(path.resolve())
     return out
+
+
+def train_ensemble(
+    data: str | Path, run: Path, args: argparse.Namespace, settings: dict, split: str
+) -> tuple[Path, TrainResult, list[dict]]:  # fmt: skip
+    """K runs of budget/K (seeds seed..seed+K-1, the split of seed), then their ensemble;
+    returns the ensemble's folder, the first run's result and each run's scores."""
+    budget = parse_duration(args.budget) / args.ensemble
+    runs, results, scores = [], [], []
+    for k in range(args.ensemble):
+        member = run.parent / f"{run.name}-member{k}"
+        seeds = {"seed": args.seed + k, "split_seed": args.seed}
+        results.append(
+            pixelseg.train(data, out=member, time_budget=f"{budget:.0f}s", **seeds, **settings)
+        )
+        scores.append(pixelseg.evaluate(member, data, split=split, progress=False))
+        runs.append(member)
+    return pixelseg.ensemble(runs, run), results[0], scores
 
 
 def _setting(item: str) -> tuple[str, object]:
@@ -73,6 +97,8 @@ def main() -> None:
                         help="no pretrained weights (--encoder-weights none)")  # fmt: skip
     parser.add_argument("--tta", action="store_true",
                         help="also score with test-time augmentation (evaluate --tta)")  # fmt: skip
+    parser.add_argument("--ensemble", type=int, default=1, metavar="K",
+                        help="K runs of BUDGET/K each, scored as one ensemble")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a training setting, e.g. crop=192x256 (repeatable)")  # fmt: skip
     args = parser.parse_args()
@@ -85,7 +111,11 @@ def main() -> None:
         t0 = time.perf_counter()
         if args.scratch:
             settings["encoder_weights"] = "none"
-        result = pixelseg.train(data, out=run, time_budget=args.budget, seed=args.seed, **settings)
+        if args.ensemble > 1:
+            run, result, members = train_ensemble(data, run, args, settings, split)
+        else:
+            result = pixelseg.train(data, out=run, time_budget=args.budget, seed=args.seed,
+                                    **settings)  # fmt: skip
         seconds = time.perf_counter() - t0
         m = pixelseg.evaluate(run, data, split=split, progress=False)
         # (written to a folder of its own: the run's metrics.json stays the plain score)
@@ -111,6 +141,9 @@ def main() -> None:
         print(f"{key:<22}{m[key]:>10.3f}{ref:>10.3f}")
     if tta:
         print(f"{'miou with --tta':<22}{tta['miou']:>10.3f}")
+    if args.ensemble > 1:
+        print(f"the ensemble of {args.ensemble} runs; each alone: mIoU "
+              + ", ".join(f"{x['miou']:.3f}" for x in members))  # fmt: skip
     print("per-class IoU:")
     for name, row in m["per_class"].items():
         print(f"  {name:<20}{row['iou']:>8.3f}")

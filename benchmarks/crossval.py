@@ -14,6 +14,8 @@ the threshold each recipe chose). Recipes:
 - ``scratch``: the default with ``--encoder-weights none``: no pretrained weights, so the
   U-Net from scratch that was the default before pretrained encoders;
 - ``lite-scratch``: ``lite-unet`` from random weights (what the ImageNet weights add);
+- ``ensemble``: two runs of the default with half the budget each (other seeds, one split),
+  scored as their ``pixelseg ensemble`` (``ensemble:members=3`` for three of a third);
 - ``smp-unet``: the zoo's U-Net with a ResNet-34 encoder (``--encoder``) from random
   weights, under the same budget, size chosen by pixelseg as for ``default`` (needs the
   zoo extra; no pretrained weights, which cannot be downloaded here);
@@ -70,6 +72,7 @@ RECIPES = (
     "default",
     "scratch",
     "lite-scratch",
+    "ensemble",
     "baseline",
     "lesson-unet",
     "lesson-segnet",
@@ -221,6 +224,8 @@ def run_recipe(
             raise SystemExit("the baseline recipe needs a time budget (--budget 15m)")
         model = train_baseline(train_samples, parse_duration(budget), args.seed)
         return score_baseline(model, test_samples)
+    if recipe == "ensemble":
+        return run_ensemble(train_dir, test_dir, out, args, overrides)
     if recipe == "default":
         settings = {"time_budget": budget}
     elif recipe == "scratch":
@@ -258,6 +263,34 @@ def run_recipe(
         f = pixelseg.evaluate(final, test_dir, split="all", progress=False)
         scores.update(final_dice=f["dice"], final_iou=f["iou"])
     return scores
+
+
+def run_ensemble(
+    train_dir: Path, test_dir: Path, out: Path, args: argparse.Namespace, overrides: dict
+) -> dict:  # fmt: skip
+    """K default runs of budget/K each (seeds seed..seed+K-1, the split of seed), scored
+    as one ensemble; each member's own Dice is kept too."""
+    if args.budget == "none":
+        raise SystemExit("the ensemble recipe needs a time budget (--budget 15m)")
+    k = int(overrides.pop("members", 2))
+    budget = f"{parse_duration(args.budget) / k:.0f}s"
+    members, dice = [], []
+    for i in range(k):
+        member = out.parent / f"{out.name}-member{i}"
+        pixelseg.train(train_dir, out=member, seed=args.seed + i, split_seed=args.seed,
+                       time_budget=budget, progress=False, **overrides)  # fmt: skip
+        dice.append(pixelseg.evaluate(member, test_dir, split="all", progress=False)["dice"])
+        members.append(member)
+    pixelseg.ensemble(members, out)
+    m = pixelseg.evaluate(out, test_dir, split="all", progress=False)
+    config = json.loads((out / "config.json").read_text())
+    h, w = config["size"]
+    return {
+        "dice": m["dice"], "iou": m["iou"], "threshold": m["threshold"],
+        "postprocess": "+".join(m["postprocess"]) or "none", "member_dice": dice,
+        "settings": f"ensemble of {k} at {h}x{w}, {budget} each (alone: "
+        + ", ".join(f"{d:.4f}" for d in dice) + ")",
+    }  # fmt: skip
 
 
 def final_epoch_run(run: Path) -> Path:

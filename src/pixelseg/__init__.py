@@ -30,6 +30,7 @@ __all__ = [
     "PixelsegError",
     "SettingsError",
     "__version__",
+    "ensemble",
     "evaluate",
     "load",
     "resume",
@@ -61,6 +62,14 @@ def resume(run: str | Path, **overrides: Any) -> TrainResult:
     from pixelseg.engine.train import resume as resume_run
 
     return resume_run(run, **overrides)
+
+
+def ensemble(runs: list[str | Path], out: str | Path) -> Path:
+    """Combine trained runs into the run folder ``out``, whose model averages their
+    probabilities (see :mod:`pixelseg.engine.ensemble`); returns ``out``."""
+    from pixelseg.engine.ensemble import make_ensemble
+
+    return make_ensemble(runs, out)
 
 
 def evaluate(run: str | Path, data: str | Path, split: str = "test", **kwargs: Any) -> dict:

@@ -240,6 +240,11 @@ _TRAIN_OPTIONS = [
     ("weight_decay", float, "AdamW weight decay"),
     ("loss", str, "loss on logits (default bce+dice; ce+dice for classes)"),
     ("seed", int, "random seed: same seed, same result on a CPU"),
+    (
+        "split_seed",
+        int,
+        "seed of the train/val/test split (default: --seed): other seeds, same test images",
+    ),
     ("device", str, "auto | cpu | cuda | cuda:N"),
     (
         "precision",
@@ -580,6 +585,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from pixelseg.engine.ensemble import make_ensemble
+    from pixelseg.runconfig import RunConfig
+
+    out = make_ensemble(args.runs, args.out)
+    config = RunConfig.read(out)
+    split = json.loads((out / "split.json").read_text())
+    print(f"wrote {out}: the mean probability of {len(args.runs)} runs; "
+          f"{len(split['test'])} test and {len(split['val'])} validation images that no "
+          f"member trained on (pixelseg evaluate {out} DATA scores it)")  # fmt: skip
+    if config.num_classes == 1:
+        steps = "+".join(config.postprocess) or "none"
+        print(f"threshold {config.threshold:.2f} (the members' mean), clean-up: {steps}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pixelseg.demo import run_demo
 
@@ -789,6 +810,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble", help="combine trained runs into one run that averages their probabilities"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders")
+    p.add_argument("--out", required=True, help="the ensemble's run folder (must not be a run)")
+    p.set_defaults(func=cmd_ensemble)
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a run over HTTP, with a web page (pixelseg[serve])")
     p.add_argument("run", help="run folder")
@@ -870,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_export(sub)
+    _add_ensemble(sub)
     _add_serve(sub)
     _add_demo(sub)
     return parser

@@ -106,6 +106,9 @@ class TrainConfig:
     ema: float = 0.0
     loss: str | None = None  # None: bce+dice (binary) or ce+dice (multi-class)
     seed: int = 0
+    # the seed of the train/val/test split (None: seed): runs with other seeds and one split
+    # score on the same test images (an ensemble's members, a comparison of seeds)
+    split_seed: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     val_fraction: float = 0.15
     # the validation images train too (all labelled images but the test ones): the last
@@ -219,8 +222,8 @@ class TrainConfig:
     def with_defaults(self) -> TrainConfig:
         """These settings with every default that needs no data filled in: the epochs and
         patience, the loss once the number of classes is known, the model's default encoder
-        (recorded, so a saved run never depends on what the default is later) and the size
-        as (height, width)."""
+        (recorded, so a saved run never depends on what the default is later), the split's
+        seed and the size as (height, width)."""
         budget = self.time_budget is not None
         # with a time budget the epochs are only a ceiling; the run plans its real length,
         # and its schedule ends with the budget (no early stopping)
@@ -243,6 +246,7 @@ class TrainConfig:
             patience=self.patience if self.patience is not None else patience,
             loss=loss,
             model_kwargs=kwargs,
+            split_seed=self.seed if self.split_seed is None else self.split_seed,
             size=None if self.size is None else _parse_size(self.size),
             crop=self.crop_size,
         )

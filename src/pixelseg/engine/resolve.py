@@ -167,8 +167,8 @@ def prepare_split(
 ) -> dict[str, list[str]]:  # fmt: skip
     """Reuse the run's ``split.json`` when resuming, else make (and, with ``write``, save) a
     split: the data set's own, whole sequences apart when the file names show sequences
-    (``0016E5_07959``), else stratified. It depends on the seed alone, so every process
-    draws the same one."""
+    (``0016E5_07959``), else stratified. It depends on the split seed (``split_seed``, else
+    ``seed``) alone, so every process draws the same one."""
     path = run_dir / "split.json"
     if resuming:
         return load_split(path)
@@ -191,8 +191,9 @@ def prepare_split(
     stems = [s.stem for s in samples]
     seqs = sequences(stems)
     split = None
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed  # (before defaults)
     if seqs is not None:  # whole sequences (or patients) apart: no near-copy on both sides
-        split = make_sequence_split(stems, seqs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        split = make_sequence_split(stems, seqs, cfg.val_fraction, cfg.test_fraction, split_seed)
         if split is None:
             log.info(f"{len(set(seqs))} sequences in the file names, but none small enough to hold "
                 "out without starving training: a split of single images")  # fmt: skip
@@ -207,7 +208,7 @@ def prepare_split(
             strata = [s.group for s in samples]  # e.g. PH2's diagnosis
         else:
             strata = foreground_strata(fractions)  # small / medium / large objects
-        split = make_split(stems, cfg.val_fraction, cfg.test_fraction, cfg.seed, strata)
+        split = make_split(stems, cfg.val_fraction, cfg.test_fraction, split_seed, strata)
     if write:
         save_split(path, split)
     return split

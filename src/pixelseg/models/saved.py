@@ -17,6 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from pixelseg.errors import PixelsegError
 from pixelseg.files import write_bytes
+from pixelseg.models.ensemble import ENSEMBLE, Ensemble
 from pixelseg.models.registry import create_model
 from pixelseg.runconfig import CONFIG_FILE, RunConfig
 
@@ -31,7 +32,14 @@ def save_weights(run_dir: str | Path, model: torch.nn.Module) -> Path:
 
 
 def build_model(config: RunConfig) -> torch.nn.Module:
-    """The (untrained) model a run's config describes."""
+    """The (untrained) model a run's config describes; for an ensemble, its members'."""
+    if config.model == ENSEMBLE:
+        members = config.model_kwargs.get("members") or []
+        return Ensemble(
+            [build_model(config.replace(model=m["model"], model_kwargs=m["model_kwargs"]))
+             for m in members],
+            [m["mean"] for m in members], [m["std"] for m in members],
+        )  # fmt: skip
     return create_model(
         config.model, in_channels=config.in_channels, num_classes=config.num_classes,
         **config.model_kwargs,
@@ -51,7 +59,7 @@ def load_model(
         raise PixelsegError(f"{run_dir}: no {WEIGHTS_FILE} (did training finish an epoch?)")
     try:
         model = build_model(config)
-    except (ValueError, TypeError) as exc:  # unknown model or options
+    except (ValueError, TypeError, KeyError) as exc:  # unknown model or options
         raise PixelsegError(f"{Path(run_dir) / CONFIG_FILE}: {exc}") from None
     try:
         state = load_file(str(weights), device="cpu")
