@@ -273,6 +273,8 @@ def run_ensemble(
     if args.budget == "none":
         raise SystemExit("the ensemble recipe needs a time budget (--budget 15m)")
     k = int(overrides.pop("members", 2))
+    if "encoder" in overrides:  # as for the default recipe: lite-unet on that encoder
+        overrides.update(model="lite-unet", model_kwargs={"encoder": overrides.pop("encoder")})
     budget = f"{parse_duration(args.budget) / k:.0f}s"
     members, dice = [], []
     for i in range(k):

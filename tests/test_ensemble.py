@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pixelseg.cli import main
 from pixelseg.errors import PixelsegError
 from pixelseg.models import create_model
 from pixelseg.models.ensemble import Ensemble
+from pixelseg.runconfig import RunConfig
 from settings import FAST_ARGS
 
 
@@ -112,9 +114,45 @@ def test_runs_that_cannot_be_combined_are_refused_by_name(
         pixelseg.ensemble([two_runs[0], bigger], tmp_path / "e1")
     with pytest.raises(PixelsegError, match="two or more runs"):
         pixelseg.ensemble([two_runs[0]], tmp_path / "e2")
-    with pytest.raises(PixelsegError, match=r"seed1: already a run folder"):
+    with pytest.raises(PixelsegError, match=r"seed1: exists and is not an empty folder"):
         pixelseg.ensemble(two_runs, two_runs[1])
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
     ensemble = pixelseg.ensemble(two_runs, tmp_path / "e3")
     with pytest.raises(PixelsegError, match=r"e3: already an ensemble"):
         pixelseg.ensemble([two_runs[0], ensemble], tmp_path / "e4")
+
+
+def test_a_member_trained_on_its_val_images_leaves_none_for_validation(
+    two_runs: list[Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    both = _train(tiny_data, tmp_path / "both", "--split-seed", "0", "--train-on-val")
+    out = pixelseg.ensemble([two_runs[0], both], tmp_path / "ensemble")
+    split = json.loads((out / "split.json").read_text())
+    member = json.loads((two_runs[0] / "split.json").read_text())
+    assert split["val"] == [] and split["test"] == member["test"]
+    assert set(member["val"]) <= set(split["train"])
+    assert json.loads((out / "config.json").read_text())["train"]["train_on_val"] is True
+
+
+def test_one_upright_member_keeps_upside_down_views_out_of_tta(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    """A member trained with left-right flips only never saw an upside-down image, so the
+    ensemble's test-time augmentation must not show it one."""
+    upright = tmp_path / "upright"
+    shutil.copytree(two_runs[1], upright)
+    config = json.loads((upright / "config.json").read_text())
+    config["train"]["flips"] = "horizontal"
+    (upright / "config.json").write_text(json.dumps(config))
+    assert not RunConfig.read(two_runs[0]).upright
+    out = pixelseg.ensemble([two_runs[0], upright], tmp_path / "ensemble")
+    assert RunConfig.read(out).upright
+
+
+def test_a_damaged_member_list_names_the_config(two_runs: list[Path], tmp_path: Path) -> None:
+    out = pixelseg.ensemble(two_runs, tmp_path / "ensemble")
+    config = json.loads((out / "config.json").read_text())
+    del config["model_kwargs"]["members"][1]["mean"]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PixelsegError, match=r"config\.json: an ensemble member needs model, "):
+        pixelseg.load(out)

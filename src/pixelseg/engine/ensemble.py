@@ -20,7 +20,7 @@ from pixelseg.data.split import load_split, save_split
 from pixelseg.errors import PixelsegError
 from pixelseg.models.ensemble import ENSEMBLE, Ensemble
 from pixelseg.models.saved import load_model, save_weights
-from pixelseg.runconfig import CONFIG_FILE, RunConfig
+from pixelseg.runconfig import RunConfig
 
 __all__ = ["make_ensemble"]
 
@@ -35,27 +35,33 @@ def make_ensemble(runs: list[str | Path], out: str | Path) -> Path:
 
     Raises PixelsegError when fewer than two runs are given, a run is unreadable, the runs
     disagree on what the model sees or predicts (naming the run and the setting), or
-    ``out`` already holds a run.
+    ``out`` is a folder that holds anything.
     """
     paths = [Path(r) for r in runs]
     if len(paths) < 2:
         raise PixelsegError("an ensemble needs two or more runs")
     out = Path(out)
-    if (out / CONFIG_FILE).exists():
-        raise PixelsegError(f"{out}: already a run folder; choose another --out")
-    loaded = [load_model(p, "cpu") for p in paths]
-    configs = [config for _, config in loaded]
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PixelsegError(f"{out}: exists and is not an empty folder; choose another --out")
+    configs = [RunConfig.read(p) for p in paths]  # the cheap checks before any weights
     _check_agree(paths, configs)
-    split = _shared_split(paths)
+    split = _shared_split(paths, configs)
+    if not split["test"]:
+        log.warning(f"{out}: no image is a test image of every run (were they trained with "
+                    "one --split-seed?): evaluate it on other images (--split all)")  # fmt: skip
+    model = Ensemble(
+        [load_model(p, "cpu")[0] for p in paths],
+        [c.mean for c in configs], [c.std for c in configs],
+    )  # fmt: skip
     first = configs[0]
     members = [
         {"run": str(p), "model": c.model, "model_kwargs": c.model_kwargs,
          "mean": list(c.mean), "std": list(c.std)}
         for p, c in zip(paths, configs, strict=True)
     ]  # fmt: skip
-    model = Ensemble([m for m, _ in loaded], [c.mean for c in configs], [c.std for c in configs])
     steps = [s for s in first.postprocess if all(s in c.postprocess for c in configs)]
-    upright = all(c.upright for c in configs)  # test-time augmentation: no upside-down views
+    # test-time augmentation shows no upside-down views if any member never saw one
+    upright = any(c.upright for c in configs)
     config = first.replace(
         model=ENSEMBLE,
         model_kwargs={"members": members},
@@ -64,7 +70,7 @@ def make_ensemble(runs: list[str | Path], out: str | Path) -> Path:
         encoder_weights_source=None,
         class_weights=None,
         best=None,
-        train={**first.train, "flips": first.train.get("flips") if upright else "both",
+        train={**first.train, "flips": "horizontal" if upright else "both",
                "train_on_val": any(c.train.get("train_on_val") for c in configs),
                "ensemble_of": [str(p) for p in paths]},
     )  # fmt: skip
@@ -80,7 +86,9 @@ def make_ensemble(runs: list[str | Path], out: str | Path) -> Path:
 
 
 def _check_agree(paths: list[Path], configs: list[RunConfig]) -> None:
-    for path, config in zip(paths[1:], configs[1:], strict=True):
+    for path, config in zip(paths, configs, strict=True):
+        if config.model == ENSEMBLE:
+            raise PixelsegError(f"{path}: already an ensemble; give its runs instead")
         for name in SAME:
             mine, theirs = getattr(config, name), getattr(configs[0], name)
             if mine != theirs:
@@ -88,21 +96,22 @@ def _check_agree(paths: list[Path], configs: list[RunConfig]) -> None:
                     f"{path}: {name} {mine!r}, but {paths[0]} has {theirs!r}; an ensemble's "
                     "runs must see the same images and predict the same classes"
                 )
-        if config.model == ENSEMBLE:
-            raise PixelsegError(f"{path}: already an ensemble; give its runs instead")
-    if configs[0].model == ENSEMBLE:
-        raise PixelsegError(f"{paths[0]}: already an ensemble; give its runs instead")
 
 
-def _shared_split(paths: list[Path]) -> dict[str, list[str]]:
-    """Test (and val) images: those of every member; train: those of any member."""
+def _shared_split(paths: list[Path], configs: list[RunConfig]) -> dict[str, list[str]]:
+    """Test (and val) images: those of every member; train: those any member trained on
+    (a member trained with --train-on-val trained on its val images too)."""
     splits = []
     for path in paths:
         file = path / "split.json"
         if not file.is_file():
             raise PixelsegError(f"{path}: no split.json, so its test images are unknown")
         splits.append(load_split(file))
-    trained = set().union(*(s["train"] for s in splits))
+    trained = set()
+    for split, config in zip(splits, configs, strict=True):
+        trained |= set(split["train"])
+        if config.train.get("train_on_val"):
+            trained |= set(split["val"])
     held = {part: set.intersection(*(set(s[part]) for s in splits)) - trained
             for part in ("val", "test")}  # fmt: skip
     return {"train": sorted(trained), **{part: sorted(stems) for part, stems in held.items()}}

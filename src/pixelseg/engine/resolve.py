@@ -191,7 +191,7 @@ def prepare_split(
     stems = [s.stem for s in samples]
     seqs = sequences(stems)
     split = None
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed  # (before defaults)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     if seqs is not None:  # whole sequences (or patients) apart: no near-copy on both sides
         split = make_sequence_split(stems, seqs, cfg.val_fraction, cfg.test_fraction, split_seed)
         if split is None:

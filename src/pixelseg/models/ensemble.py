@@ -8,7 +8,7 @@ An :class:`Ensemble` is a plain model: its output is logits, the log of the memb
 probability (softmax over classes; for a binary model the log-odds of the mean sigmoid).
 Softmax, argmax and a threshold on those give exactly the mean probability's answers, so
 evaluation, prediction, tiling, test-time augmentation, ONNX export and the server treat an
-ensemble as any other model. ``pixelseg ensemble`` (:mod:`pixelseg.inference.ensemble`)
+ensemble as any other model. ``pixelseg ensemble`` (:mod:`pixelseg.engine.ensemble`)
 makes one from run folders.
 """
 
@@ -53,6 +53,8 @@ class Ensemble(nn.Module):
         self.register_buffer("scale", s[0] / s, persistent=False)
         self.register_buffer("shift", (m[0] - m) / s, persistent=False)
         self.stride = math.lcm(*(getattr(member, "stride", 1) for member in members))
+        # a member that pads its input to a minimum size (smp's PAN) makes the whole do so
+        self.min_size = max(getattr(member, "min_size", 0) for member in members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None

@@ -35,6 +35,10 @@ def build_model(config: RunConfig) -> torch.nn.Module:
     """The (untrained) model a run's config describes; for an ensemble, its members'."""
     if config.model == ENSEMBLE:
         members = config.model_kwargs.get("members") or []
+        keys = ("model", "model_kwargs", "mean", "std")
+        for m in members:
+            if not isinstance(m, dict) or any(k not in m for k in keys):
+                raise ValueError(f"an ensemble member needs {', '.join(keys)}; got {m!r:.200}")
         return Ensemble(
             [build_model(config.replace(model=m["model"], model_kwargs=m["model_kwargs"]))
              for m in members],
@@ -59,7 +63,7 @@ def load_model(
         raise PixelsegError(f"{run_dir}: no {WEIGHTS_FILE} (did training finish an epoch?)")
     try:
         model = build_model(config)
-    except (ValueError, TypeError, KeyError) as exc:  # unknown model or options
+    except (ValueError, TypeError) as exc:  # unknown model or options
         raise PixelsegError(f"{Path(run_dir) / CONFIG_FILE}: {exc}") from None
     try:
         state = load_file(str(weights), device="cpu")

