@@ -21,7 +21,13 @@ from pixelseg.models import create_model
 from pixelseg.models.efficientnet import ENCODERS, LITE0_STAGES, EfficientNetLite
 from pixelseg.models.pretrained import has_pretrained_encoder
 from pixelseg.models.registry import ModelError
-from pixelseg.models.weights import find_imagenet_weights, read_encoder_state
+from pixelseg.models.weights import (
+    FLAT_EXPANDED,
+    FLAT_OUTER,
+    FLAT_PLAIN,
+    find_imagenet_weights,
+    read_encoder_state,
+)
 
 # ImageNet classes a street scene shows: streetcar, trolleybus, passenger car, cab, minivan,
 # station wagon, moving van, police van, pickup, trailer truck, street sign, traffic light,
@@ -100,12 +106,8 @@ def test_the_wheels_layout_becomes_timms(imagenet_file: Path) -> None:
 def _as_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm's names back to the flat layout of the EfficientNet-PyTorch wheels: the blocks
     numbered 0, 1, 2... across stages, a block without expansion named one conv earlier."""
-    outer = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head",
-             "bn2": "_bn1", "classifier": "_fc"}  # fmt: skip
-    expanded = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv",
-                "bn2": "_bn1", "conv_pwl": "_project_conv", "bn3": "_bn2"}  # fmt: skip
-    plain = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv",
-             "bn2": "_bn2"}  # fmt: skip
+    outer, expanded, plain = ({v: k for k, v in names.items()}
+                              for names in (FLAT_OUTER, FLAT_EXPANDED, FLAT_PLAIN))  # fmt: skip
     blocks = sorted({tuple(map(int, k.split(".")[1:3])) for k in state if k.startswith("blocks.")})
     flat = {place: n for n, place in enumerate(blocks)}
     out = {}

@@ -130,6 +130,16 @@ def _strip(key: str) -> str:
     return key
 
 
+# EfficientNet-PyTorch's names -> timm's: outside the blocks, in a block with an expansion
+# conv, and in one without (the first), whose convs shift by one
+FLAT_OUTER = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+              "_bn1": "bn2", "_fc": "classifier"}  # fmt: skip
+FLAT_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                 "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+FLAT_PLAIN = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+              "_bn2": "bn2"}  # fmt: skip
+
+
 def _block_places(state: dict[str, torch.Tensor]) -> dict[int, tuple[int, int, bool]]:
     """Flat block number -> (stage, index in the stage, has an expansion conv), read off the
     weights: every stage of an EfficientNet-Lite ends in its own channel count, so a block
@@ -151,13 +161,6 @@ def _block_places(state: dict[str, torch.Tensor]) -> dict[int, tuple[int, int, b
 def _from_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """EfficientNet-PyTorch's names (flat ``_blocks.N``) to timm's (``blocks.stage.i``)."""
     places = _block_places(state)
-    outer = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
-             "_bn1": "bn2", "_fc": "classifier"}  # fmt: skip
-    # a block without expansion (the first) has no _expand_conv: its convs shift by one
-    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
-    plain = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-             "_bn2": "bn2"}  # fmt: skip
     out = {}
     for key, value in state.items():
         parts = key.split(".")
@@ -166,12 +169,12 @@ def _from_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torc
             if n not in places:
                 raise ModelError(f"unexpected weight {key}: block {n} has no _project_conv")
             stage, i, has_expansion = places[n]
-            names = expanded if has_expansion else plain
+            names = FLAT_EXPANDED if has_expansion else FLAT_PLAIN
             if parts[2] not in names:
                 raise ModelError(f"unexpected weight {key} for an EfficientNet-Lite")
             out[".".join(["blocks", str(stage), str(i), names[parts[2]], *parts[3:]])] = value
-        elif parts[0] in outer:
-            out[".".join([outer[parts[0]], *parts[1:]])] = value
+        elif parts[0] in FLAT_OUTER:
+            out[".".join([FLAT_OUTER[parts[0]], *parts[1:]])] = value
         else:
             raise ModelError(f"unexpected weight {key} for an EfficientNet-Lite")
     return out
