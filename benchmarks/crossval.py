@@ -244,9 +244,7 @@ def run_recipe(
             "augment": False, "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
             "batch_size": 32, "patience": 0, "val_fraction": 0.1, "test_fraction": 0.0,
         }  # fmt: skip
-    if "encoder" in overrides:  # lite-unet on another encoder (the model options need a model)
-        settings.update(model="lite-unet", model_kwargs={"encoder": overrides.pop("encoder")})
-    settings.update(overrides)
+    settings.update(with_encoder(overrides))
     result = pixelseg.train(train_dir, out=out, seed=args.seed, progress=False, **settings)
     m = pixelseg.evaluate(out, test_dir, split="all", progress=False)
     config = json.loads((out / "config.json").read_text())
@@ -273,8 +271,7 @@ def run_ensemble(
     if args.budget == "none":
         raise SystemExit("the ensemble recipe needs a time budget (--budget 15m)")
     k = int(overrides.pop("members", 2))
-    if "encoder" in overrides:  # as for the default recipe: lite-unet on that encoder
-        overrides.update(model="lite-unet", model_kwargs={"encoder": overrides.pop("encoder")})
+    overrides = with_encoder(overrides)
     budget = f"{parse_duration(args.budget) / k:.0f}s"
     members, dice = [], []
     for i in range(k):
@@ -305,6 +302,15 @@ def final_epoch_run(run: Path) -> Path:
     model.load_state_dict(load_state(run)["model"])
     save_weights(final, model)
     return final
+
+
+def with_encoder(overrides: dict) -> dict:
+    """A recipe's settings, with ``encoder=NAME`` made ``lite-unet`` on that encoder (model
+    options need a model)."""
+    if "encoder" not in overrides:
+        return overrides
+    rest = {k: v for k, v in overrides.items() if k != "encoder"}
+    return {**rest, "model": "lite-unet", "model_kwargs": {"encoder": overrides["encoder"]}}
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:

@@ -81,7 +81,7 @@ ENCODERS = {
     "tf_efficientnet_lite0": EncoderSpec(**_TF),
     "efficientnet_lite0": EncoderSpec(False, 1e-5, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # deeper (Lite1) and also wider (Lite2): 76.6% and 77.6% ImageNet top-1 against Lite0's
-    # 75.1%, at about 1.4x and 1.7x its encoder's cost
+    # 75.1%; a lite-unet training step took 1.10x and 1.32x Lite0's here (docs/models.md)
     "tf_efficientnet_lite1": EncoderSpec(**_TF, stages=lite_stages(1.0, 1.1),
                                          title="EfficientNet-Lite1"),
     "tf_efficientnet_lite2": EncoderSpec(**_TF, stages=lite_stages(1.1, 1.2),

