@@ -10,6 +10,7 @@ is slightly optimistic; CamVid's own test set is not part of ``../shared/data``.
     python benchmarks/camvid.py --data ../shared/data/camvid --budget 10m
     python benchmarks/camvid.py --data ../shared/data/camvid --budget 10m --by-sequence
     python benchmarks/camvid.py --budget 10m --by-sequence --tta   # also scored with --tta
+    python benchmarks/camvid.py --budget 10m --by-sequence --tta --tta-scales 1,1.25,1.5
     python benchmarks/camvid.py --budget 10m --by-sequence --ensemble 2   # 2 runs of 5m each
 
 ``--ensemble K`` splits the budget into K runs (seeds SEED..SEED+K-1, one split), scores
@@ -35,6 +36,8 @@ import torch
 import pixelseg
 from pixelseg.config import parse_duration
 from pixelseg.engine.train import TrainResult
+from pixelseg.errors import SettingsError
+from pixelseg.inference.options import check_scales
 
 # Badrinarayanan et al., TPAMI 2017, CamVid test set, all 367 training images, VGG16 encoder
 SEGNET = {"miou": 0.601, "global_accuracy": 0.904, "class_accuracy": 0.712}
@@ -97,11 +100,19 @@ def main() -> None:
                         help="no pretrained weights (--encoder-weights none)")  # fmt: skip
     parser.add_argument("--tta", action="store_true",
                         help="also score with test-time augmentation (evaluate --tta)")  # fmt: skip
+    parser.add_argument("--tta-scales", metavar="S,S,...",
+                        help="also score at these scales, e.g. 1,1.25,1.5")  # fmt: skip
     parser.add_argument("--ensemble", type=int, default=1, metavar="K",
                         help="K runs of BUDGET/K each, scored as one ensemble")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a training setting, e.g. crop=192x256 (repeatable)")  # fmt: skip
     args = parser.parse_args()
+    scales = None
+    if args.tta_scales:  # checked before the budget is spent, not after
+        try:
+            scales = check_scales([float(s) for s in args.tta_scales.split(",")])
+        except (ValueError, SettingsError) as exc:
+            parser.error(f"--tta-scales {args.tta_scales}: {exc}")
     settings = dict(_setting(item) for item in args.set)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.out or Path(tmp) / "camvid")
@@ -121,6 +132,9 @@ def main() -> None:
         # (written to a folder of its own: the run's metrics.json stays the plain score)
         tta = pixelseg.evaluate(run, data, split=split, tta=True, out=Path(tmp) / "tta",
                                 progress=False) if args.tta else None  # fmt: skip
+        tta_ms = pixelseg.evaluate(run, data, split=split, tta=args.tta, tta_scales=scales,
+                                   out=Path(tmp) / "tta-scales", progress=False
+                                   ) if scales else None  # fmt: skip
         config = json.loads((run / "config.json").read_text())
     where = (
         torch.cuda.get_device_name()
@@ -141,6 +155,8 @@ def main() -> None:
         print(f"{key:<22}{m[key]:>10.3f}{ref:>10.3f}")
     if tta:
         print(f"{'miou with --tta':<22}{tta['miou']:>10.3f}")
+    if tta_ms:
+        print(f"{'miou with --tta-scales':<22}{tta_ms['miou']:>10.3f}  ({tta_ms['tta']})")
     if args.ensemble > 1:
         print(f"the ensemble of {args.ensemble} runs; each alone: mIoU "
               + ", ".join(f"{x['miou']:.3f}" for x in members))  # fmt: skip
@@ -150,7 +166,8 @@ def main() -> None:
     if args.json:
         results = {"budget": args.budget, "seconds": seconds, "epochs": len(result.history),
                    "best_epoch": result.best_epoch, "config": config, "metrics": m,
-                   "metrics_tta": tta, "segnet": SEGNET}  # fmt: skip
+                   "metrics_tta": tta, "metrics_tta_scales": tta_ms,
+                   "segnet": SEGNET}  # fmt: skip
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -111,6 +111,8 @@ def test_onnx_engine_says_what_it_lacks(
     args = ["predict", str(run), image, "--out", str(tmp_path / "o"), "--engine", "onnx"]
     assert main([*args, "--tta"]) == 2
     assert "--tta not available with --engine onnx" in capsys.readouterr().err
+    assert main([*args, "--tta-scales", "1,1.5"]) == 2
+    assert "--tta-scales not available with --engine onnx" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps({"size": [8, 8]}))

@@ -300,6 +300,20 @@ TTA_HELP = (
     "for a model trained with --flips horizontal)"
 )
 TTA_ROTATIONS_HELP = "with --tta: also the 90-degree rotations (8 views, 8x slower)"
+TTA_SCALES_HELP = (
+    "average views of each image at these multiples of the training size, e.g. 1,1.25,1.5 "
+    "(with --tta: flipped at each; costs the sum of the scales squared)"
+)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    """``--tta-scales 1,1.25,1.5`` as floats (checked further by PredictOptions)."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1,1.25,1.5, got {text!r}"
+        ) from None
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -422,6 +436,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(
         args.run, args.data, args.split, args.format, args.threshold, args.out, args.device,
         apply_postprocess=not args.no_postprocess, tta=args.tta, tta_rotations=args.tta_rotations,
+        tta_scales=args.tta_scales,
     )  # fmt: skip
     if world_from_env().is_main:  # under torchrun every process has the same metrics
         out = Path(args.out or args.run)
@@ -474,7 +489,8 @@ def _predict_options(args: argparse.Namespace) -> dict:
     chosen = [step for step in STEPS if getattr(args, step)]  # replace the run's steps
     options = {
         "threshold": args.threshold, "min_area": args.min_area, "tta": args.tta,
-        "tta_rotations": args.tta_rotations, "tile": args.tile, "scale": args.scale,
+        "tta_rotations": args.tta_rotations, "tta_scales": args.tta_scales,
+        "tile": args.tile, "scale": args.scale,
         "batch_size": args.batch_size, "connectivity": args.connectivity,
         "smooth": args.smooth,
         "postprocess": chosen or (() if args.no_postprocess else None),
@@ -694,6 +710,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-postprocess", action="store_true", help=NO_POSTPROCESS)
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument("--tta-rotations", action="store_true", help=TTA_ROTATIONS_HELP)
+    p.add_argument("--tta-scales", type=_scales, metavar="S,S,...", help=TTA_SCALES_HELP)
     p.add_argument("--out", help="folder for the outputs (default: the run folder)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -724,6 +741,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.png")
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.add_argument("--tta-rotations", action="store_true", help=TTA_ROTATIONS_HELP)
+    p.add_argument("--tta-scales", type=_scales, metavar="S,S,...", help=TTA_SCALES_HELP)
     p.add_argument(
         "--tile", type=int, metavar="N",
         help="sliding-window prediction in NxN tiles with Gaussian blending, for images "
@@ -776,7 +794,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--engine", default="torch", choices=["torch", "onnx"],
         help="torch, or onnx: the run's model.onnx (pixelseg export) with ONNX Runtime, "
-        "without loading PyTorch (whole images; no --tta or --tile)",
+        "without loading PyTorch (whole images; no --tta, --tta-scales or --tile)",
     )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)

@@ -26,8 +26,9 @@ from pixelseg.engine.distributed import World
 from pixelseg.errors import PixelsegError, SettingsError
 from pixelseg.files import write_json
 from pixelseg.inference.logits import logits_to_mask, resize_logits
+from pixelseg.inference.options import check_scales
 from pixelseg.inference.postprocess import postprocess
-from pixelseg.inference.tta import TTAModel
+from pixelseg.inference.tta import describe_views, tta_model
 from pixelseg.metrics import BinaryMetrics, MulticlassMetrics
 from pixelseg.models.saved import load_model
 from pixelseg.report import plot_confusion, plot_grid, write_csv
@@ -223,24 +224,28 @@ def evaluate_run(
     apply_postprocess: bool = True,
     tta: bool = False,
     tta_rotations: bool = False,
+    tta_scales: Sequence[float] | None = None,
 ) -> dict:
     """Score a run on ``data``; write ``metrics.json``, ``per_image.csv`` and ``worst.png``.
 
     ``split`` is ``test``, ``val`` or ``train`` (from the run's own ``split.json``) or ``all``
     (every pair in ``data``, e.g. a separate test set). Files go to ``out`` (default: the
     run folder). ``apply_postprocess=False`` scores masks without the run's clean-up steps;
-    ``tta`` scores the test-time-augmented predictions (:mod:`pixelseg.inference.tta`). Launched by
-    torchrun, the processes share the images and rank 0 writes the (identical) results.
+    ``tta`` scores the test-time-augmented predictions (:mod:`pixelseg.inference.tta`);
+    ``tta_scales`` averages views at these multiples of the training size (with ``tta``,
+    flipped at each). Launched by torchrun, the processes share the images and rank 0
+    writes the (identical) results.
     """
     if split not in ("all", *SPLITS):
         raise SettingsError(f"split must be one of all, {', '.join(SPLITS)}; got {split!r}")
     if tta_rotations and not tta:
         raise SettingsError("tta_rotations extends tta; set both")
+    scales = check_scales(tta_scales) if tta_scales is not None else None
     world, dev, joined = distributed.start(device)
     try:
         return _evaluate_run(
             Path(run), data, split, format, threshold, out, dev, batch_size, n_worst,
-            progress and world.is_main, apply_postprocess, tta, tta_rotations, world,
+            progress and world.is_main, apply_postprocess, tta, tta_rotations, scales, world,
         )  # fmt: skip
     finally:
         distributed.stop(joined)
@@ -249,11 +254,12 @@ def evaluate_run(
 def _evaluate_run(
     run: Path, data: str | Path, split: str, format: str, threshold: float | None,
     out: str | Path | None, dev: torch.device, batch_size: int, n_worst: int, progress: bool,
-    apply_postprocess: bool, tta: bool, tta_rotations: bool, world: World,
+    apply_postprocess: bool, tta: bool, tta_rotations: bool,
+    scales: tuple[float, ...] | None, world: World,
 ) -> dict:  # fmt: skip
     model, config = load_model(run, dev)
-    if tta:
-        model = TTAModel(model, tta_rotations, config.upright)
+    model, size = tta_model(model, config.size, tta=tta, rotations=tta_rotations,
+                            upright=config.upright, scales=scales)  # fmt: skip
     _, samples = find_samples(data, format)
     if split == "val" and config.train.get("train_on_val"):
         warnings.warn(
@@ -297,7 +303,7 @@ def _evaluate_run(
             )
     dataset = SegmentationDataset(
         samples,
-        config.size,
+        size,  # the training size, or the largest test-time scale of it
         config.num_classes,
         keep_original=True,
         progress=progress,
@@ -321,10 +327,7 @@ def _evaluate_run(
         postprocess_steps=steps,
         world=world,
     )
-    views = None
-    if tta:
-        views = "left-right flips" if config.upright else "flips"
-        views += " and rotations" if tta_rotations else ""
+    views = describe_views(tta, tta_rotations, config.upright, scales)
     metrics = {**metrics, "split": split, "data": str(data), "tta": views,
                "missing_images": len(missing)}  # fmt: skip
     if config.num_classes == 1:

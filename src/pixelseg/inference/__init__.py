@@ -29,7 +29,7 @@ def load(
 
     ``engine="torch"`` runs ``model.safetensors`` with PyTorch on ``device``;
     ``engine="onnx"`` runs ``model.onnx`` (``pixelseg export``) with ONNX Runtime on the
-    CPU, without importing torch, and has no ``tta`` or ``tile``.
+    CPU, without importing torch, and has no ``tta``, ``tta_scales`` or ``tile``.
     """
     chosen = predict_options(options)  # checked before anything is loaded
     if engine == "torch":

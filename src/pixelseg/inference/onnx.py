@@ -119,12 +119,12 @@ def open_session(model: str | Path | bytes):
 
 class OnnxPredictor(SegmentationPredictor):
     """The torch-free counterpart of :class:`pixelseg.inference.predictor.Predictor` (whole
-    images; no TTA or tiling); made by ``pixelseg.load(run, engine="onnx")``."""
+    images; no TTA, test-time scales or tiling); made by ``pixelseg.load(run, engine="onnx")``."""
 
     def __init__(self, session, config: RunConfig, options: PredictOptions | None = None) -> None:
         self.session, self.config = session, config
         self.options = options or PredictOptions()
-        unsupported = [f"--{name}" for name in ("tta", "tile")
+        unsupported = [f"--{name.replace('_', '-')}" for name in ("tta", "tta_scales", "tile")
                        if getattr(self.options, name) not in (None, False)]  # fmt: skip
         if unsupported:
             shown = ", ".join(unsupported)

@@ -8,6 +8,7 @@ wrong in the words of the ``pixelseg predict`` flag that sets it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -27,6 +28,8 @@ class PredictOptions:
     sliding-window inference (windows of ``tile`` pixels overlapping by ``overlap``, on the
     image resized by ``scale``; ``None``: by the factor training resized its images by).
     ``batch_size`` is how many images (or tiles) go through the model at once.
+    ``tta_scales`` averages the model's views of each whole image at these multiples of
+    the training size (e.g. ``(1, 1.25, 1.5)``; with ``tta``, the flipped views at each).
     """
 
     threshold: float | None = None
@@ -34,6 +37,7 @@ class PredictOptions:
     min_area: int = 0  # binary: objects smaller than this many pixels are dropped
     tta: bool = False  # average over flipped copies of each image (4x the compute)
     tta_rotations: bool = False  # with tta: the 90-degree rotations too (8 views in all)
+    tta_scales: tuple[float, ...] | None = None  # sorted, distinct, each in (0, MAX_SCALE]
     tile: int | None = None
     overlap: float = 0.25
     scale: float | None = None
@@ -59,6 +63,12 @@ class PredictOptions:
             raise SettingsError(f"--min-area must be >= 0, got {self.min_area}")
         if self.tta_rotations and not self.tta:
             raise SettingsError("--tta-rotations extends --tta; give both")
+        if self.tta_scales is not None:
+            object.__setattr__(self, "tta_scales", check_scales(self.tta_scales))
+            if self.tile is not None:
+                raise SettingsError(
+                    "--tta-scales resizes whole images; with --tile the size is set by --scale"
+                )
         if self.tile is not None and self.tile < 16:
             raise SettingsError(f"--tile must be at least 16 pixels, got {self.tile}")
         if not 0 <= self.overlap < 1:
@@ -69,6 +79,27 @@ class PredictOptions:
             raise SettingsError(f"--smooth must be in [0, 1), got {self.smooth}")
         if self.connectivity not in (4, 8):
             raise SettingsError(f"--connectivity must be 4 or 8, got {self.connectivity}")
+
+
+MAX_SCALE = 4.0  # beyond this a view needs 16x the memory of the training size, per image
+
+
+def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """Test-time scales as a sorted tuple; refused if empty, repeated or out of range."""
+    scales = tuple(float(s) for s in scales)
+    if not scales:
+        raise SettingsError("--tta-scales needs at least one scale, e.g. 1,1.25,1.5")
+    bad = [s for s in scales if not 0 < s <= MAX_SCALE]
+    if bad:
+        raise SettingsError(
+            f"--tta-scales must each be in (0, {MAX_SCALE:g}] (multiples of the training "
+            f"size), got {', '.join(f'{s:g}' for s in bad)}"
+        )
+    if len(set(scales)) != len(scales):
+        raise SettingsError(
+            f"--tta-scales has a scale twice: {', '.join(f'{s:g}' for s in scales)}"
+        )
+    return tuple(sorted(scales))
 
 
 def predict_options(options: dict) -> PredictOptions:

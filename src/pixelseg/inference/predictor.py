@@ -29,7 +29,7 @@ from pixelseg.inference.logits import logits_to_mask, logits_to_proba, resize_lo
 from pixelseg.inference.options import PredictOptions
 from pixelseg.inference.postprocess import postprocess
 from pixelseg.inference.tiling import sliding_window
-from pixelseg.inference.tta import TTAModel
+from pixelseg.inference.tta import tta_model
 from pixelseg.models.saved import load_model
 from pixelseg.runconfig import RunConfig
 
@@ -46,13 +46,16 @@ class Predictor(SegmentationPredictor):
         self.config = config
         self.device = device
         self.options = options or PredictOptions()
-        self.size = config.size
         self.num_classes = config.num_classes
         check_options(self.options, self.num_classes)
         self.transform = BatchTransform(config.mean, config.std)  # as in evaluation
-        # TTA wraps the model once, here: a predictor's options do not change
-        tta = self.options.tta
-        self._net = TTAModel(model, self.options.tta_rotations, config.upright) if tta else model
+        # TTA wraps the model once, here: a predictor's options do not change. With
+        # test-time scales, images come in at the largest (MultiScaleModel).
+        o = self.options
+        self._net, self.size = tta_model(
+            model, config.size, tta=o.tta, rotations=o.tta_rotations, upright=config.upright,
+            scales=o.tta_scales,
+        )  # fmt: skip
 
     @classmethod
     def from_run(

@@ -1,4 +1,5 @@
-"""Test-time augmentation: a model wrapper that averages flipped (and rotated) views.
+"""Test-time augmentation: model wrappers that average flipped (and rotated) views, and
+views of the image at several sizes.
 
 The views follow the model's training: a model trained with left-right flips only (on
 images with an up, ``flips: horizontal`` in its ``config.json``) is shown the left-right
@@ -10,11 +11,20 @@ mirrored image, mirrored back, differs a little from the direct prediction. Aver
 would let one confident view dominate) removes errors that only one view makes. The
 wrapper returns the average as logits, so thresholds, argmax, evaluation and tiling work
 on it unchanged.
+
+Scales (``tta_scales``, :class:`MultiScaleModel`) show the model the image at several
+multiples of its training size. The image must come in at the largest of them, resized
+from the original: each smaller view is made by shrinking that input, which keeps the
+detail a larger view needs (a view enlarged from the training size adds none: on two
+CamVid runs it changed the mIoU by -0.001 and +0.003, views from the original by +0.013
+and +0.014). Thin things (poles, signs) get more pixels in a larger view,
+large ones fit the receptive field in a smaller one.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from pixelseg.errors import SettingsError
 from pixelseg.inference.logits import logits_to_proba
@@ -59,5 +69,80 @@ class TTAModel(torch.nn.Module):
             y = y.rot90(-turns, (-2, -1)) if turns else y
             p = logits_to_proba(y)
             proba = p if proba is None else proba + p
-        proba = (proba / len(self.views)).clamp(1e-6, 1 - 1e-6)
-        return torch.logit(proba) if proba.shape[1] == 1 else proba.log()
+        return proba_to_logits(proba / len(self.views))
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(height, width) of ``size`` times ``scale``, rounded, at least one pixel."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+class MultiScaleModel(torch.nn.Module):
+    """``model`` evaluated on the image at each of ``scales`` times the training ``size``,
+    the probabilities brought to the input's size and averaged, returned as logits:
+    (N, C, H, W) → (N, K, H, W).
+
+    The input must come at the largest view's size (:meth:`input_size`), resized from the
+    original; each smaller view is shrunk from it with antialiasing, as resizing the
+    original would make it. (So even the scale-1 view is not the exact pixels training
+    resized its images to, but a resampling of them: the difference is a blur well below
+    what the augmentation shows a model.)
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, scales: tuple[float, ...], size: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.views = [scaled_size(size, s) for s in scales]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return max(self.views)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = tuple(images.shape[-2:])
+        if size != self.input_size:
+            raise ValueError(f"expected images of {self.input_size}, got {size}")
+        proba = None
+        for view in self.views:
+            x = images if view == size else F.interpolate(
+                images, size=view, mode="bilinear", align_corners=False, antialias=True
+            )  # fmt: skip
+            p = logits_to_proba(self.model(x).float())
+            if view != size:
+                p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+            proba = p if proba is None else proba + p
+        return proba_to_logits(proba / len(self.views))
+
+
+def proba_to_logits(proba: torch.Tensor) -> torch.Tensor:
+    """Averaged probabilities (N, C, H, W) back to logits: the log-odds of one channel
+    (binary), the log of several (softmax gives them back)."""
+    proba = proba.clamp(1e-6, 1 - 1e-6)
+    return torch.logit(proba) if proba.shape[1] == 1 else proba.log()
+
+
+def tta_model(
+    model: torch.nn.Module, size: tuple[int, int], *, tta: bool = False,
+    rotations: bool = False, upright: bool = False, scales: tuple[float, ...] | None = None,
+) -> tuple[torch.nn.Module, tuple[int, int]]:  # fmt: skip
+    """``model`` wrapped for the test-time augmentation asked (flips, and rotations, at
+    each scale of the training ``size``), and the size its input must come at."""
+    if tta:
+        model = TTAModel(model, rotations, upright)
+    if not scales:
+        return model, size
+    model = MultiScaleModel(model, scales, size)
+    return model, model.input_size
+
+
+def describe_views(
+    tta: bool, rotations: bool, upright: bool, scales: tuple[float, ...] | None
+) -> str | None:
+    """The views averaged, in words (``None``: no test-time augmentation)."""
+    flips = ("left-right flips" if upright else "flips") + (" and rotations" if rotations else "")
+    sizes = "scales " + ", ".join(f"{s:g}" for s in scales) if scales else None
+    if tta:
+        return f"{flips} at {sizes}" if sizes else flips
+    return sizes
