@@ -28,6 +28,14 @@ def logits_to_proba(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[-3] == 1 else logits.softmax(-3)
 
 
+def proba_to_logits(proba: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`logits_to_proba`, for averaged probabilities ((C, H, W) or
+    (N, C, H, W)): the log-odds of one channel, the log of several (softmax gives them
+    back). Clamped to [1e-6, 1 - 1e-6], so the logits stay finite."""
+    proba = proba.clamp(1e-6, 1 - 1e-6)
+    return torch.logit(proba) if proba.shape[-3] == 1 else proba.log()
+
+
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(C, h, w) → (C, H, W), bilinear (resizing logits, not hard masks, keeps borders smooth)."""
     if tuple(logits.shape[-2:]) == tuple(size):

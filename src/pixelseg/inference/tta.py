@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelseg.errors import SettingsError
-from pixelseg.inference.logits import logits_to_proba
+from pixelseg.inference.logits import logits_to_proba, proba_to_logits
 
 
 def tta_views(rotations: bool = False, upright: bool = False) -> list[tuple[int, bool]]:
@@ -114,13 +114,6 @@ class MultiScaleModel(torch.nn.Module):
                 p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
             proba = p if proba is None else proba + p
         return proba_to_logits(proba / len(self.views))
-
-
-def proba_to_logits(proba: torch.Tensor) -> torch.Tensor:
-    """Averaged probabilities (N, C, H, W) back to logits: the log-odds of one channel
-    (binary), the log of several (softmax gives them back)."""
-    proba = proba.clamp(1e-6, 1 - 1e-6)
-    return torch.logit(proba) if proba.shape[1] == 1 else proba.log()
 
 
 def tta_model(
